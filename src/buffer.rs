@@ -1,0 +1,178 @@
+//! Fixed-size byte buffers and the pool they come from.
+//!
+//! A connection borrows a buffer only while it has bytes in flight and hands it back when it
+//! goes idle, so an idle keep-alive connection costs no buffer memory. The pool never shrinks
+//! below what the busiest moment needed; it never allocates on the hot path once warm.
+
+/// A window `[start, end)` of valid bytes in a fixed block of memory.
+pub struct Buffer {
+    mem: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Buffer {
+    fn new(size: usize) -> Buffer {
+        Buffer { mem: vec![0; size].into_boxed_slice(), start: 0, end: 0 }
+    }
+
+    /// The bytes not yet consumed.
+    pub fn data(&self) -> &[u8] {
+        &self.mem[self.start..self.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.mem.len()
+    }
+
+    /// Free room after the data, moving the data to the front first when that gains room.
+    pub fn space(&mut self) -> &mut [u8] {
+        if self.end == self.mem.len() && self.start > 0 {
+            self.compact();
+        }
+        &mut self.mem[self.end..]
+    }
+
+    pub fn has_space(&self) -> bool {
+        self.len() < self.mem.len()
+    }
+
+    /// Marks `n` bytes written into `space()` as data.
+    pub fn fill(&mut self, n: usize) {
+        debug_assert!(self.end + n <= self.mem.len());
+        self.end += n;
+    }
+
+    /// Drops `n` bytes from the front of the data.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Appends `bytes` if they fit whole; returns whether they did.
+    pub fn append(&mut self, bytes: &[u8]) -> bool {
+        if self.mem.len() - self.len() < bytes.len() {
+            return false;
+        }
+        let space = self.space();
+        space[..bytes.len()].copy_from_slice(bytes);
+        self.fill(bytes.len());
+        true
+    }
+
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    fn compact(&mut self) {
+        self.mem.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+    }
+}
+
+/// A free list of equally sized buffers.
+pub struct BufferPool {
+    size: usize,
+    free: Vec<Buffer>,
+}
+
+impl BufferPool {
+    pub fn new(size: usize) -> BufferPool {
+        BufferPool { size, free: Vec::new() }
+    }
+
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    pub fn get(&mut self) -> Buffer {
+        self.free.pop().unwrap_or_else(|| Buffer::new(self.size))
+    }
+
+    pub fn put(&mut self, mut buf: Buffer) {
+        buf.clear();
+        self.free.push(buf);
+    }
+
+    /// Buffers waiting in the pool (for tests and statistics).
+    pub fn idle(&self) -> usize {
+        self.free.len()
+    }
+}
+
+/// Takes a buffer from the pool into `slot` unless it holds one already.
+pub fn ensure<'a>(slot: &'a mut Option<Buffer>, pool: &mut BufferPool) -> &'a mut Buffer {
+    slot.get_or_insert_with(|| pool.get())
+}
+
+/// Returns the buffer in `slot` to the pool if it holds no data.
+pub fn release_if_empty(slot: &mut Option<Buffer>, pool: &mut BufferPool) {
+    if slot.as_ref().is_some_and(Buffer::is_empty) {
+        if let Some(buf) = slot.take() {
+            pool.put(buf);
+        }
+    }
+}
+
+/// Returns the buffer in `slot` to the pool, dropping any data it held.
+pub fn release(slot: &mut Option<Buffer>, pool: &mut BufferPool) {
+    if let Some(buf) = slot.take() {
+        pool.put(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_everything_rewinds_to_the_front() {
+        let mut pool = BufferPool::new(8);
+        let mut buf = pool.get();
+        assert!(buf.append(b"abcdef"));
+        buf.consume(6);
+        assert_eq!(buf.space().len(), 8);
+    }
+
+    #[test]
+    fn space_compacts_only_when_the_tail_is_full() {
+        let mut pool = BufferPool::new(8);
+        let mut buf = pool.get();
+        assert!(buf.append(b"abcdefgh"));
+        buf.consume(3);
+        assert_eq!(buf.space().len(), 3);
+        assert_eq!(buf.data(), b"defgh");
+        assert!(!buf.append(b"1234"));
+        assert!(buf.append(b"123"));
+        assert_eq!(buf.data(), b"defgh123");
+    }
+
+    #[test]
+    fn buffers_go_back_to_the_pool() {
+        let mut pool = BufferPool::new(8);
+        let mut slot = None;
+        ensure(&mut slot, &mut pool).append(b"x");
+        release_if_empty(&mut slot, &mut pool);
+        assert!(slot.is_some());
+        if let Some(b) = slot.as_mut() {
+            b.consume(1)
+        }
+        release_if_empty(&mut slot, &mut pool);
+        assert!(slot.is_none());
+        assert_eq!(pool.idle(), 1);
+    }
+}
