@@ -3,5 +3,6 @@
 
 pub mod buffer;
 pub mod config;
+pub mod http;
 pub mod ring;
 pub mod wheel;

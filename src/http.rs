@@ -1,0 +1,853 @@
+//! HTTP/1.1 framing, pure: bytes in, a verdict and rewritten bytes out. No sockets, no clocks.
+//!
+//! - `parse_request` / `parse_response` read one message head with httparse, decide how its body
+//!   is framed (RFC 9112 §6), and write the head to forward into a caller's slice with the
+//!   hop-by-hop fields removed and the proxy's own fields added.
+//! - `BodyFramer` follows a body through any split of reads and says where it ends, so bodies
+//!   stream through untouched (chunked stays chunked) and the next message is found.
+//! - Every refusal is an `HttpError` that knows the status it deserves.
+
+use std::fmt;
+use std::io::Write as _;
+use std::net::IpAddr;
+
+/// Most header fields a message may have; more is 431 (request) or 502 (response).
+pub const MAX_HEADERS: usize = 100;
+/// Longest request-target; longer is 414.
+pub const MAX_URI: usize = 8 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// The request is malformed or ambiguous (400).
+    BadRequest(&'static str),
+    /// The request head does not fit the limit (431).
+    HeadTooLarge,
+    /// More header fields than `MAX_HEADERS` (431).
+    TooManyHeaders,
+    /// The request-target is longer than `MAX_URI` (414).
+    UriTooLong,
+    /// A method or transfer coding the proxy does not implement (501).
+    NotImplemented(&'static str),
+    /// An HTTP version other than 1.0 and 1.1 (505).
+    Version,
+    /// The target's response is malformed or ambiguous (502).
+    BadResponse(&'static str),
+}
+
+impl HttpError {
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
+            HttpError::UriTooLong => 414,
+            HttpError::NotImplemented(_) => 501,
+            HttpError::Version => 505,
+            HttpError::BadResponse(_) => 502,
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::BadRequest(why) => write!(f, "bad request: {why}"),
+            HttpError::HeadTooLarge => f.write_str("request head too large"),
+            HttpError::TooManyHeaders => f.write_str("too many header fields"),
+            HttpError::UriTooLong => f.write_str("request-target too long"),
+            HttpError::NotImplemented(what) => write!(f, "not implemented: {what}"),
+            HttpError::Version => f.write_str("unsupported HTTP version"),
+            HttpError::BadResponse(why) => write!(f, "bad response from target: {why}"),
+        }
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+    /// Responses only: the body runs until the target closes.
+    UntilClose,
+}
+
+/// What the proxy learned from a request head it forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of input the head took.
+    pub head_len: usize,
+    /// Bytes of rewritten head written to the output.
+    pub out_len: usize,
+    pub body: BodyKind,
+    /// Whether the client wants the connection kept after this exchange.
+    pub keep_alive: bool,
+    /// HTTP/1.`minor`.
+    pub minor: u8,
+    pub is_head: bool,
+    /// Safe to send twice (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub out_len: usize,
+    pub status: u16,
+    pub body: BodyKind,
+    /// A 1xx: another head follows for the same request.
+    pub informational: bool,
+    /// The client connection may carry another request after this response.
+    pub client_keep_alive: bool,
+    /// The upstream connection may carry another request after this response.
+    pub upstream_reusable: bool,
+}
+
+/// What the proxy adds to each request it forwards.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    /// Prepended to the path (a target URL's path).
+    pub path_prefix: &'a str,
+}
+
+/// What the response framing depends on from its request.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseContext {
+    pub request_is_head: bool,
+    pub client_minor: u8,
+    /// Whether the client connection may stay open as far as the request and proxy go.
+    pub client_keep_alive: bool,
+}
+
+/// Fields that describe one connection only and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "http2-settings"];
+
+/// Parses a request head at the start of `input` and writes the head to forward into `out`.
+/// `Ok(None)`: the head is not complete yet.
+pub fn parse_request(
+    input: &[u8],
+    fwd: &Forwarding<'_>,
+    out: &mut [u8],
+) -> Result<Option<RequestHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(request_parse_error(e)),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HttpError::BadRequest("incomplete request line"));
+    };
+    let minor = minor.min(1);
+    if target.len() > MAX_URI {
+        return Err(HttpError::UriTooLong);
+    }
+    if method == "CONNECT" {
+        return Err(HttpError::NotImplemented("CONNECT"));
+    }
+    let path = origin_form(target)?;
+    let fields = Fields::scan(req.headers, false)?;
+    if minor == 1 && fields.host_count != 1 {
+        return Err(HttpError::BadRequest("HTTP/1.1 needs exactly one Host field"));
+    }
+    if fields.host_count > 1 {
+        return Err(HttpError::BadRequest("more than one Host field"));
+    }
+    let body = match (fields.transfer_encoding, fields.content_length) {
+        (Some(_), Some(_)) => {
+            return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding"))
+        }
+        (Some(_), None) if minor == 0 => {
+            return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"))
+        }
+        (Some(Coding::Chunked), None) => BodyKind::Chunked,
+        (Some(Coding::NotChunkedLast), None) => {
+            return Err(HttpError::BadRequest("Transfer-Encoding does not end in chunked"))
+        }
+        (Some(Coding::Unknown), None) => {
+            return Err(HttpError::NotImplemented("unknown transfer coding"))
+        }
+        (None, Some(0)) | (None, None) => BodyKind::None,
+        (None, Some(n)) => BodyKind::Length(n),
+    };
+    let keep_alive = if minor == 1 { !fields.close } else { fields.keep_alive && !fields.close };
+
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
+    w.put(method.as_bytes());
+    w.put(b" ");
+    if path != "*" {
+        w.put(fwd.path_prefix.as_bytes());
+    }
+    w.put(path.as_bytes());
+    w.put(if minor == 1 { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
+    let mut forwarded_for = false;
+    for h in req.headers.iter() {
+        if fields.is_hop_by_hop(h.name) || h.name.eq_ignore_ascii_case("x-forwarded-proto") {
+            continue;
+        }
+        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            // Earlier hops stay in order; this client is appended after the last of them.
+            w.put(if forwarded_for { b", " } else { b"X-Forwarded-For: " });
+            w.put(trim(h.value));
+            forwarded_for = true;
+            continue;
+        }
+        w.field(h.name.as_bytes(), h.value);
+    }
+    w.put(if forwarded_for { b", " } else { b"X-Forwarded-For: " });
+    w.ip(fwd.client_ip);
+    w.put(b"\r\nX-Forwarded-Proto: http\r\n");
+    if minor == 0 {
+        w.put(b"Connection: keep-alive\r\n");
+    }
+    w.put(b"\r\n");
+    let out_len = w.finish()?;
+    let is_head = method == "HEAD";
+    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
+    Ok(Some(RequestHead { head_len, out_len, body, keep_alive, minor, is_head, idempotent }))
+}
+
+/// Parses a response head at the start of `input` and writes the head to send the client.
+pub fn parse_response(
+    input: &[u8],
+    ctx: &ResponseContext,
+    out: &mut [u8],
+) -> Result<Option<ResponseHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::BadResponse("too many header fields"))
+        }
+        Err(_) => return Err(HttpError::BadResponse("malformed head")),
+    };
+    let (Some(minor), Some(status)) = (resp.version, resp.code) else {
+        return Err(HttpError::BadResponse("incomplete status line"));
+    };
+    if !(100..=599).contains(&status) {
+        return Err(HttpError::BadResponse("status code out of range"));
+    }
+    if status == 101 {
+        return Err(HttpError::BadResponse("101 Switching Protocols was not asked for"));
+    }
+    let informational = status < 200;
+    let fields = Fields::scan(resp.headers, true)?;
+    let chunked_and_length = fields.transfer_encoding.is_some() && fields.content_length.is_some();
+    let body = if ctx.request_is_head || informational || status == 204 || status == 304 {
+        BodyKind::None
+    } else {
+        match (fields.transfer_encoding, fields.content_length) {
+            (Some(Coding::Chunked), _) => BodyKind::Chunked,
+            (Some(_), _) => BodyKind::UntilClose,
+            (None, Some(0)) => BodyKind::None,
+            (None, Some(n)) => BodyKind::Length(n),
+            (None, None) => BodyKind::UntilClose,
+        }
+    };
+    let upstream_keep_alive = if minor == 1 { !fields.close } else { fields.keep_alive };
+    let upstream_reusable = upstream_keep_alive && body != BodyKind::UntilClose && !chunked_and_length;
+    let client_keep_alive = ctx.client_keep_alive && body != BodyKind::UntilClose;
+
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::BadResponse("head too large") };
+    w.put(b"HTTP/1.1 ");
+    w.status(status);
+    w.put(b" ");
+    w.put(resp.reason.unwrap_or("").as_bytes());
+    w.put(b"\r\n");
+    for h in resp.headers.iter() {
+        let drop_length = chunked_and_length && h.name.eq_ignore_ascii_case("content-length");
+        if !fields.is_hop_by_hop(h.name) && !drop_length {
+            w.field(h.name.as_bytes(), h.value);
+        }
+    }
+    if !informational {
+        if !client_keep_alive {
+            w.put(b"Connection: close\r\n");
+        } else if ctx.client_minor == 0 {
+            w.put(b"Connection: keep-alive\r\n");
+        }
+    }
+    w.put(b"\r\n");
+    let out_len = w.finish()?;
+    Ok(Some(ResponseHead {
+        head_len,
+        out_len,
+        status,
+        body,
+        informational,
+        client_keep_alive,
+        upstream_reusable,
+    }))
+}
+
+/// Writes a complete response made by the proxy itself (errors, the all-down answer).
+/// Returns the bytes written, or `None` if `out` is too small.
+pub fn write_local_response(out: &mut [u8], status: u16, body: &str, keep_alive: bool) -> Option<usize> {
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
+    w.put(b"HTTP/1.1 ");
+    w.status(status);
+    w.put(b" ");
+    w.put(reason(status).as_bytes());
+    w.put(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
+    w.decimal(body.len() as u64);
+    w.put(if keep_alive { b"\r\n\r\n" } else { b"\r\nConnection: close\r\n\r\n" });
+    w.put(body.as_bytes());
+    w.finish().ok()
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+fn request_parse_error(e: httparse::Error) -> HttpError {
+    match e {
+        httparse::Error::Version => HttpError::Version,
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders,
+        httparse::Error::HeaderName => HttpError::BadRequest("invalid field name"),
+        httparse::Error::HeaderValue => HttpError::BadRequest("invalid field value"),
+        httparse::Error::Token => HttpError::BadRequest("invalid method"),
+        httparse::Error::NewLine => HttpError::BadRequest("invalid line ending"),
+        _ => HttpError::BadRequest("malformed request line"),
+    }
+}
+
+/// The path to send upstream: origin-form as is, absolute-form reduced to its path.
+fn origin_form(target: &str) -> Result<&str, HttpError> {
+    if target.starts_with('/') || target == "*" {
+        return Ok(target);
+    }
+    let lower_scheme = target.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+    if !lower_scheme {
+        return Err(HttpError::BadRequest("request-target is not origin- or absolute-form"));
+    }
+    let rest = &target[7..];
+    Ok(rest.find('/').map_or("/", |i| &rest[i..]))
+}
+
+#[derive(Clone, Copy)]
+enum Coding {
+    Chunked,
+    NotChunkedLast,
+    Unknown,
+}
+
+/// The framing-relevant facts of one header block.
+struct Fields<'h, 'b> {
+    headers: &'h [httparse::Header<'b>],
+    content_length: Option<u64>,
+    transfer_encoding: Option<Coding>,
+    host_count: usize,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl<'h, 'b> Fields<'h, 'b> {
+    fn scan(headers: &'h [httparse::Header<'b>], response: bool) -> Result<Self, HttpError> {
+        let bad = |why| if response { HttpError::BadResponse(why) } else { HttpError::BadRequest(why) };
+        let mut f = Fields {
+            headers,
+            content_length: None,
+            transfer_encoding: None,
+            host_count: 0,
+            close: false,
+            keep_alive: false,
+        };
+        let mut codings_seen = false;
+        let mut unknown_coding = false;
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let n = parse_content_length(h.value).ok_or(bad("invalid Content-Length"))?;
+                if f.content_length.is_some_and(|m| m != n) {
+                    return Err(bad("conflicting Content-Length fields"));
+                }
+                f.content_length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                for coding in list_items(h.value) {
+                    if matches!(f.transfer_encoding, Some(Coding::Chunked)) {
+                        return Err(bad("chunked is not the last transfer coding"));
+                    }
+                    let class = classify_coding(coding);
+                    unknown_coding |= matches!(class, Coding::Unknown);
+                    f.transfer_encoding = Some(class);
+                    codings_seen = true;
+                }
+            } else if name.eq_ignore_ascii_case("host") {
+                f.host_count += 1;
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in list_items(h.value) {
+                    f.close |= token.eq_ignore_ascii_case(b"close");
+                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+        }
+        if f.transfer_encoding.is_none() && codings_seen {
+            return Err(bad("empty Transfer-Encoding"));
+        }
+        if unknown_coding {
+            f.transfer_encoding = Some(Coding::Unknown);
+        }
+        Ok(f)
+    }
+
+    /// Whether a field describes only this connection: the fixed list plus every field the
+    /// Connection header names.
+    fn is_hop_by_hop(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || self.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).any(|h| {
+                list_items(h.value).any(|token| token.eq_ignore_ascii_case(name.as_bytes()))
+            })
+    }
+}
+
+fn classify_coding(coding: &[u8]) -> Coding {
+    const KNOWN: [&[u8]; 6] = [b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress", b"identity"];
+    if coding.eq_ignore_ascii_case(b"chunked") {
+        Coding::Chunked
+    } else if KNOWN.iter().any(|k| coding.eq_ignore_ascii_case(k)) {
+        Coding::NotChunkedLast
+    } else {
+        Coding::Unknown
+    }
+}
+
+/// `1*DIGIT`, nothing else (RFC 9110 §8.6): no sign, no list, no spaces inside.
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let digits = trim(value);
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The non-empty, trimmed items of a comma-separated field value.
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim).filter(|item| !item.is_empty())
+}
+
+fn trim(value: &[u8]) -> &[u8] {
+    let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !is_ws(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !is_ws(b)).map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// Appends to a fixed slice; the first overflow is remembered and reported by `finish`.
+struct HeadWriter<'a> {
+    out: &'a mut [u8],
+    len: usize,
+    overflow: HttpError,
+}
+
+impl HeadWriter<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if end <= self.out.len() {
+            self.out[self.len..end].copy_from_slice(bytes);
+        }
+        self.len = end;
+    }
+
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.put(name);
+        self.put(b": ");
+        self.put(value);
+        self.put(b"\r\n");
+    }
+
+    fn ip(&mut self, ip: IpAddr) {
+        let mut scratch = [0u8; 48];
+        let mut cursor = &mut scratch[..];
+        let written = match write!(cursor, "{ip}") {
+            Ok(()) => 48 - cursor.len(),
+            Err(_) => 0,
+        };
+        self.put(&scratch[..written]);
+    }
+
+    fn status(&mut self, status: u16) {
+        self.decimal(u64::from(status));
+    }
+
+    fn decimal(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.put(&digits[at..]);
+    }
+
+    fn finish(self) -> Result<usize, HttpError> {
+        if self.len <= self.out.len() {
+            Ok(self.len)
+        } else {
+            Err(self.overflow)
+        }
+    }
+}
+
+/// Follows one message body through the bytes that arrive, however they are split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyFramer {
+    state: Chunk,
+    until_close: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Plain bytes left: a Content-Length body, or the data of one chunk.
+    Data { left: u64, chunked: bool },
+    Size { value: u64, digits: u8 },
+    Extension { value: u64 },
+    SizeLf { value: u64 },
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    LastLf,
+    Done,
+}
+
+/// The outcome of offering bytes to a `BodyFramer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes at the front of the offer that belong to the body.
+    pub used: usize,
+    /// The body ended within them.
+    pub done: bool,
+}
+
+impl BodyFramer {
+    pub fn new(kind: BodyKind) -> BodyFramer {
+        let state = match kind {
+            BodyKind::None | BodyKind::Length(0) => Chunk::Done,
+            BodyKind::Length(n) => Chunk::Data { left: n, chunked: false },
+            BodyKind::Chunked => Chunk::Size { value: 0, digits: 0 },
+            BodyKind::UntilClose => Chunk::Data { left: u64::MAX, chunked: false },
+        };
+        BodyFramer { state, until_close: kind == BodyKind::UntilClose }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == Chunk::Done
+    }
+
+    /// Whether only the peer closing can end this body.
+    pub fn until_close(&self) -> bool {
+        self.until_close
+    }
+
+    /// Classifies the bytes at the front of `data`; `bad` is the error to report for malformed
+    /// chunk framing (400 for requests, 502 for responses).
+    pub fn advance(&mut self, data: &[u8], bad: fn(&'static str) -> HttpError) -> Result<Progress, HttpError> {
+        let mut used = 0;
+        while used < data.len() && self.state != Chunk::Done {
+            if let Chunk::Data { left, chunked } = self.state {
+                let take = left.min((data.len() - used) as u64);
+                used += take as usize;
+                let left = if self.until_close { left } else { left - take };
+                self.state = match (left, chunked) {
+                    (0, true) => Chunk::DataCr,
+                    (0, false) => Chunk::Done,
+                    _ => Chunk::Data { left, chunked },
+                };
+                continue;
+            }
+            self.state = self.step(data[used], bad)?;
+            used += 1;
+        }
+        Ok(Progress { used, done: self.state == Chunk::Done })
+    }
+
+    fn step(&self, byte: u8, bad: fn(&'static str) -> HttpError) -> Result<Chunk, HttpError> {
+        Ok(match (self.state, byte) {
+            (Chunk::Size { value, digits }, b) if b.is_ascii_hexdigit() => {
+                if digits >= 15 {
+                    return Err(bad("chunk size too large"));
+                }
+                let digit = (b as char).to_digit(16).unwrap_or(0);
+                Chunk::Size { value: value * 16 + u64::from(digit), digits: digits + 1 }
+            }
+            (Chunk::Size { digits: 0, .. }, _) => return Err(bad("chunk size is not hex")),
+            (Chunk::Size { value, .. }, b'\r') => Chunk::SizeLf { value },
+            (Chunk::Size { value, .. }, b';' | b' ' | b'\t') => Chunk::Extension { value },
+            (Chunk::Size { .. }, _) => return Err(bad("chunk size is not hex")),
+            (Chunk::Extension { value }, b'\r') => Chunk::SizeLf { value },
+            (Chunk::Extension { .. }, b'\n' | 0) => return Err(bad("bare LF or NUL in chunk extension")),
+            (Chunk::Extension { .. }, _) => self.state,
+            (Chunk::SizeLf { value: 0 }, b'\n') => Chunk::TrailerStart,
+            (Chunk::SizeLf { value }, b'\n') => Chunk::Data { left: value, chunked: true },
+            (Chunk::SizeLf { .. }, _) => return Err(bad("chunk size line not ended by CRLF")),
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataCr, _) => return Err(bad("chunk data not followed by CRLF")),
+            (Chunk::DataLf, b'\n') => Chunk::Size { value: 0, digits: 0 },
+            (Chunk::DataLf, _) => return Err(bad("chunk data not followed by CRLF")),
+            (Chunk::TrailerStart, b'\r') => Chunk::LastLf,
+            (Chunk::TrailerStart | Chunk::TrailerLine, b'\n' | 0) => {
+                return Err(bad("bare LF or NUL in trailer"))
+            }
+            (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
+            (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
+            (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
+            (Chunk::TrailerLf, _) => return Err(bad("trailer line not ended by CRLF")),
+            (Chunk::LastLf, b'\n') => Chunk::Done,
+            (Chunk::LastLf, _) => return Err(bad("chunked body not ended by CRLF")),
+            (Chunk::Data { .. } | Chunk::Done, _) => self.state,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FWD: Forwarding<'static> =
+        Forwarding { client_ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)), path_prefix: "" };
+
+    fn request(raw: &str) -> Result<(RequestHead, String), HttpError> {
+        let mut out = [0u8; 4096];
+        let head = parse_request(raw.as_bytes(), &FWD, &mut out)?.expect("complete head");
+        Ok((head, String::from_utf8_lossy(&out[..head.out_len]).into_owned()))
+    }
+
+    fn refused(raw: &str) -> u16 {
+        match request(raw) {
+            Ok(_) => panic!("{raw:?} should be refused"),
+            Err(e) => e.status(),
+        }
+    }
+
+    #[test]
+    fn a_simple_get_gains_forwarding_fields() {
+        let (head, out) = request("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").expect("valid");
+        assert_eq!(head.body, BodyKind::None);
+        assert!(head.keep_alive && head.idempotent && !head.is_head);
+        assert_eq!(
+            out,
+            "GET /a?b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_dropped() {
+        let raw = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n\
+                   TE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nTrailer: y\r\nX-Keep: 2\r\n\r\n";
+        let (head, out) = request(raw).expect("valid");
+        assert!(!head.keep_alive);
+        for gone in ["Connection", "X-Secret", "Keep-Alive", "TE:", "Upgrade", "Proxy-Connection", "Trailer"] {
+            assert!(!out.contains(gone), "{gone} forwarded in {out}");
+        }
+        assert!(out.contains("X-Keep: 2\r\n"));
+    }
+
+    #[test]
+    fn x_forwarded_for_is_appended_and_proto_replaced() {
+        let raw = "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\
+                   X-Forwarded-Proto: https\r\n\r\n";
+        let (_, out) = request(raw).expect("valid");
+        assert!(out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\n"), "{out}");
+        assert!(out.contains("X-Forwarded-Proto: http\r\n") && !out.contains("https"));
+    }
+
+    #[test]
+    fn path_prefix_and_absolute_form() {
+        let fwd = Forwarding { path_prefix: "/api", ..FWD };
+        let mut out = [0u8; 512];
+        let head = parse_request(b"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n", &fwd, &mut out)
+            .expect("valid")
+            .expect("complete");
+        assert!(out[..head.out_len].starts_with(b"GET /api/x HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn body_framing_of_requests() {
+        let cases = [
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", BodyKind::Length(5)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", BodyKind::None),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n", BodyKind::Length(7)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", BodyKind::Chunked),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", BodyKind::Chunked),
+        ];
+        for (raw, kind) in cases {
+            assert_eq!(request(raw).expect(raw).0.body, kind, "{raw}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_requests_are_refused_with_their_status() {
+        let cases = [
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus, chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400),
+            ("GET nowhere HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        ];
+        for (raw, status) in cases {
+            assert_eq!(refused(raw), status, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn http10_keeps_alive_only_when_asked() {
+        let (head, out) = request("GET / HTTP/1.0\r\n\r\n").expect("valid");
+        assert!(!head.keep_alive);
+        assert!(out.contains("Connection: keep-alive\r\n"), "upstream side stays pooled: {out}");
+        let (head, _) = request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").expect("valid");
+        assert!(head.keep_alive);
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_and_an_oversized_rewrite_is_431() {
+        let mut out = [0u8; 64];
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHo", &FWD, &mut out), Ok(None));
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100));
+        assert_eq!(parse_request(big.as_bytes(), &FWD, &mut out), Err(HttpError::HeadTooLarge));
+    }
+
+    fn response(raw: &str, ctx: ResponseContext) -> (ResponseHead, String) {
+        let mut out = [0u8; 4096];
+        let head = parse_response(raw.as_bytes(), &ctx, &mut out).expect("valid").expect("complete");
+        (head, String::from_utf8_lossy(&out[..head.out_len]).into_owned())
+    }
+
+    const CTX: ResponseContext = ResponseContext { request_is_head: false, client_minor: 1, client_keep_alive: true };
+
+    #[test]
+    fn response_framing() {
+        let cases = [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", CTX, BodyKind::Length(3)),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", CTX, BodyKind::Chunked),
+            ("HTTP/1.1 200 OK\r\n\r\n", CTX, BodyKind::UntilClose),
+            ("HTTP/1.1 204 No Content\r\n\r\n", CTX, BodyKind::None),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", CTX, BodyKind::None),
+            ("HTTP/1.1 100 Continue\r\n\r\n", CTX, BodyKind::None),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+                ResponseContext { request_is_head: true, ..CTX },
+                BodyKind::None,
+            ),
+        ];
+        for (raw, ctx, kind) in cases {
+            assert_eq!(response(raw, ctx).0.body, kind, "{raw}");
+        }
+    }
+
+    #[test]
+    fn close_delimited_and_conflicting_responses_close_and_are_not_reused() {
+        let (head, out) = response("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n", CTX);
+        assert!(!head.client_keep_alive && !head.upstream_reusable);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let (head, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+            CTX,
+        );
+        assert_eq!(head.body, BodyKind::Chunked);
+        assert!(!head.upstream_reusable && head.client_keep_alive);
+        assert!(!out.contains("Content-Length"));
+    }
+
+    #[test]
+    fn a_response_to_an_http10_keep_alive_client_says_so() {
+        let ctx = ResponseContext { client_minor: 0, ..CTX };
+        let (_, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nKeep-Alive: timeout=5\r\n\r\n", ctx);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n");
+    }
+
+    #[test]
+    fn malformed_responses_are_502() {
+        let mut out = [0u8; 512];
+        for raw in ["HTTP/1.1 abc OK\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "HTTP/1.1 101 Up\r\n\r\n"] {
+            let got = parse_response(raw.as_bytes(), &CTX, &mut out);
+            assert_eq!(got.map_err(HttpError::status), Err(502), "{raw}");
+        }
+    }
+
+    #[test]
+    fn local_responses_are_complete() {
+        let mut out = [0u8; 256];
+        let n = write_local_response(&mut out, 500, "All servers is off", true).expect("fits");
+        assert_eq!(
+            std::str::from_utf8(&out[..n]).expect("utf8"),
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 18\r\n\r\nAll servers is off"
+        );
+    }
+
+    fn frame_all(kind: BodyKind, data: &[u8], splits: &[usize]) -> Result<(usize, bool), HttpError> {
+        let mut framer = BodyFramer::new(kind);
+        let mut at = 0;
+        let mut cuts = splits.to_vec();
+        cuts.push(data.len());
+        for cut in cuts {
+            let p = framer.advance(&data[at..cut.max(at)], HttpError::BadRequest)?;
+            at += p.used;
+            if p.done {
+                return Ok((at, true));
+            }
+        }
+        Ok((at, false))
+    }
+
+    #[test]
+    fn chunked_bodies_end_at_the_same_byte_however_they_are_split() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        assert_eq!(frame_all(BodyKind::Chunked, body, &[]), Ok((end, true)));
+        for i in 0..body.len() {
+            for j in i..body.len() {
+                assert_eq!(frame_all(BodyKind::Chunked, body, &[i, j]), Ok((end, true)), "split {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn length_and_close_delimited_bodies() {
+        assert_eq!(frame_all(BodyKind::Length(3), b"abcdef", &[1]), Ok((3, true)));
+        assert_eq!(frame_all(BodyKind::UntilClose, b"abcdef", &[2]), Ok((6, false)));
+        assert_eq!(frame_all(BodyKind::None, b"abc", &[]), Ok((0, true)));
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for bad in [&b"x\r\n"[..], b"4\nWiki\r\n", b"4\r\nWikiX\r\n", b"10000000000000000\r\n", b"\r\n", b"0\r\n\n"] {
+            assert!(frame_all(BodyKind::Chunked, bad, &[]).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
