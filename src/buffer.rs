@@ -13,7 +13,11 @@ pub struct Buffer {
 
 impl Buffer {
     fn new(size: usize) -> Buffer {
-        Buffer { mem: vec![0; size].into_boxed_slice(), start: 0, end: 0 }
+        Buffer {
+            mem: vec![0; size].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
     }
 
     /// The bytes not yet consumed.
@@ -92,7 +96,10 @@ pub struct BufferPool {
 
 impl BufferPool {
     pub fn new(size: usize) -> BufferPool {
-        BufferPool { size, free: Vec::new() }
+        BufferPool {
+            size,
+            free: Vec::new(),
+        }
     }
 
     pub fn buffer_size(&self) -> usize {

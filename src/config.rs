@@ -95,7 +95,9 @@ impl TargetSpec {
     /// The address when the host is an IP literal, so no lookup is needed.
     pub fn literal_addr(&self) -> Option<SocketAddr> {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
+        host.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port))
     }
 }
 
@@ -134,7 +136,10 @@ impl fmt::Display for ConfigError {
 }
 
 fn err(key: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_owned(), problem: problem.into() }
+    ConfigError {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
 }
 
 impl Config {
@@ -156,7 +161,10 @@ impl RawConfig {
             return Err(err("ports", "the target list is empty"));
         }
         if self.ports.len() > MAX_TARGETS {
-            return Err(err("ports", format!("at most {MAX_TARGETS} targets are supported")));
+            return Err(err(
+                "ports",
+                format!("at most {MAX_TARGETS} targets are supported"),
+            ));
         }
         let targets = self
             .ports
@@ -164,19 +172,31 @@ impl RawConfig {
             .map(|url| parse_target_url(url).map_err(|p| err("ports", format!("{url:?}: {p}"))))
             .collect::<Result<Vec<_>, _>>()?;
         if !(100..=599).contains(&self.all_down_status) {
-            return Err(err("all_down_status", "must be an HTTP status from 100 to 599"));
+            return Err(err(
+                "all_down_status",
+                "must be an HTTP status from 100 to 599",
+            ));
         }
         if !self.probe_path.starts_with('/') || self.probe_path.bytes().any(|b| b <= b' ') {
-            return Err(err("probe_path", "must be a path starting with / and without spaces"));
+            return Err(err(
+                "probe_path",
+                "must be a path starting with / and without spaces",
+            ));
         }
         if !(1024..=1024 * 1024).contains(&self.max_request_head) {
-            return Err(err("max_request_head", "must be between 1024 and 1048576 bytes"));
+            return Err(err(
+                "max_request_head",
+                "must be between 1024 and 1048576 bytes",
+            ));
         }
         Ok(Config {
             targets,
             sleeping: seconds("sleeping", self.sleeping)?,
             listen: parse_listen(&self.listen).ok_or_else(|| {
-                err("listen", format!("{:?} is not an address like 0.0.0.0:8000", self.listen))
+                err(
+                    "listen",
+                    format!("{:?} is not an address like 0.0.0.0:8000", self.listen),
+                )
             })?,
             connect_timeout: seconds("connect_timeout", self.connect_timeout)?,
             client_header_timeout: seconds("client_header_timeout", self.client_header_timeout)?,
@@ -194,7 +214,10 @@ impl RawConfig {
 
 fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
     if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
-        return Err(err(key, format!("must be a positive number of seconds, got {value}")));
+        return Err(err(
+            key,
+            format!("must be a positive number of seconds, got {value}"),
+        ));
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -202,19 +225,27 @@ fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
 /// `0.0.0.0:8000`, `[::]:8000`, or `:8000` for every IPv4 interface.
 fn parse_listen(text: &str) -> Option<SocketAddr> {
     match text.strip_prefix(':') {
-        Some(port) => port.parse::<u16>().ok().map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
         None => text.parse().ok(),
     }
 }
 
 /// Parses `http://host[:port][/path]`.
 pub fn parse_target_url(url: &str) -> Result<TargetSpec, &'static str> {
-    let rest = url.strip_prefix("http://").ok_or("must start with http://")?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("must start with http://")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
-    if path.bytes().any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f) {
+    if path
+        .bytes()
+        .any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f)
+    {
         return Err("the path may not hold spaces, a query or a fragment");
     }
     let (host, port) = split_host_port(authority)?;
@@ -242,14 +273,19 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), &'static str> {
     };
     let valid_name = |h: &str| {
         !h.is_empty()
-            && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
     };
     if !host.starts_with('[') && !valid_name(host) {
         return Err("the host is missing or holds characters a host name cannot");
     }
     let port = match port {
         None => 80,
-        Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or("the port is not 1-65535")?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or("the port is not 1-65535")?,
     };
     Ok((host, port))
 }
@@ -260,25 +296,44 @@ mod tests {
 
     #[test]
     fn the_prototype_file_parses_with_defaults() {
-        let c = Config::parse(r#"{"ports": ["http://127.0.0.1:9001/", "http://t2:80/"], "sleeping": 1}"#)
-            .expect("valid");
+        let c = Config::parse(
+            r#"{"ports": ["http://127.0.0.1:9001/", "http://t2:80/"], "sleeping": 1}"#,
+        )
+        .expect("valid");
         assert_eq!(c.targets.len(), 2);
         assert_eq!(c.sleeping, Duration::from_secs(1));
         assert_eq!(c.listen, "0.0.0.0:8000".parse().expect("addr"));
         assert_eq!(c.probe_path, "/ping/");
         assert_eq!(c.all_down_status, 500);
-        assert_eq!(c.targets[0].literal_addr(), Some("127.0.0.1:9001".parse().expect("addr")));
+        assert_eq!(
+            c.targets[0].literal_addr(),
+            Some("127.0.0.1:9001".parse().expect("addr"))
+        );
         assert_eq!(c.targets[1].literal_addr(), None);
     }
 
     #[test]
     fn target_urls() {
         let t = parse_target_url("http://svc-3/api/").expect("valid");
-        assert_eq!((t.host.as_str(), t.port, t.path_prefix.as_str()), ("svc-3", 80, "/api"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path_prefix.as_str()),
+            ("svc-3", 80, "/api")
+        );
         let t = parse_target_url("http://[::1]:81").expect("valid");
-        assert_eq!((t.host.as_str(), t.port, t.path_prefix.as_str()), ("[::1]", 81, ""));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path_prefix.as_str()),
+            ("[::1]", 81, "")
+        );
         assert_eq!(t.literal_addr(), Some("[::1]:81".parse().expect("addr")));
-        for bad in ["https://a/", "http://", "http://a:0/", "http://a:70000/", "http://a b/", "a:80", "http://a/?x"] {
+        for bad in [
+            "https://a/",
+            "http://",
+            "http://a:0/",
+            "http://a:70000/",
+            "http://a b/",
+            "a:80",
+            "http://a/?x",
+        ] {
             assert!(parse_target_url(bad).is_err(), "{bad} should be refused");
         }
     }
@@ -303,8 +358,14 @@ mod tests {
 
     #[test]
     fn listen_shorthand() {
-        assert_eq!(parse_listen(":8080"), Some("0.0.0.0:8080".parse().expect("addr")));
-        assert_eq!(parse_listen("127.0.0.1:0"), Some("127.0.0.1:0".parse().expect("addr")));
+        assert_eq!(
+            parse_listen(":8080"),
+            Some("0.0.0.0:8080".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:0"),
+            Some("127.0.0.1:0".parse().expect("addr"))
+        );
         assert_eq!(parse_listen("8080"), None);
     }
 }

@@ -3,6 +3,12 @@
 
 pub mod buffer;
 pub mod config;
+pub mod health;
 pub mod http;
+pub mod reactor;
+pub mod resolve;
 pub mod ring;
+pub mod session;
+pub mod token;
+pub mod upstream;
 pub mod wheel;

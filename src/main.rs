@@ -1,1 +1,124 @@
-fn main(){}
+//! `ringproxy [--config PATH] [--check] [--log-level LEVEL]`: loads the config, starts the
+//! reactor, exits 0 after a clean drain, 1 on a bad config or a fatal error, 2 on bad usage.
+
+use log::{error, info, LevelFilter};
+use ringproxy::config::Config;
+use ringproxy::reactor::Reactor;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+ringproxy: a load-balancing HTTP/1.1 reverse proxy
+
+Usage: ringproxy [--config PATH] [--check] [--log-level LEVEL]
+
+Options:
+  -c, --config PATH      config file (default: config/appsettings.json)
+  -t, --check            validate the config and exit: 0 if valid, 1 if not
+  -l, --log-level LEVEL  error, warn, info, debug or trace (default: info, or RUST_LOG)
+  -h, --help             print this help
+  -V, --version          print the version
+
+Signals: SIGTERM or SIGINT stops accepting, lets requests in flight finish
+(up to shutdown_timeout) and exits 0; a second signal exits at once.";
+
+struct Args {
+    config: PathBuf,
+    check: bool,
+    log_level: Option<LevelFilter>,
+}
+
+enum Parsed {
+    Run(Args),
+    Exit(ExitCode),
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed, String> {
+    let mut args = Args {
+        config: PathBuf::from("config/appsettings.json"),
+        check: false,
+        log_level: None,
+    };
+    while let Some(arg) = argv.next() {
+        match arg.as_str() {
+            "-c" | "--config" => args.config = argv.next().ok_or("--config needs a path")?.into(),
+            "-t" | "--check" => args.check = true,
+            "-l" | "--log-level" => {
+                let level = argv.next().ok_or("--log-level needs a level")?;
+                args.log_level = Some(
+                    level
+                        .parse()
+                        .map_err(|_| format!("unknown log level {level:?}"))?,
+                );
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(Parsed::Exit(ExitCode::SUCCESS));
+            }
+            "-V" | "--version" => {
+                println!("ringproxy {}", env!("CARGO_PKG_VERSION"));
+                return Ok(Parsed::Exit(ExitCode::SUCCESS));
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(Parsed::Run(args))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Exit(code)) => return code,
+        Err(e) => {
+            eprintln!("ringproxy: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ringproxy: {}: {e}", args.config.display());
+            return ExitCode::from(1);
+        }
+    };
+    if args.check {
+        println!(
+            "ringproxy: {}: ok ({} targets)",
+            args.config.display(),
+            config.targets.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mut logger = simple_logger::SimpleLogger::new()
+        .with_level(LevelFilter::Info)
+        .env();
+    if let Some(level) = args.log_level {
+        logger = logger.with_level(level);
+    }
+    if let Err(e) = logger.init() {
+        eprintln!("ringproxy: cannot start logging: {e}");
+    }
+    let mut reactor = match Reactor::new(&config) {
+        Ok(reactor) => reactor,
+        Err(e) => {
+            error!("cannot start on {}: {e}", config.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let urls: Vec<&str> = config.targets.iter().map(|t| t.url.as_str()).collect();
+    info!(
+        "ringproxy {} listening on {}; {} targets: {}; probing dropped targets every {:?}",
+        env!("CARGO_PKG_VERSION"),
+        reactor.local_addr(),
+        urls.len(),
+        urls.join(" "),
+        config.sleeping
+    );
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -31,7 +31,10 @@ pub struct HashRing {
 impl HashRing {
     /// A ring over `count` targets, all live.
     pub fn new(count: usize) -> HashRing {
-        HashRing { live: (0..count).collect(), is_live: vec![true; count] }
+        HashRing {
+            live: (0..count).collect(),
+            is_live: vec![true; count],
+        }
     }
 
     /// The target for request `seq`, skipping those in `tried`; `None` when no live target is
@@ -42,7 +45,9 @@ impl HashRing {
             return None;
         }
         let first = (seq % n as u64) as usize;
-        (0..n).map(|k| self.live[(first + k) % n]).find(|&t| !tried.contains(t))
+        (0..n)
+            .map(|k| self.live[(first + k) % n])
+            .find(|&t| !tried.contains(t))
     }
 
     /// Takes `target` out of the rotation; returns whether it was live.

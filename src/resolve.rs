@@ -1,0 +1,62 @@
+//! Host name lookups off the reactor thread. `getaddrinfo` blocks (inside compose a stopped
+//! target's name stops resolving, and the lookup may take seconds), so lookups run on a helper
+//! thread and each answer comes back through a channel and a `mio::Waker`.
+
+use log::error;
+use mio::Waker;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread;
+
+type Answer = (usize, io::Result<SocketAddr>);
+
+pub struct Resolver {
+    requests: Sender<(usize, String, u16)>,
+    answers: Receiver<Answer>,
+}
+
+impl Resolver {
+    /// Starts the lookup thread; it wakes the reactor through `waker` after each answer.
+    pub fn start(waker: Arc<Waker>) -> io::Result<Resolver> {
+        let (requests, inbox) = channel::<(usize, String, u16)>();
+        let (outbox, answers) = channel();
+        thread::Builder::new()
+            .name("resolver".into())
+            .spawn(move || {
+                for (id, host, port) in inbox {
+                    if outbox.send((id, lookup(&host, port))).is_err() {
+                        return;
+                    }
+                    if let Err(e) = waker.wake() {
+                        error!("resolver cannot wake the reactor: {e}");
+                    }
+                }
+            })?;
+        Ok(Resolver { requests, answers })
+    }
+
+    /// Queues a lookup; its answer arrives through `answer` after the waker fires.
+    pub fn lookup(&self, id: usize, host: &str, port: u16) {
+        if self.requests.send((id, host.to_owned(), port)).is_err() {
+            error!("resolver thread is gone; {host} cannot be looked up");
+        }
+    }
+
+    pub fn answer(&self) -> Option<Answer> {
+        self.answers.try_recv().ok()
+    }
+}
+
+/// The first address `host` resolves to, IPv4 preferred (what `http://name/` usually means).
+pub fn lookup(host: &str, port: u16) -> io::Result<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")))
+}

@@ -1,0 +1,844 @@
+//! A client connection and, while a request is in flight, the upstream connection serving it.
+//!
+//! `pump` makes every move the sockets' readiness allows: read the client, parse a head, pick a
+//! target, connect, send the head and body, read the response, send it back. It returns a
+//! `Verdict` for the reactor. Bytes flow through four pooled buffers, held only while a request
+//! is in flight:
+//!
+//! - `cin`: raw bytes from the client; the current request's body sits at its front (`body_ready`
+//!   bytes, of which `body_sent` were written upstream and are still held for a retry), then any
+//!   pipelined requests.
+//! - `uout`: the rewritten request head, kept whole until the response starts so a failed
+//!   attempt can be replayed on another target.
+//! - `uin`: raw bytes from the upstream; the response body's classified bytes at its front.
+//! - `cout`: the rewritten response head, or a response the proxy made itself.
+//!
+//! `docs/ARCHITECTURE.md` walks a request through these steps.
+
+use crate::buffer::{self, Buffer};
+use crate::health::Failure;
+use crate::http::{self, BodyFramer, Forwarding, HttpError, RequestHead, ResponseContext};
+use crate::reactor::{Shared, Timeouts, Timer};
+use crate::ring::TargetSet;
+use crate::upstream::{Ready, UpstreamConn};
+use crate::wheel::TimerId;
+use log::{debug, warn};
+use mio::net::TcpStream;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+
+/// What the reactor should do with a session after pumping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Open,
+    Close,
+    /// Still has work but gave up its turn so others get theirs: pump again soon.
+    Requeue,
+}
+
+/// The session must be closed now (the reason was logged where it was found).
+struct Closed;
+
+type Step = Result<bool, Closed>;
+
+/// Steps in one `pump` before the session yields to others.
+const TURN: usize = 32;
+
+/// Which timeout applies in the current phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Header,
+    Connect,
+    Response,
+    Stream,
+}
+
+enum Resp {
+    /// No final response head yet (1xx heads may have passed).
+    Head,
+    Body(BodyFramer),
+}
+
+fn timeout_for(phase: Phase, t: &Timeouts) -> u64 {
+    match phase {
+        Phase::Idle => t.keepalive,
+        Phase::Header => t.client_header,
+        Phase::Connect => t.connect,
+        Phase::Response | Phase::Stream => t.upstream,
+    }
+}
+
+/// One request from its head to the last byte of its response.
+struct Exchange {
+    seq: u64,
+    head: RequestHead,
+    req_body: BodyFramer,
+    /// Bytes at the front of `cin` that belong to this request's body.
+    body_ready: usize,
+    /// Of those, bytes already written upstream (held for a retry).
+    body_sent: usize,
+    /// Bytes of `uout` (the rewritten head) already written upstream.
+    head_sent: usize,
+    /// Every byte of the request sent so far is still held.
+    replayable: bool,
+    tried: TargetSet,
+    target: usize,
+    attempts: usize,
+    resp: Resp,
+    /// Bytes at the front of `uin` that belong to the response body.
+    resp_ready: usize,
+    /// Some byte of a final response reached the client: no retry is possible any more.
+    resp_started: bool,
+    client_keep_alive: bool,
+    upstream_reusable: bool,
+    upstream_eof: bool,
+}
+
+impl Exchange {
+    fn request_sent(&self, uout_len: usize) -> bool {
+        self.head_sent == uout_len && self.req_body.is_done() && self.body_sent == self.body_ready
+    }
+
+    fn response_complete(&self) -> bool {
+        match &self.resp {
+            Resp::Head => false,
+            Resp::Body(framer) => {
+                self.resp_ready == 0
+                    && (framer.is_done() || (framer.until_close() && self.upstream_eof))
+            }
+        }
+    }
+}
+
+pub struct Session {
+    key: usize,
+    client: TcpStream,
+    peer: SocketAddr,
+    ready: Ready,
+    client_eof: bool,
+    cin: Option<Buffer>,
+    uout: Option<Buffer>,
+    uin: Option<Buffer>,
+    cout: Option<Buffer>,
+    up: Option<UpstreamConn>,
+    ex: Option<Exchange>,
+    /// Close once `cout` is flushed.
+    close_after: bool,
+    phase: Option<Phase>,
+    deadline: u64,
+    timer: Option<(TimerId, u64)>,
+}
+
+impl Session {
+    pub fn new(key: usize, client: TcpStream, peer: SocketAddr) -> Session {
+        Session {
+            key,
+            client,
+            peer,
+            ready: Ready::default(),
+            client_eof: false,
+            cin: None,
+            uout: None,
+            uin: None,
+            cout: None,
+            up: None,
+            ex: None,
+            close_after: false,
+            phase: None,
+            deadline: 0,
+            timer: None,
+        }
+    }
+
+    pub fn client_mut(&mut self) -> &mut TcpStream {
+        &mut self.client
+    }
+
+    pub fn client_event(&mut self, event: &mio::event::Event) {
+        self.ready.update(event);
+    }
+
+    /// Records readiness of the upstream socket in `slot`, if it is still this session's.
+    pub fn upstream_event(&mut self, slot: usize, event: &mio::event::Event) {
+        if let Some(up) = self.up.as_mut().filter(|up| up.slot == slot) {
+            up.ready.update(event);
+        }
+    }
+
+    /// Idle between requests: the first to go when the proxy drains.
+    pub fn is_idle(&self) -> bool {
+        self.ex.is_none()
+            && self.cin.as_ref().is_none_or(Buffer::is_empty)
+            && self.cout.as_ref().is_none_or(Buffer::is_empty)
+    }
+
+    /// Makes every move readiness allows, up to one turn.
+    pub fn pump(&mut self, sh: &mut Shared) -> Verdict {
+        let mut moved = false;
+        for _ in 0..TURN {
+            match self.step(sh) {
+                Ok(true) => moved = true,
+                Ok(false) => return self.settle(sh, moved),
+                Err(Closed) => return Verdict::Close,
+            }
+        }
+        match self.settle(sh, true) {
+            Verdict::Open => Verdict::Requeue,
+            other => other,
+        }
+    }
+
+    /// The session's timer fired.
+    pub fn on_timer(&mut self, sh: &mut Shared) -> Verdict {
+        self.timer = None;
+        if sh.now < self.deadline {
+            self.arm_timer(sh);
+            return Verdict::Open;
+        }
+        let outcome = match self.phase {
+            Some(Phase::Idle) | None => Err(Closed),
+            Some(Phase::Header) => {
+                debug!("{}: request head not received in time", self.peer);
+                self.respond_local(sh, 408, http::reason(408), false);
+                Ok(true)
+            }
+            Some(Phase::Connect) => self.attempt_failed(sh, Failure::ConnectTimeout),
+            Some(Phase::Response) => self.attempt_failed(sh, Failure::ResponseTimeout),
+            Some(Phase::Stream) => {
+                warn!("{}: transfer stalled past the timeout, closing", self.peer);
+                Err(Closed)
+            }
+        };
+        match outcome {
+            Err(Closed) => Verdict::Close,
+            Ok(_) => self.pump(sh),
+        }
+    }
+
+    /// Releases everything the session holds. The client socket closes when the session drops.
+    pub fn teardown(&mut self, sh: &mut Shared) {
+        if let Some((id, _)) = self.timer.take() {
+            sh.wheel.cancel(id);
+        }
+        if let Some(up) = self.up.take() {
+            sh.upstreams.close(up);
+        }
+        for slot in [&mut self.cin, &mut self.uout, &mut self.uin, &mut self.cout] {
+            buffer::release(slot, &mut sh.pool);
+        }
+    }
+
+    fn step(&mut self, sh: &mut Shared) -> Step {
+        let mut moved = self.read_client(sh)?;
+        if self.ex.is_none() {
+            moved |= self.start_request(sh)?;
+        }
+        if self.ex.is_some() {
+            moved |= self.classify_request_body()?;
+            moved |= self.check_connect(sh)?;
+            moved |= self.write_upstream(sh)?;
+            moved |= self.read_upstream(sh)?;
+            moved |= self.parse_response_head(sh)?;
+            moved |= self.classify_response_body()?;
+        }
+        moved |= self.write_client()?;
+        if self.ex.is_some() {
+            moved |= self.finish_if_complete(sh)?;
+        } else if self.cout.as_ref().is_none_or(Buffer::is_empty) {
+            if self.close_after
+                || (self.client_eof && self.cin.as_ref().is_none_or(Buffer::is_empty))
+            {
+                return Err(Closed);
+            }
+            if sh.draining && self.is_idle() {
+                return Err(Closed);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// After a pump: give idle buffers back and keep the phase timer right.
+    fn settle(&mut self, sh: &mut Shared, moved: bool) -> Verdict {
+        if self.ex.is_none() {
+            for slot in [&mut self.cin, &mut self.uout, &mut self.uin, &mut self.cout] {
+                buffer::release_if_empty(slot, &mut sh.pool);
+            }
+        }
+        let phase = self.current_phase();
+        if self.phase != Some(phase) || (moved && phase == Phase::Stream) {
+            self.phase = Some(phase);
+            self.deadline = sh.now + timeout_for(phase, &sh.timeouts);
+        }
+        self.arm_timer(sh);
+        Verdict::Open
+    }
+
+    fn current_phase(&self) -> Phase {
+        match (&self.ex, &self.up) {
+            (None, _) if self.cin.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Header,
+            (None, _) if self.cout.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Stream,
+            (None, _) => Phase::Idle,
+            (Some(_), Some(up)) if !up.connected => Phase::Connect,
+            (Some(ex), _) if !ex.resp_started && matches!(ex.resp, Resp::Head) => Phase::Response,
+            (Some(_), _) => Phase::Stream,
+        }
+    }
+
+    /// Keeps one wheel entry no later than the deadline; a later deadline is caught lazily
+    /// when the early entry fires.
+    fn arm_timer(&mut self, sh: &mut Shared) {
+        if let Some((id, when)) = self.timer {
+            if when <= self.deadline {
+                return;
+            }
+            sh.wheel.cancel(id);
+        }
+        let id = sh.wheel.insert(self.deadline, Timer::Session(self.key));
+        self.timer = Some((id, self.deadline));
+    }
+
+    fn read_client(&mut self, sh: &mut Shared) -> Step {
+        if !self.ready.read || self.client_eof || self.close_after {
+            return Ok(false);
+        }
+        let cin = buffer::ensure(&mut self.cin, &mut sh.pool);
+        if !cin.has_space() {
+            // Full: only body bytes already sent can make room, at the price of a retry.
+            let Some(ex) = self.ex.as_mut().filter(|ex| ex.body_sent > 0) else {
+                return Ok(false);
+            };
+            cin.consume(ex.body_sent);
+            ex.body_ready -= ex.body_sent;
+            ex.body_sent = 0;
+            ex.replayable = false;
+        }
+        let want = cin.space().len();
+        match self.client.read(cin.space()) {
+            Ok(0) => {
+                self.client_eof = true;
+                self.ready.read = false;
+                if self.ex.as_ref().is_some_and(|ex| !ex.req_body.is_done()) {
+                    debug!(
+                        "{}: client closed in the middle of a request body",
+                        self.peer
+                    );
+                    return Err(Closed);
+                }
+                Ok(true)
+            }
+            Ok(n) => {
+                cin.fill(n);
+                if n < want && !self.ready.hup {
+                    self.ready.read = false;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.ready.read = false;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => {
+                debug!("{}: client read failed: {e}", self.peer);
+                Err(Closed)
+            }
+        }
+    }
+
+    /// Parses the next request head in `cin`, if a whole one is there, and sends it on its way.
+    fn start_request(&mut self, sh: &mut Shared) -> Step {
+        let Some(cin) = self.cin.as_mut().filter(|b| !b.is_empty()) else {
+            return Ok(false);
+        };
+        if self.close_after || self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Ok(false);
+        }
+        let uout = buffer::ensure(&mut self.uout, &mut sh.pool);
+        uout.clear();
+        let fwd = Forwarding {
+            client_ip: self.peer.ip(),
+            path_prefix: &sh.path_prefix,
+        };
+        let limit = cin.len().min(sh.max_request_head);
+        let parsed = http::parse_request(&cin.data()[..limit], &fwd, uout.space());
+        let head = match parsed {
+            Ok(Some(head)) => head,
+            Ok(None) if limit < sh.max_request_head && !self.client_eof => return Ok(false),
+            Ok(None) if self.client_eof => {
+                debug!(
+                    "{}: client closed in the middle of a request head",
+                    self.peer
+                );
+                return Err(Closed);
+            }
+            Ok(None) => return Ok(self.refuse(sh, HttpError::HeadTooLarge)),
+            Err(e) => return Ok(self.refuse(sh, e)),
+        };
+        cin.consume(head.head_len);
+        uout.fill(head.out_len);
+        let seq = sh.seq;
+        sh.seq += 1;
+        self.ex = Some(Exchange {
+            seq,
+            head,
+            req_body: BodyFramer::new(head.body),
+            body_ready: 0,
+            body_sent: 0,
+            head_sent: 0,
+            replayable: true,
+            tried: TargetSet::default(),
+            target: 0,
+            attempts: 0,
+            resp: Resp::Head,
+            resp_ready: 0,
+            resp_started: false,
+            client_keep_alive: head.keep_alive,
+            upstream_reusable: false,
+            upstream_eof: false,
+        });
+        self.dispatch(sh, false)?;
+        Ok(true)
+    }
+
+    /// Answers a request the proxy refuses, and closes after: what follows it cannot be trusted.
+    fn refuse(&mut self, sh: &mut Shared, e: HttpError) -> bool {
+        warn!("{}: {e} -> {}", self.peer, e.status());
+        self.respond_local(sh, e.status(), http::reason(e.status()), false);
+        true
+    }
+
+    /// Sends the exchange to a target: the same one again for a stale pooled connection,
+    /// otherwise the ring's pick among live targets not tried yet.
+    fn dispatch(&mut self, sh: &mut Shared, mut same_target: bool) -> Result<(), Closed> {
+        loop {
+            let Some(ex) = self.ex.as_mut() else {
+                return Ok(());
+            };
+            let picked = if same_target {
+                Some(ex.target)
+            } else {
+                sh.targets.ring.pick(ex.seq, &ex.tried)
+            };
+            let Some(target) = picked else {
+                warn!("{}: no live target left for request #{}", self.peer, ex.seq);
+                let keep = ex.client_keep_alive && ex.req_body.is_done() && ex.body_ready == 0;
+                let status = sh.all_down_status;
+                self.respond_local(sh, status, "All servers is off", keep);
+                return Ok(());
+            };
+            ex.target = target;
+            ex.attempts += 1;
+            self.phase = None;
+            if !same_target {
+                if let Some(conn) = sh.upstreams.checkout(target, self.key) {
+                    self.up = Some(conn);
+                    return Ok(());
+                }
+            }
+            let failure = match sh.targets.addr(target) {
+                None => Failure::Unresolved,
+                Some(addr) => match sh.upstreams.connect(&sh.registry, target, addr, self.key) {
+                    Ok(conn) => {
+                        self.up = Some(conn);
+                        return Ok(());
+                    }
+                    Err(e) => Failure::Connect(e.kind()),
+                },
+            };
+            ex.tried.insert(target);
+            sh.targets.fail(target, failure, &mut sh.upstreams);
+            same_target = false;
+        }
+    }
+
+    /// A non-blocking connect finished, one way or the other.
+    fn check_connect(&mut self, sh: &mut Shared) -> Step {
+        let Some(up) = self
+            .up
+            .as_mut()
+            .filter(|up| !up.connected && (up.ready.write || up.ready.read))
+        else {
+            return Ok(false);
+        };
+        let outcome = match up.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => up.stream.peer_addr().map(|_| ()),
+        };
+        match outcome {
+            Ok(()) => {
+                up.connected = true;
+                // Best effort: a failure here only costs latency.
+                let _ = up.stream.set_nodelay(true);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                up.ready.write = false;
+                up.ready.read = false;
+                Ok(false)
+            }
+            Err(e) => self.attempt_failed(sh, Failure::Connect(e.kind())),
+        }
+    }
+
+    fn classify_request_body(&mut self) -> Step {
+        let (Some(ex), Some(cin)) = (self.ex.as_mut(), self.cin.as_ref()) else {
+            return Ok(false);
+        };
+        if ex.req_body.is_done() || cin.len() == ex.body_ready {
+            return Ok(false);
+        }
+        match ex
+            .req_body
+            .advance(&cin.data()[ex.body_ready..], HttpError::BadRequest)
+        {
+            Ok(p) => {
+                ex.body_ready += p.used;
+                Ok(p.used > 0 || p.done)
+            }
+            Err(e) => {
+                warn!("{}: {e} -> closing", self.peer);
+                Err(Closed)
+            }
+        }
+    }
+
+    fn write_upstream(&mut self, sh: &mut Shared) -> Step {
+        let (Some(ex), Some(up), Some(uout)) =
+            (self.ex.as_mut(), self.up.as_mut(), self.uout.as_ref())
+        else {
+            return Ok(false);
+        };
+        if !up.connected || !up.ready.write {
+            return Ok(false);
+        }
+        let head = &uout.data()[ex.head_sent..];
+        let body = self
+            .cin
+            .as_ref()
+            .map_or(&[][..], |cin| &cin.data()[ex.body_sent..ex.body_ready]);
+        if head.is_empty() && body.is_empty() {
+            return Ok(false);
+        }
+        let want = head.len() + body.len();
+        match up
+            .stream
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+        {
+            Ok(n) => {
+                let from_head = n.min(head.len());
+                ex.head_sent += from_head;
+                ex.body_sent += n - from_head;
+                if n < want {
+                    up.ready.write = false;
+                }
+                Ok(n > 0)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                up.ready.write = false;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => self.attempt_failed(sh, Failure::Reset(e.kind())),
+        }
+    }
+
+    fn read_upstream(&mut self, sh: &mut Shared) -> Step {
+        let (Some(ex), Some(up)) = (self.ex.as_mut(), self.up.as_mut()) else {
+            return Ok(false);
+        };
+        if !up.connected || !up.ready.read || ex.upstream_eof {
+            return Ok(false);
+        }
+        let uin = buffer::ensure(&mut self.uin, &mut sh.pool);
+        if !uin.has_space() {
+            return Ok(false);
+        }
+        let want = uin.space().len();
+        match up.stream.read(uin.space()) {
+            Ok(0) => {
+                ex.upstream_eof = true;
+                up.ready.read = false;
+                self.upstream_closed(sh)
+            }
+            Ok(n) => {
+                uin.fill(n);
+                if n < want && !up.ready.hup {
+                    up.ready.read = false;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                up.ready.read = false;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) if matches!(ex.resp, Resp::Head) => {
+                self.attempt_failed(sh, Failure::Reset(e.kind()))
+            }
+            Err(e) => {
+                warn!(
+                    "{}: target {} failed mid-response: {e}",
+                    self.peer,
+                    sh.targets.url(up.target)
+                );
+                Err(Closed)
+            }
+        }
+    }
+
+    /// The target closed its side: the end of a close-delimited body, or a failure.
+    fn upstream_closed(&mut self, sh: &mut Shared) -> Step {
+        let Some(ex) = self.ex.as_ref() else {
+            return Ok(false);
+        };
+        match &ex.resp {
+            Resp::Head => self.attempt_failed(sh, Failure::Eof),
+            Resp::Body(framer) if framer.until_close() => Ok(true),
+            Resp::Body(framer) if framer.is_done() => Ok(true),
+            Resp::Body(_) => {
+                let url = sh.targets.url(ex.target);
+                warn!(
+                    "{}: target {url} closed before the response body ended",
+                    self.peer
+                );
+                Err(Closed)
+            }
+        }
+    }
+
+    fn parse_response_head(&mut self, sh: &mut Shared) -> Step {
+        let (Some(ex), Some(uin)) = (self.ex.as_mut(), self.uin.as_mut()) else {
+            return Ok(false);
+        };
+        if !matches!(ex.resp, Resp::Head) || uin.is_empty() {
+            return Ok(false);
+        }
+        let cout = buffer::ensure(&mut self.cout, &mut sh.pool);
+        if !cout.is_empty() {
+            return Ok(false);
+        }
+        let ctx = ResponseContext {
+            request_is_head: ex.head.is_head,
+            client_minor: ex.head.minor,
+            client_keep_alive: ex.client_keep_alive && !sh.draining && !self.client_eof,
+        };
+        let head = match http::parse_response(uin.data(), &ctx, cout.space()) {
+            Ok(Some(head)) => head,
+            Ok(None) if uin.has_space() => return Ok(false),
+            Ok(None) => return self.bad_gateway(sh, HttpError::BadResponse("head too large")),
+            Err(e) => return self.bad_gateway(sh, e),
+        };
+        uin.consume(head.head_len);
+        if head.informational {
+            // HTTP/1.0 clients do not expect interim responses (RFC 9110 §15.2).
+            if ex.head.minor == 1 {
+                cout.fill(head.out_len);
+            }
+            return Ok(true);
+        }
+        cout.fill(head.out_len);
+        ex.resp = Resp::Body(BodyFramer::new(head.body));
+        ex.client_keep_alive = head.client_keep_alive;
+        ex.upstream_reusable = head.upstream_reusable;
+        // The response has begun: the request will not be replayed, so its bytes can go.
+        if let Some(cin) = self.cin.as_mut() {
+            cin.consume(ex.body_sent);
+        }
+        ex.body_ready -= ex.body_sent;
+        ex.body_sent = 0;
+        ex.replayable = false;
+        sh.targets.succeeded(ex.target);
+        Ok(true)
+    }
+
+    /// The target's response cannot be forwarded: 502 if the client has seen nothing yet.
+    fn bad_gateway(&mut self, sh: &mut Shared, e: HttpError) -> Step {
+        let Some(ex) = self.ex.as_ref() else {
+            return Err(Closed);
+        };
+        warn!(
+            "{}: target {}: {e} -> 502",
+            self.peer,
+            sh.targets.url(ex.target)
+        );
+        if ex.resp_started {
+            return Err(Closed);
+        }
+        self.respond_local(sh, 502, http::reason(502), false);
+        Ok(true)
+    }
+
+    fn classify_response_body(&mut self) -> Step {
+        let (Some(ex), Some(uin)) = (self.ex.as_mut(), self.uin.as_ref()) else {
+            return Ok(false);
+        };
+        let Resp::Body(framer) = &mut ex.resp else {
+            return Ok(false);
+        };
+        if framer.is_done() || uin.len() == ex.resp_ready {
+            return Ok(false);
+        }
+        match framer.advance(&uin.data()[ex.resp_ready..], HttpError::BadResponse) {
+            Ok(p) => {
+                ex.resp_ready += p.used;
+                Ok(p.used > 0 || p.done)
+            }
+            Err(e) => {
+                warn!("{}: target {e}; closing", self.peer);
+                Err(Closed)
+            }
+        }
+    }
+
+    fn write_client(&mut self) -> Step {
+        if !self.ready.write {
+            return Ok(false);
+        }
+        let head = self.cout.as_ref().map_or(&[][..], Buffer::data);
+        let ready = self.ex.as_ref().map_or(0, |ex| ex.resp_ready);
+        let body = self
+            .uin
+            .as_ref()
+            .map_or(&[][..], |uin| &uin.data()[..ready]);
+        if head.is_empty() && body.is_empty() {
+            return Ok(false);
+        }
+        let want = head.len() + body.len();
+        match self
+            .client
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+        {
+            Ok(n) => {
+                let from_head = n.min(head.len());
+                if let Some(cout) = self.cout.as_mut() {
+                    cout.consume(from_head);
+                }
+                if let (Some(uin), Some(ex)) = (self.uin.as_mut(), self.ex.as_mut()) {
+                    uin.consume(n - from_head);
+                    ex.resp_ready -= n - from_head;
+                }
+                if let Some(ex) = self
+                    .ex
+                    .as_mut()
+                    .filter(|ex| matches!(ex.resp, Resp::Body(_)))
+                {
+                    ex.resp_started = true;
+                }
+                if n < want {
+                    self.ready.write = false;
+                }
+                Ok(n > 0)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.ready.write = false;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => {
+                debug!("{}: client write failed: {e}", self.peer);
+                Err(Closed)
+            }
+        }
+    }
+
+    /// Ends the exchange once its response is fully delivered: the upstream connection goes
+    /// back to the pool if its framing allows, and the client connection waits for the next
+    /// request or closes.
+    fn finish_if_complete(&mut self, sh: &mut Shared) -> Step {
+        let Some(ex) = self.ex.as_ref() else {
+            return Ok(false);
+        };
+        if !ex.response_complete() || self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Ok(false);
+        }
+        let request_sent = ex.request_sent(self.uout.as_ref().map_or(0, Buffer::len));
+        let uin_clean = self.uin.as_ref().is_none_or(Buffer::is_empty);
+        if let Some(up) = self.up.take() {
+            if ex.upstream_reusable && request_sent && uin_clean && !ex.upstream_eof {
+                sh.upstreams.checkin(up);
+            } else {
+                sh.upstreams.close(up);
+            }
+        }
+        // A response that came before its request finished leaves the client stream unframed.
+        self.close_after |= !ex.client_keep_alive || !request_sent;
+        self.ex = None;
+        if let Some(uin) = self.uin.as_mut() {
+            uin.clear();
+        }
+        Ok(true)
+    }
+
+    /// A connection attempt or an exchange with a target failed before the client saw any of
+    /// the response. Decide: replay elsewhere, or answer with an error.
+    fn attempt_failed(&mut self, sh: &mut Shared, failure: Failure) -> Step {
+        let Some(ex) = self.ex.as_mut() else {
+            return Err(Closed);
+        };
+        let Some(up) = self.up.take() else {
+            return Err(Closed);
+        };
+        let stale_pooled = up.reused && matches!(failure, Failure::Eof | Failure::Reset(_));
+        let nothing_sent = !up.connected || (ex.head_sent == 0 && ex.body_sent == 0);
+        sh.upstreams.close(up);
+        if ex.resp_started {
+            warn!(
+                "{}: target {} failed mid-response ({failure}); closing",
+                self.peer,
+                sh.targets.url(ex.target)
+            );
+            return Err(Closed);
+        }
+        if !stale_pooled {
+            ex.tried.insert(ex.target);
+            sh.targets.fail(ex.target, failure, &mut sh.upstreams);
+        }
+        let safe = failure.before_request() || nothing_sent || ex.head.idempotent;
+        let may_retry = ex.replayable && safe && ex.attempts <= sh.targets.ring.len();
+        if !may_retry {
+            let status = if matches!(failure, Failure::ResponseTimeout) {
+                504
+            } else {
+                502
+            };
+            warn!(
+                "{}: target {} {failure}; request not safe to retry -> {status}",
+                self.peer,
+                sh.targets.url(ex.target)
+            );
+            self.respond_local(sh, status, http::reason(status), false);
+            return Ok(true);
+        }
+        debug!("{}: request #{} retried after {failure}", self.peer, ex.seq);
+        ex.head_sent = 0;
+        ex.body_sent = 0;
+        ex.resp = Resp::Head;
+        ex.resp_ready = 0;
+        ex.upstream_eof = false;
+        if let Some(uin) = self.uin.as_mut() {
+            uin.clear();
+        }
+        if let Some(cout) = self.cout.as_mut() {
+            cout.clear();
+        }
+        self.dispatch(sh, stale_pooled)?;
+        Ok(true)
+    }
+
+    /// Replaces whatever the exchange was doing with a response made by the proxy.
+    fn respond_local(&mut self, sh: &mut Shared, status: u16, body: &str, keep_alive: bool) {
+        if let Some(up) = self.up.take() {
+            sh.upstreams.close(up);
+        }
+        if let (Some(ex), Some(cin)) = (self.ex.take(), self.cin.as_mut()) {
+            cin.consume(ex.body_ready);
+        }
+        let keep_alive = keep_alive && !sh.draining;
+        let cout = buffer::ensure(&mut self.cout, &mut sh.pool);
+        cout.clear();
+        let n = http::write_local_response(cout.space(), status, body, keep_alive).unwrap_or(0);
+        cout.fill(n);
+        self.close_after |= !keep_alive;
+    }
+}
