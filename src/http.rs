@@ -209,29 +209,19 @@ pub fn parse_request(
     } else {
         b" HTTP/1.0\r\n"
     });
-    let mut forwarded_for = false;
+    let is_xff = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("x-forwarded-for");
     for h in req.headers.iter() {
-        if fields.is_hop_by_hop(h.name) || h.name.eq_ignore_ascii_case("x-forwarded-proto") {
-            continue;
+        let ours = is_xff(&h) || h.name.eq_ignore_ascii_case("x-forwarded-proto");
+        if !ours && !fields.is_hop_by_hop(h.name) {
+            w.field(h.name.as_bytes(), h.value);
         }
-        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-            // Earlier hops stay in order; this client is appended after the last of them.
-            w.put(if forwarded_for {
-                b", "
-            } else {
-                b"X-Forwarded-For: "
-            });
-            w.put(trim(h.value));
-            forwarded_for = true;
-            continue;
-        }
-        w.field(h.name.as_bytes(), h.value);
     }
-    w.put(if forwarded_for {
-        b", "
-    } else {
-        b"X-Forwarded-For: "
-    });
+    // Earlier hops stay in order, joined into one field; this client comes last.
+    w.put(b"X-Forwarded-For: ");
+    for h in req.headers.iter().filter(is_xff) {
+        w.put(trim(h.value));
+        w.put(b", ");
+    }
     w.ip(fwd.client_ip);
     w.put(b"\r\nX-Forwarded-Proto: http\r\n");
     if minor == 0 {
@@ -828,6 +818,16 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("X-Forwarded-Proto: http\r\n") && !out.contains("https"));
+    }
+
+    #[test]
+    fn x_forwarded_for_in_the_middle_of_the_head_keeps_every_line_whole() {
+        let raw = "GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: x\r\nX-After: 1\r\n\r\n";
+        let (_, out) = request(raw).expect("valid");
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: x\r\nX-After: 1\r\nX-Forwarded-For: 1.1.1.1, 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
     }
 
     #[test]

@@ -151,6 +151,7 @@ struct Request {
     path: String,
     body: BodyKind,
     close: bool,
+    expect_continue: bool,
     raw_head: Vec<u8>,
 }
 
@@ -192,6 +193,7 @@ fn read_head(input: &mut Input) -> io::Result<Option<Request>> {
                 path: parsed.path.unwrap_or("/").to_owned(),
                 body: BodyKind::None,
                 close: parsed.version == Some(0),
+                expect_continue: false,
                 raw_head: input.pending()[..len].to_vec(),
             };
             for h in parsed.headers.iter() {
@@ -202,6 +204,8 @@ fn read_head(input: &mut Input) -> io::Result<Option<Request>> {
                     && value.contains("chunked")
                 {
                     req.body = BodyKind::Chunked;
+                } else if h.name.eq_ignore_ascii_case("expect") {
+                    req.expect_continue = value.eq_ignore_ascii_case("100-continue");
                 } else if h.name.eq_ignore_ascii_case("connection") {
                     req.close |= value.eq_ignore_ascii_case("close");
                     req.close &= !value.eq_ignore_ascii_case("keep-alive");
@@ -222,6 +226,10 @@ fn respond(req: &Request, input: &mut Input, out: &mut impl Write, name: &str) -
     let mut parts = req.path.trim_start_matches('/').splitn(2, '/');
     let (first, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let size = || arg.trim_end_matches('/').parse::<u64>().unwrap_or(0);
+    if req.expect_continue && req.body != BodyKind::None {
+        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        out.flush()?;
+    }
     if first != "echo" {
         copy_body(req.body, input, &mut io::sink())?;
     }
