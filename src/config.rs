@@ -36,6 +36,20 @@ struct RawConfig {
     max_request_head: usize,
     #[serde(default = "defaults::max_idle_upstream")]
     max_idle_upstream: usize,
+    #[serde(default = "defaults::one")]
+    fall: u32,
+    #[serde(default = "defaults::one")]
+    rise: u32,
+    #[serde(default)]
+    check_live: bool,
+    /// Defaults to the number of targets.
+    retries: Option<usize>,
+    #[serde(default = "defaults::retry_timeout")]
+    retry_timeout: f64,
+    #[serde(default = "defaults::all_down")]
+    all_down: String,
+    #[serde(default = "defaults::access_log")]
+    access_log: String,
 }
 
 mod defaults {
@@ -75,6 +89,35 @@ mod defaults {
     pub fn max_idle_upstream() -> usize {
         64
     }
+    pub fn one() -> u32 {
+        1
+    }
+    pub fn retry_timeout() -> f64 {
+        30.0
+    }
+    pub fn all_down() -> String {
+        "error".to_owned()
+    }
+    pub fn access_log() -> String {
+        "off".to_owned()
+    }
+}
+
+/// What to do when no target is live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllDown {
+    /// Answer `all_down_status` with `All servers is off` (the prototype's behaviour).
+    Error,
+    /// Fail open: try every target, live or not, before answering the error.
+    TryAll,
+}
+
+/// Where the access log goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(std::path::PathBuf),
 }
 
 /// Most targets a proxy accepts; a request's tried-set is a fixed bitset of this many bits.
@@ -116,6 +159,18 @@ pub struct Config {
     pub all_down_status: u16,
     pub max_request_head: usize,
     pub max_idle_upstream: usize,
+    /// Consecutive failures that take a target out of the rotation.
+    pub fall: u32,
+    /// Consecutive successful probes that bring a target back.
+    pub rise: u32,
+    /// Probe live targets too, not only dropped ones.
+    pub check_live: bool,
+    /// Most retries of one request.
+    pub retries: usize,
+    /// No retry starts later than this after the request arrived.
+    pub retry_timeout: Duration,
+    pub all_down: AllDown,
+    pub access_log: AccessLog,
 }
 
 /// Why a config was refused: the key at fault and what is wrong with it.
@@ -189,7 +244,39 @@ impl RawConfig {
                 "must be between 1024 and 1048576 bytes",
             ));
         }
+        if self.fall == 0 || self.rise == 0 {
+            return Err(err(
+                if self.fall == 0 { "fall" } else { "rise" },
+                "must be at least 1",
+            ));
+        }
+        let all_down = match self.all_down.as_str() {
+            "error" => AllDown::Error,
+            "try_all" => AllDown::TryAll,
+            other => {
+                return Err(err(
+                    "all_down",
+                    format!("must be \"error\" or \"try_all\", got {other:?}"),
+                ))
+            }
+        };
+        let access_log = match self.access_log.as_str() {
+            "off" | "" => AccessLog::Off,
+            "stdout" => AccessLog::Stdout,
+            path => AccessLog::File(path.into()),
+        };
+        let prefix = &targets[0].path_prefix;
+        if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
+            return Err(err(
+                "ports",
+                format!(
+                    "{:?}: every target must have the same path as the first",
+                    t.url
+                ),
+            ));
+        }
         Ok(Config {
+            retries: self.retries.unwrap_or(targets.len()),
             targets,
             sleeping: seconds("sleeping", self.sleeping)?,
             listen: parse_listen(&self.listen).ok_or_else(|| {
@@ -208,6 +295,12 @@ impl RawConfig {
             all_down_status: self.all_down_status,
             max_request_head: self.max_request_head,
             max_idle_upstream: self.max_idle_upstream,
+            fall: self.fall,
+            rise: self.rise,
+            check_live: self.check_live,
+            retry_timeout: seconds("retry_timeout", self.retry_timeout)?,
+            all_down,
+            access_log,
         })
     }
 }
@@ -310,6 +403,11 @@ mod tests {
             Some("127.0.0.1:9001".parse().expect("addr"))
         );
         assert_eq!(c.targets[1].literal_addr(), None);
+        assert_eq!(
+            (c.fall, c.rise, c.retries, c.all_down),
+            (1, 1, 2, AllDown::Error)
+        );
+        assert_eq!(c.access_log, AccessLog::Off);
     }
 
     #[test]
@@ -354,6 +452,9 @@ mod tests {
         assert!(refused(r#"{"ports": ["http://a/"], "colour": 1}"#).contains("colour"));
         assert!(refused(r#"{"ports": ["http://a/"], "listen": "nowhere"}"#).contains("`listen`"));
         assert!(refused(r#"{"sleeping": 1}"#).contains("ports"));
+        assert!(refused(r#"{"ports": ["http://a/"], "fall": 0}"#).contains("`fall`"));
+        assert!(refused(r#"{"ports": ["http://a/"], "all_down": "panic"}"#).contains("`all_down`"));
+        assert!(refused(r#"{"ports": ["http://a/x", "http://b/y"]}"#).contains("same path"));
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! Which targets are in the rotation, and how they get back in.
 //!
-//! Passive: a failed connect, reset, early EOF or response timeout takes a target out of the
-//! ring at once (`Targets::fail`). Active: every `sleeping` seconds each dropped target gets a
-//! `GET <probe_path>` in this same reactor, after a fresh lookup of its name on the resolver
-//! thread; a 200 puts it back (`Prober`). Every state change is one log line.
+//! Passive: a failed connect, reset, early EOF or response timeout counts against a target
+//! (`failed`); `fall` in a row take it out of the ring. Active: every `sleeping` seconds ±10 %
+//! (so targets never probe in one burst) each dropped target, and with `check_live` every
+//! target, gets a `GET <probe_path>` in this same reactor, after a fresh lookup of its name on
+//! the resolver thread (`Prober`). `rise` answers of 200 in a row bring a dropped target back.
+//! Every state change is one log line.
 
-use crate::config::TargetSpec;
+use crate::config::Config;
 use crate::reactor::{Shared, Timer};
 use crate::resolve::Resolver;
 use crate::ring::HashRing;
 use crate::token::{token, Kind};
-use crate::upstream::{Ready, Upstreams};
+use crate::upstream::Ready;
 use crate::wheel::TimerId;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
@@ -31,6 +33,8 @@ pub enum Failure {
     /// The target closed before sending a response head.
     Eof,
     ResponseTimeout,
+    /// An active probe failed.
+    Probe(&'static str),
 }
 
 impl Failure {
@@ -52,29 +56,100 @@ impl fmt::Display for Failure {
             Failure::Reset(kind) => write!(f, "connection failed ({})", io::Error::from(*kind)),
             Failure::Eof => f.write_str("closed the connection without a response"),
             Failure::ResponseTimeout => f.write_str("response timed out"),
+            Failure::Probe(why) => write!(f, "health probe {why}"),
         }
     }
 }
 
+/// Failures and successes in a row: the hysteresis between live and dropped. Pure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streak {
+    fails: u32,
+    oks: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Stay,
+    Down,
+    Up,
+}
+
+impl Streak {
+    pub fn failure(&mut self, live: bool, fall: u32) -> Change {
+        self.oks = 0;
+        self.fails = self.fails.saturating_add(1);
+        if live && self.fails >= fall {
+            Change::Down
+        } else {
+            Change::Stay
+        }
+    }
+
+    pub fn success(&mut self, live: bool, rise: u32) -> Change {
+        self.fails = 0;
+        self.oks = self.oks.saturating_add(1);
+        if !live && self.oks >= rise {
+            Change::Up
+        } else {
+            Change::Stay
+        }
+    }
+
+    pub fn fails(&self) -> u32 {
+        self.fails
+    }
+}
+
+/// Spreads probe times over ±10 % of the period (xorshift64*: no crate, no syscall).
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn new(seed: u64) -> Jitter {
+        Jitter(seed | 1)
+    }
+
+    /// A delay within [0.9, 1.1] × `period`.
+    pub fn spread(&mut self, period: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let random = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let width = period / 5;
+        period - period / 10 + random % (width + 1)
+    }
+}
+
 pub struct Target {
-    pub spec: TargetSpec,
+    pub url: String,
+    host: String,
+    port: u16,
+    literal: Option<SocketAddr>,
     pub addr: Option<SocketAddr>,
     /// The probe request, built once.
     probe_request: Vec<u8>,
+    streak: Streak,
     probing: bool,
+    probe_due: bool,
 }
 
-/// The targets and the ring over the live ones.
+/// The targets, the ring over the live ones, and the rules that move them between the two.
 pub struct Targets {
     pub list: Vec<Target>,
     pub ring: HashRing,
+    fall: u32,
+    rise: u32,
+    check_live: bool,
+    period: u64,
+    jitter: Jitter,
 }
 
 impl Targets {
     /// `addrs[i]` is target i's address if known at start; unknown ones start out of the ring.
-    pub fn new(specs: &[TargetSpec], addrs: Vec<Option<SocketAddr>>, probe_path: &str) -> Targets {
-        let mut ring = HashRing::new(specs.len());
-        let list = specs
+    pub fn new(config: &Config, addrs: Vec<Option<SocketAddr>>, seed: u64) -> Targets {
+        let mut ring = HashRing::new(config.targets.len());
+        let list = config
+            .targets
             .iter()
             .zip(addrs)
             .enumerate()
@@ -83,13 +158,31 @@ impl Targets {
                     ring.mark_down(i);
                 }
                 let probe_request = format!(
-                    "GET {probe_path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-probe\r\nConnection: close\r\n\r\n",
-                    spec.host
+                    "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-probe\r\nConnection: close\r\n\r\n",
+                    config.probe_path, spec.host
                 );
-                Target { spec: spec.clone(), addr, probe_request: probe_request.into_bytes(), probing: false }
+                Target {
+                    url: spec.url.clone(),
+                    host: spec.host.clone(),
+                    port: spec.port,
+                    literal: spec.literal_addr(),
+                    addr,
+                    probe_request: probe_request.into_bytes(),
+                    streak: Streak::default(),
+                    probing: false,
+                    probe_due: false,
+                }
             })
             .collect();
-        Targets { list, ring }
+        Targets {
+            list,
+            ring,
+            fall: config.fall,
+            rise: config.rise,
+            check_live: config.check_live,
+            period: config.sleeping.as_millis().min(u128::from(u64::MAX)) as u64,
+            jitter: Jitter::new(seed),
+        }
     }
 
     pub fn addr(&self, target: usize) -> Option<SocketAddr> {
@@ -97,35 +190,61 @@ impl Targets {
     }
 
     pub fn url(&self, target: usize) -> &str {
-        &self.list[target].spec.url
+        &self.list[target].url
     }
 
-    /// Takes a target out of the rotation after a failure (logged once, when it leaves).
-    pub fn fail(&mut self, target: usize, why: Failure, upstreams: &mut Upstreams) {
-        if self.ring.mark_down(target) {
-            warn!(
-                "target {} down: {why} ({} of {} live)",
-                self.url(target),
-                self.ring.live_count(),
-                self.ring.len()
-            );
-            upstreams.drop_idle(target);
-        }
+    /// Whether the prober should keep an eye on `target`.
+    fn wants_probe(&self, target: usize) -> bool {
+        self.check_live || !self.ring.is_live(target)
     }
+}
 
-    /// A target answered a request: nothing to do until rise/fall counts exist.
-    pub fn succeeded(&mut self, _target: usize) {}
-
-    fn revive(&mut self, target: usize) {
-        if self.ring.mark_up(target) {
-            info!(
-                "target {} up ({} of {} live)",
-                self.url(target),
-                self.ring.live_count(),
-                self.ring.len()
-            );
-        }
+/// Counts a failure against a target; `fall` in a row take it out of the rotation.
+pub fn failed(sh: &mut Shared, target: usize, why: Failure) {
+    let live = sh.targets.ring.is_live(target);
+    let fall = sh.targets.fall;
+    let t = &mut sh.targets.list[target];
+    if t.streak.failure(live, fall) != Change::Down {
+        return;
     }
+    let fails = t.streak.fails();
+    sh.targets.ring.mark_down(target);
+    let ring = &sh.targets.ring;
+    warn!(
+        "target {} down: {why} ({fails} in a row; {} of {} live)",
+        sh.targets.url(target),
+        ring.live_count(),
+        ring.len()
+    );
+    sh.upstreams.drop_idle(target);
+    schedule_probe(sh, target);
+}
+
+/// A target answered (a response head, or a probe's 200).
+pub fn succeeded(sh: &mut Shared, target: usize) {
+    let live = sh.targets.ring.is_live(target);
+    let rise = sh.targets.rise;
+    if sh.targets.list[target].streak.success(live, rise) == Change::Up {
+        sh.targets.ring.mark_up(target);
+        let ring = &sh.targets.ring;
+        info!(
+            "target {} up ({} of {} live)",
+            sh.targets.url(target),
+            ring.live_count(),
+            ring.len()
+        );
+    }
+}
+
+/// Arms `target`'s next probe, one jittered period from now, unless one is armed or running.
+pub fn schedule_probe(sh: &mut Shared, target: usize) {
+    let t = &sh.targets.list[target];
+    if t.probe_due || t.probing || !sh.targets.wants_probe(target) {
+        return;
+    }
+    let delay = sh.targets.jitter.spread(sh.targets.period);
+    sh.targets.list[target].probe_due = true;
+    sh.wheel.insert(sh.now + delay, Timer::ProbeDue(target));
 }
 
 struct Probe {
@@ -159,19 +278,25 @@ impl Prober {
         }
     }
 
-    /// Starts a probe round: each dropped target not already being probed gets a lookup (for a
-    /// name) or a probe (for an address).
-    pub fn round(&mut self, sh: &mut Shared) {
+    /// Arms the first probe of every target that needs one.
+    pub fn start_all(&mut self, sh: &mut Shared) {
         for target in 0..sh.targets.list.len() {
-            let t = &mut sh.targets.list[target];
-            if sh.targets.ring.is_live(target) || t.probing {
-                continue;
-            }
-            t.probing = true;
-            match t.spec.literal_addr() {
-                Some(addr) => self.start(sh, target, addr),
-                None => self.resolver.lookup(target, &t.spec.host, t.spec.port),
-            }
+            schedule_probe(sh, target);
+        }
+    }
+
+    /// `target`'s probe time came: look its name up again, or probe its address.
+    pub fn due(&mut self, sh: &mut Shared, target: usize) {
+        let wanted = sh.targets.wants_probe(target);
+        let t = &mut sh.targets.list[target];
+        t.probe_due = false;
+        if t.probing || !wanted {
+            return;
+        }
+        t.probing = true;
+        match t.literal {
+            Some(addr) => self.start(sh, target, addr),
+            None => self.resolver.lookup(target, &t.host, t.port),
         }
     }
 
@@ -185,7 +310,7 @@ impl Prober {
                 }
                 Err(e) => {
                     debug!("probe {}: lookup failed: {e}", sh.targets.url(target));
-                    sh.targets.list[target].probing = false;
+                    self.finished(sh, target, Err("lookup failed"));
                 }
             }
         }
@@ -220,7 +345,7 @@ impl Prober {
             }
             Err(e) => {
                 debug!("probe {}: {e}", sh.targets.url(target));
-                sh.targets.list[target].probing = false;
+                self.finished(sh, target, Err("connect failed"));
             }
         }
     }
@@ -241,17 +366,27 @@ impl Prober {
     }
 
     fn conclude(&mut self, sh: &mut Shared, key: usize, outcome: Outcome) {
-        if matches!(outcome, Outcome::Pending) {
-            return;
-        }
+        let result = match outcome {
+            Outcome::Pending => return,
+            Outcome::Up => Ok(()),
+            Outcome::Down(why) => Err(why),
+        };
         let probe = self.probes.remove(key);
         sh.wheel.cancel(probe.timer);
-        sh.targets.list[probe.target].probing = false;
-        match outcome {
-            Outcome::Up => sh.targets.revive(probe.target),
-            Outcome::Down(why) => debug!("probe {}: {why}", sh.targets.url(probe.target)),
-            Outcome::Pending => {}
+        self.finished(sh, probe.target, result);
+    }
+
+    /// A probe of `target` ended: count it, and arm the next one if still wanted.
+    fn finished(&mut self, sh: &mut Shared, target: usize, result: Result<(), &'static str>) {
+        sh.targets.list[target].probing = false;
+        match result {
+            Ok(()) => succeeded(sh, target),
+            Err(why) => {
+                debug!("probe {}: {why}", sh.targets.url(target));
+                failed(sh, target, Failure::Probe(why));
+            }
         }
+        schedule_probe(sh, target);
     }
 }
 
@@ -300,4 +435,75 @@ fn drive(probe: &mut Probe, request: &[u8]) -> Outcome {
         return Outcome::Down("closed before answering");
     }
     Outcome::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wheel::Wheel;
+
+    #[test]
+    fn fall_failures_in_a_row_take_a_target_down_and_a_success_resets_the_count() {
+        let mut s = Streak::default();
+        assert_eq!(s.failure(true, 3), Change::Stay);
+        assert_eq!(s.failure(true, 3), Change::Stay);
+        assert_eq!(s.success(true, 2), Change::Stay);
+        assert_eq!(s.failure(true, 3), Change::Stay);
+        assert_eq!(s.failure(true, 3), Change::Stay);
+        assert_eq!(s.failure(true, 3), Change::Down);
+    }
+
+    #[test]
+    fn rise_successes_in_a_row_bring_it_back_and_a_failure_resets_the_count() {
+        let mut s = Streak::default();
+        assert_eq!(s.failure(true, 1), Change::Down);
+        assert_eq!(s.success(false, 2), Change::Stay);
+        assert_eq!(
+            s.failure(false, 1),
+            Change::Stay,
+            "a dropped target cannot go down again"
+        );
+        assert_eq!(s.success(false, 2), Change::Stay);
+        assert_eq!(s.success(false, 2), Change::Up);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent_and_spreads() {
+        let mut j = Jitter::new(42);
+        let delays: Vec<u64> = (0..1000).map(|_| j.spread(1000)).collect();
+        assert!(delays.iter().all(|&d| (900..=1100).contains(&d)));
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(
+            distinct.len() > 150,
+            "only {} distinct delays",
+            distinct.len()
+        );
+    }
+
+    #[test]
+    fn probes_of_many_targets_never_fire_in_one_burst() {
+        // Forty targets dropped at the same instant, probed every second with a test clock.
+        let mut j = Jitter::new(7);
+        let mut wheel = Wheel::new(0);
+        for target in 0..40u32 {
+            wheel.insert(j.spread(1000), target);
+        }
+        let mut per_ms = std::collections::BTreeMap::new();
+        let mut fired = Vec::new();
+        for now in 0..=3_000 {
+            wheel.poll(now, &mut fired);
+            for target in fired.drain(..) {
+                *per_ms.entry(now).or_insert(0) += 1;
+                wheel.insert(now + j.spread(1000), target);
+            }
+        }
+        let busiest = per_ms.values().copied().max().unwrap_or(0);
+        assert!(busiest <= 3, "{busiest} probes in one millisecond");
+        let first_round: Vec<_> = per_ms.range(..1200).collect();
+        assert!(
+            first_round.len() >= 25,
+            "the first round spread over only {} instants",
+            first_round.len()
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! ringproxy: an HTTP/1.1 load-balancing reverse proxy on one hand-written mio reactor.
 //! `docs/ARCHITECTURE.md` walks one request through these modules.
 
+pub mod accesslog;
 pub mod buffer;
 pub mod config;
 pub mod health;

@@ -5,8 +5,9 @@
 //! `take_error`), so an event that arrives for a slab slot freed and reused within the same batch
 //! costs at most one wasted syscall, never a wrong action.
 
+use crate::accesslog::AccessLog;
 use crate::buffer::BufferPool;
-use crate::config::Config;
+use crate::config::{AllDown, Config};
 use crate::health::{Prober, Targets};
 use crate::resolve::{self, Resolver};
 use crate::session::{Session, Verdict};
@@ -29,7 +30,8 @@ use std::time::{Duration, Instant};
 pub enum Timer {
     Session(usize),
     Probe(usize),
-    ProbeRound,
+    /// A target's next health probe is due.
+    ProbeDue(usize),
     AcceptRetry,
     DrainDeadline,
 }
@@ -60,6 +62,11 @@ pub struct Shared {
     pub path_prefix: String,
     pub max_request_head: usize,
     pub all_down_status: u16,
+    pub all_down: AllDown,
+    pub retries: usize,
+    /// No retry starts later than this many ms after its request arrived.
+    pub retry_timeout: u64,
+    pub access_log: AccessLog,
 }
 
 pub struct Reactor {
@@ -70,7 +77,6 @@ pub struct Reactor {
     sessions: Slab<Session>,
     prober: Prober,
     sh: Shared,
-    sleeping: u64,
     shutdown: u64,
     clock: Instant,
     /// Sessions that used up their turn and must be pumped again.
@@ -113,20 +119,21 @@ impl Reactor {
                     .ok(),
             })
             .collect();
-        let mut wheel = Wheel::new(0);
-        let sleeping = millis(config.sleeping);
-        wheel.insert(sleeping, Timer::ProbeRound);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
         let path_prefix = config
             .targets
             .first()
             .map(|t| t.path_prefix.clone())
             .unwrap_or_default();
-        let sh = Shared {
+        let mut sh = Shared {
             registry,
             pool: BufferPool::new(config.max_request_head + HEAD_SLACK),
-            targets: Targets::new(&config.targets, addrs, &config.probe_path),
+            targets: Targets::new(config, addrs, seed),
             upstreams: Upstreams::new(config.targets.len(), config.max_idle_upstream),
-            wheel,
+            wheel: Wheel::new(0),
             timeouts: Timeouts {
                 connect: millis(config.connect_timeout),
                 client_header: millis(config.client_header_timeout),
@@ -140,16 +147,21 @@ impl Reactor {
             path_prefix,
             max_request_head: config.max_request_head,
             all_down_status: config.all_down_status,
+            all_down: config.all_down,
+            retries: config.retries,
+            retry_timeout: millis(config.retry_timeout),
+            access_log: AccessLog::start(&config.access_log)?,
         };
+        let mut prober = Prober::new(Resolver::start(waker)?);
+        prober.start_all(&mut sh);
         Ok(Reactor {
             poll,
             listener: Some(listener),
             local_addr,
             signals,
             sessions: Slab::new(),
-            prober: Prober::new(Resolver::start(waker)?),
+            prober,
             sh,
-            sleeping,
             shutdown: millis(config.shutdown_timeout),
             clock: Instant::now(),
             requeued: Vec::new(),
@@ -291,12 +303,7 @@ impl Reactor {
                 }
             }
             Timer::Probe(key) => self.prober.on_timer(&mut self.sh, key),
-            Timer::ProbeRound => {
-                self.prober.round(&mut self.sh);
-                self.sh
-                    .wheel
-                    .insert(self.sh.now + self.sleeping, Timer::ProbeRound);
-            }
+            Timer::ProbeDue(target) => self.prober.due(&mut self.sh, target),
             Timer::AcceptRetry => {
                 self.accept_paused = false;
                 self.accept();

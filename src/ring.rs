@@ -50,6 +50,15 @@ impl HashRing {
             .find(|&t| !tried.contains(t))
     }
 
+    /// Like `pick`, over every target live or not: the fail-open choice when none is live.
+    pub fn pick_any(&self, seq: u64, tried: &TargetSet) -> Option<usize> {
+        let n = self.is_live.len();
+        let first = (seq % n.max(1) as u64) as usize;
+        (0..n)
+            .map(|k| (first + k) % n)
+            .find(|&t| !tried.contains(t))
+    }
+
     /// Takes `target` out of the rotation; returns whether it was live.
     pub fn mark_down(&mut self, target: usize) -> bool {
         if !self.is_live[target] {
@@ -130,11 +139,17 @@ mod tests {
     }
 
     #[test]
-    fn no_live_target_means_none() {
+    fn no_live_target_means_none_but_pick_any_still_tries_each_once() {
         let mut ring = HashRing::new(2);
         ring.mark_down(0);
         ring.mark_down(1);
         assert_eq!(ring.pick(7, &TargetSet::default()), None);
+        let mut tried = TargetSet::default();
+        assert_eq!(ring.pick_any(7, &tried), Some(1));
+        tried.insert(1);
+        assert_eq!(ring.pick_any(7, &tried), Some(0));
+        tried.insert(0);
+        assert_eq!(ring.pick_any(7, &tried), None);
     }
 
     #[test]

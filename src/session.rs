@@ -15,8 +15,10 @@
 //!
 //! `docs/ARCHITECTURE.md` walks a request through these steps.
 
+use crate::accesslog::{self, Entry, Outcome, Trace};
 use crate::buffer::{self, Buffer};
-use crate::health::Failure;
+use crate::config::AllDown;
+use crate::health::{self, Failure};
 use crate::http::{self, BodyFramer, Forwarding, HttpError, RequestHead, ResponseContext};
 use crate::reactor::{Shared, Timeouts, Timer};
 use crate::ring::TargetSet;
@@ -72,6 +74,14 @@ fn timeout_for(phase: Phase, t: &Timeouts) -> u64 {
 /// One request from its head to the last byte of its response.
 struct Exchange {
     seq: u64,
+    /// When the head arrived (wheel ms).
+    started: u64,
+    /// When the final response head arrived.
+    answered: Option<u64>,
+    status: u16,
+    /// Response body bytes sent to the client.
+    sent_bytes: u64,
+    trace: Trace,
     head: RequestHead,
     req_body: BodyFramer,
     /// Bytes at the front of `cin` that belong to this request's body.
@@ -218,6 +228,9 @@ impl Session {
 
     /// Releases everything the session holds. The client socket closes when the session drops.
     pub fn teardown(&mut self, sh: &mut Shared) {
+        if let Some(ex) = self.ex.take() {
+            self.log_access(sh, &ex, ex.status);
+        }
         if let Some((id, _)) = self.timer.take() {
             sh.wheel.cancel(id);
         }
@@ -381,6 +394,11 @@ impl Session {
         sh.seq += 1;
         self.ex = Some(Exchange {
             seq,
+            started: sh.now,
+            answered: None,
+            status: 0,
+            sent_bytes: 0,
+            trace: Trace::default(),
             head,
             req_body: BodyFramer::new(head.body),
             body_ready: 0,
@@ -415,10 +433,13 @@ impl Session {
             let Some(ex) = self.ex.as_mut() else {
                 return Ok(());
             };
+            let ring = &sh.targets.ring;
+            let fail_open = sh.all_down == AllDown::TryAll;
             let picked = if same_target {
                 Some(ex.target)
             } else {
-                sh.targets.ring.pick(ex.seq, &ex.tried)
+                ring.pick(ex.seq, &ex.tried)
+                    .or_else(|| ring.pick_any(ex.seq, &ex.tried).filter(|_| fail_open))
             };
             let Some(target) = picked else {
                 warn!("{}: no live target left for request #{}", self.peer, ex.seq);
@@ -447,7 +468,8 @@ impl Session {
                 },
             };
             ex.tried.insert(target);
-            sh.targets.fail(target, failure, &mut sh.upstreams);
+            ex.trace.push(target, Outcome::Failed(failure));
+            health::failed(sh, target, failure);
             same_target = false;
         }
     }
@@ -648,13 +670,16 @@ impl Session {
         ex.body_ready -= ex.body_sent;
         ex.body_sent = 0;
         ex.replayable = false;
-        sh.targets.succeeded(ex.target);
+        ex.status = head.status;
+        ex.answered = Some(sh.now);
+        ex.trace.push(ex.target, Outcome::Ok);
+        health::succeeded(sh, ex.target);
         Ok(true)
     }
 
     /// The target's response cannot be forwarded: 502 if the client has seen nothing yet.
     fn bad_gateway(&mut self, sh: &mut Shared, e: HttpError) -> Step {
-        let Some(ex) = self.ex.as_ref() else {
+        let Some(ex) = self.ex.as_mut() else {
             return Err(Closed);
         };
         warn!(
@@ -662,6 +687,7 @@ impl Session {
             self.peer,
             sh.targets.url(ex.target)
         );
+        ex.trace.push(ex.target, Outcome::BadResponse);
         if ex.resp_started {
             return Err(Closed);
         }
@@ -717,6 +743,7 @@ impl Session {
                 if let (Some(uin), Some(ex)) = (self.uin.as_mut(), self.ex.as_mut()) {
                     uin.consume(n - from_head);
                     ex.resp_ready -= n - from_head;
+                    ex.sent_bytes += (n - from_head) as u64;
                 }
                 if let Some(ex) = self
                     .ex
@@ -763,7 +790,9 @@ impl Session {
         }
         // A response that came before its request finished leaves the client stream unframed.
         self.close_after |= !ex.client_keep_alive || !request_sent;
-        self.ex = None;
+        if let Some(ex) = self.ex.take() {
+            self.log_access(sh, &ex, ex.status);
+        }
         if let Some(uin) = self.uin.as_mut() {
             uin.clear();
         }
@@ -782,28 +811,37 @@ impl Session {
         let stale_pooled = up.reused && matches!(failure, Failure::Eof | Failure::Reset(_));
         let nothing_sent = !up.connected || (ex.head_sent == 0 && ex.body_sent == 0);
         sh.upstreams.close(up);
+        let url = sh.targets.url(ex.target);
         if ex.resp_started {
             warn!(
-                "{}: target {} failed mid-response ({failure}); closing",
-                self.peer,
-                sh.targets.url(ex.target)
+                "{}: target {url} failed mid-response ({failure}); closing",
+                self.peer
             );
             return Err(Closed);
         }
-        if !stale_pooled {
+        if stale_pooled {
+            ex.trace.push(ex.target, Outcome::Stale);
+        } else {
             ex.tried.insert(ex.target);
-            sh.targets.fail(ex.target, failure, &mut sh.upstreams);
+            ex.trace.push(ex.target, Outcome::Failed(failure));
+            health::failed(sh, ex.target, failure);
         }
         let safe = failure.before_request() || nothing_sent || ex.head.idempotent;
-        let may_retry = ex.replayable && safe && ex.attempts <= sh.targets.ring.len();
-        if !may_retry {
+        let in_budget =
+            ex.attempts <= sh.retries && sh.now.saturating_sub(ex.started) < sh.retry_timeout;
+        if !(ex.replayable && safe && in_budget) {
             let status = if matches!(failure, Failure::ResponseTimeout) {
                 504
             } else {
                 502
             };
+            let why = if !in_budget {
+                "retry budget spent"
+            } else {
+                "not safe to retry"
+            };
             warn!(
-                "{}: target {} {failure}; request not safe to retry -> {status}",
+                "{}: target {} {failure}; {why} -> {status}",
                 self.peer,
                 sh.targets.url(ex.target)
             );
@@ -831,8 +869,13 @@ impl Session {
         if let Some(up) = self.up.take() {
             sh.upstreams.close(up);
         }
-        if let (Some(ex), Some(cin)) = (self.ex.take(), self.cin.as_mut()) {
-            cin.consume(ex.body_ready);
+        if let Some(ex) = self.ex.take() {
+            if let Some(cin) = self.cin.as_mut() {
+                cin.consume(ex.body_ready);
+            }
+            self.log_access(sh, &ex, status);
+        } else {
+            self.log_refused(sh, status);
         }
         let keep_alive = keep_alive && !sh.draining;
         let cout = buffer::ensure(&mut self.cout, &mut sh.pool);
@@ -840,5 +883,51 @@ impl Session {
         let n = http::write_local_response(cout.space(), status, body, keep_alive).unwrap_or(0);
         cout.fill(n);
         self.close_after |= !keep_alive;
+    }
+
+    fn log_access(&self, sh: &mut Shared, ex: &Exchange, status: u16) {
+        if !sh.access_log.enabled() {
+            return;
+        }
+        let head = self.uout.as_ref().map_or(&[][..], Buffer::data);
+        let request_line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+        let answered = ex.answered.is_some();
+        let mut line = Vec::with_capacity(160);
+        accesslog::format(
+            &Entry {
+                client: self.peer.ip(),
+                time: std::time::SystemTime::now(),
+                request_line,
+                status,
+                body_bytes: ex.sent_bytes,
+                target: answered.then(|| sh.targets.url(ex.target)),
+                upstream_ms: ex.answered.map(|t| t - ex.started),
+                trace: &ex.trace,
+            },
+            &mut line,
+        );
+        sh.access_log.send(line);
+    }
+
+    /// A request refused before it became an exchange (malformed, too large, too slow).
+    fn log_refused(&self, sh: &mut Shared, status: u16) {
+        if !sh.access_log.enabled() {
+            return;
+        }
+        let mut line = Vec::with_capacity(100);
+        accesslog::format(
+            &Entry {
+                client: self.peer.ip(),
+                time: std::time::SystemTime::now(),
+                request_line: b"-",
+                status,
+                body_bytes: 0,
+                target: None,
+                upstream_ms: None,
+                trace: &Trace::default(),
+            },
+            &mut line,
+        );
+        sh.access_log.send(line);
     }
 }
