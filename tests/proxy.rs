@@ -235,7 +235,7 @@ fn hop_by_hop_fields_are_removed_in_both_directions() {
     );
     assert!(seen.contains("x-forwarded-proto: http"));
 
-    let (addr, _server) = raw_upstream(
+    let addr = raw_upstream(
         b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\n\
           Trailer: X-T\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
     );

@@ -321,6 +321,18 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
+        self.try_request(method, path, headers, body)
+            .expect("a response")
+    }
+
+    /// A request whose failure is a value, for load loops that count failures.
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, String> {
         let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
         for (name, value) in headers {
             raw.push_str(&format!("{name}: {value}\r\n"));
@@ -331,25 +343,42 @@ impl Client {
         raw.push_str("\r\n");
         let mut bytes = raw.into_bytes();
         bytes.extend_from_slice(body);
-        self.send(&bytes);
-        self.read_response(method == "HEAD")
+        self.stream
+            .write_all(&bytes)
+            .map_err(|e| format!("send: {e}"))?;
+        self.try_read_response(method == "HEAD")
     }
 
-    fn fill(&mut self) -> usize {
+    fn fill(&mut self) -> Result<usize, String> {
         let mut chunk = [0u8; 65536];
-        let n = self.stream.read(&mut chunk).expect("read from the proxy");
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .map_err(|e| format!("read: {e}"))?;
         self.buf.extend_from_slice(&chunk[..n]);
-        n
+        Ok(n)
+    }
+
+    fn fill_some(&mut self, what: &str) -> Result<(), String> {
+        match self.fill()? {
+            0 => Err(format!("connection closed {what}")),
+            _ => Ok(()),
+        }
     }
 
     /// Reads one response, framed as RFC 9112 says; `head_request` for a response to HEAD.
     pub fn read_response(&mut self, head_request: bool) -> Response {
+        self.try_read_response(head_request).expect("a response")
+    }
+
+    pub fn try_read_response(&mut self, head_request: bool) -> Result<Response, String> {
         let (status, headers, head_len) = loop {
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut hs);
-            if let httparse::Status::Complete(n) =
-                resp.parse(&self.buf).expect("a valid response head")
-            {
+            let parsed = resp
+                .parse(&self.buf)
+                .map_err(|e| format!("bad response head: {e}"))?;
+            if let httparse::Status::Complete(n) = parsed {
                 let headers = resp
                     .headers
                     .iter()
@@ -360,9 +389,9 @@ impl Client {
                         )
                     })
                     .collect::<Vec<_>>();
-                break (resp.code.expect("status"), headers, n);
+                break (resp.code.unwrap_or(0), headers, n);
             }
-            assert!(self.fill() > 0, "connection closed before a response head");
+            self.fill_some("before a response head")?;
         };
         self.buf.drain(..head_len);
         let mut response = Response {
@@ -372,63 +401,58 @@ impl Client {
         };
         let no_body = head_request || status < 200 || status == 204 || status == 304;
         if no_body {
-            return response;
+            return Ok(response);
         }
         if response
             .header("transfer-encoding")
             .is_some_and(|v| v.contains("chunked"))
         {
-            response.body = self.read_chunked();
+            response.body = self.read_chunked()?;
         } else if let Some(len) = response.header("content-length") {
-            let len: usize = len.trim().parse().expect("a Content-Length");
+            let len: usize = len
+                .trim()
+                .parse()
+                .map_err(|_| "bad Content-Length".to_string())?;
             while self.buf.len() < len {
-                assert!(self.fill() > 0, "connection closed inside a body");
+                self.fill_some("inside a body")?;
             }
             response.body = self.buf.drain(..len).collect();
         } else {
-            while self.fill() > 0 {}
+            while self.fill()? > 0 {}
             response.body = std::mem::take(&mut self.buf);
         }
-        response
+        Ok(response)
     }
 
-    fn read_chunked(&mut self) -> Vec<u8> {
+    /// The next CRLF-ended line, without its CRLF.
+    fn line(&mut self) -> Result<Vec<u8>, String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..i].to_vec();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            self.fill_some("inside chunk framing")?;
+        }
+    }
+
+    fn read_chunked(&mut self) -> Result<Vec<u8>, String> {
         let mut body = Vec::new();
         loop {
-            let line_end = loop {
-                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                    break i;
-                }
-                assert!(self.fill() > 0, "connection closed inside a chunk size");
-            };
-            let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .expect("hex size");
-            self.buf.drain(..line_end + 2);
+            let size_line = String::from_utf8_lossy(&self.line()?).into_owned();
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| format!("bad chunk size {size_line:?}"))?;
             if size == 0 {
-                // Trailer section: lines until an empty one.
-                loop {
-                    let end = loop {
-                        if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                            break i;
-                        }
-                        assert!(self.fill() > 0, "connection closed inside trailers");
-                    };
-                    self.buf.drain(..end + 2);
-                    if end == 0 {
-                        return body;
-                    }
-                }
+                while !self.line()?.is_empty() {}
+                return Ok(body);
             }
             while self.buf.len() < size + 2 {
-                assert!(self.fill() > 0, "connection closed inside a chunk");
+                self.fill_some("inside a chunk")?;
             }
             body.extend(self.buf.drain(..size));
-            assert_eq!(
-                self.buf.drain(..2).collect::<Vec<_>>(),
-                b"\r\n",
-                "chunk data ends with CRLF"
-            );
+            if self.buf.drain(..2).as_slice() != b"\r\n" {
+                return Err("chunk data not followed by CRLF".into());
+            }
         }
     }
 
@@ -456,24 +480,90 @@ pub fn tally<'a>(
     counts
 }
 
-/// A one-shot upstream of the test's own on loopback, for responses target-svc never sends:
-/// it answers every connection's first request with `reply`, then closes.
-pub fn raw_upstream(reply: &'static [u8]) -> (SocketAddr, std::thread::JoinHandle<()>) {
+/// An upstream of the test's own on loopback, for behaviour target-svc never shows: every
+/// accepted connection is handed to `handler` on its own thread.
+pub fn serve_raw<F>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) + Clone + Send + 'static,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let handle = std::thread::spawn(move || {
-        for conn in listener.incoming().take(4) {
-            let Ok(mut conn) = conn else { continue };
-            let mut got = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let _ = conn.write_all(reply);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let handler = handler.clone();
+            std::thread::spawn(move || handler(conn));
         }
     });
-    (addr, handle)
+    addr
+}
+
+/// Reads up to the end of a request head (bodies are not expected); `false` on EOF.
+pub fn read_head(conn: &mut TcpStream) -> bool {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Answers every connection's first request with `reply`, then closes.
+pub fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
+    serve_raw(move |mut conn| {
+        if read_head(&mut conn) {
+            let _ = conn.write_all(reply);
+        }
+    })
+}
+
+/// A listener whose accept queue is full, so a connect to it hangs: the "never answers"
+/// target for connect timeouts. It lives as long as the returned value.
+pub struct FullBacklog {
+    pub addr: SocketAddr,
+    _listener: std::net::TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl FullBacklog {
+    pub fn new() -> FullBacklog {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut queued = Vec::new();
+        // Connect until one hangs: then the queue is full. Bounded by the attempts.
+        for _ in 0..5000 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => queued.push(s),
+                Err(_) => {
+                    return FullBacklog {
+                        addr,
+                        _listener: listener,
+                        _queued: queued,
+                    }
+                }
+            }
+        }
+        panic!("the accept queue of {addr} never filled");
+    }
+}
+
+/// A fresh path for a test's access log.
+pub fn temp_log(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "ringproxy-{name}-{}-{}.log",
+        std::process::id(),
+        CONFIGS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+pub fn read_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }

@@ -1,0 +1,265 @@
+//! Failover that loses nothing: real processes and loopback fault injectors only.
+
+mod common;
+
+use common::{
+    eventually, read_head, read_lines, serve_raw, targets, temp_log, Client, FullBacklog, Proxy,
+    Target,
+};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn json_path(path: &std::path::Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn sixteen_keep_alive_clients_lose_nothing_when_a_target_is_killed_and_restarted() {
+    let mut ts = targets(5);
+    let log = temp_log("kill-under-load");
+    let proxy = Proxy::start(
+        &ts,
+        &format!("\"sleeping\": 0.2, \"access_log\": \"{}\"", json_path(&log)),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let from_t3 = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (stop, ok, from_t3, failures) =
+                (stop.clone(), ok.clone(), from_t3.clone(), failures.clone());
+            let addr = proxy.addr;
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match client.try_request("GET", "/", &[], b"") {
+                        Ok(r) if r.status == 200 && r.body == b"Hello, world!" => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            if r.target() == "t3" {
+                                from_t3.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(r) => failures
+                            .lock()
+                            .expect("failures")
+                            .push(format!("status {}", r.status)),
+                        Err(e) => {
+                            failures.lock().expect("failures").push(e);
+                            client = Client::connect(addr);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_for_more = |n: usize| {
+        let target = ok.load(Ordering::Relaxed) + n;
+        eventually(Duration::from_secs(20), "more requests", || {
+            (ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    };
+    for _round in 0..3 {
+        wait_for_more(3000);
+        ts[2].kill();
+        wait_for_more(3000);
+        ts[2].restart();
+        let before = from_t3.load(Ordering::Relaxed);
+        eventually(
+            Duration::from_secs(5),
+            "the restarted t3 to serve again",
+            || (from_t3.load(Ordering::Relaxed) > before).then_some(()),
+        );
+    }
+    wait_for_more(1000);
+    stop.store(true, Ordering::Relaxed);
+    clients
+        .into_iter()
+        .for_each(|c| c.join().expect("client thread"));
+
+    let failures = failures.lock().expect("failures").clone();
+    let total = ok.load(Ordering::Relaxed) + failures.len();
+    let lines = eventually(Duration::from_secs(5), "the access log to catch up", || {
+        let lines = read_lines(&log);
+        (lines.len() >= total).then_some(lines)
+    });
+    let retried = lines.iter().filter(|l| l.contains(" tried=")).count();
+    println!(
+        "requests {total}, failures {}, retried {retried}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        retried > 0,
+        "killing a target under load should have needed retries"
+    );
+    let _ = std::fs::remove_file(log);
+}
+
+/// Accepts connections and reads from them, never answering.
+fn silent(mut conn: std::net::TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+#[test]
+fn a_target_that_never_answers_gets_get_retried_elsewhere_and_post_504() {
+    let silent_addr = serve_raw(silent);
+    let t2 = Target::start("t2");
+    let log = temp_log("silent");
+    let proxy = Proxy::with_config(&format!(
+        "{{\"ports\": [\"http://{silent_addr}/\", \"{}\"], \"listen\": \"127.0.0.1:0\", \"upstream_timeout\": 0.4, \
+         \"fall\": 100, \"access_log\": \"{}\"}}",
+        t2.url(),
+        json_path(&log)
+    ));
+    // Request #0 goes to the silent target: a POST must not be replayed.
+    let started = Instant::now();
+    let r = Client::connect(proxy.addr).request("POST", "/echo", &[], b"once");
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // Requests #1.. alternate; the ones the silent target gets are retried on t2.
+    for _ in 0..4 {
+        let r = Client::connect(proxy.addr).request("GET", "/", &[], b"");
+        assert_eq!((r.status, r.target()), (200, "t2"));
+    }
+    let lines = eventually(Duration::from_secs(5), "5 log lines", || {
+        Some(read_lines(&log)).filter(|l| l.len() >= 5)
+    });
+    assert!(
+        lines[0].contains("\"POST /echo HTTP/1.1\" 504") && lines[0].contains("tried=t1:timeout"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("tried=t1:timeout,t2:ok")),
+        "{lines:?}"
+    );
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn a_target_with_a_full_backlog_times_out_on_connect_and_the_request_succeeds_elsewhere() {
+    let hung = FullBacklog::new();
+    let t2 = Target::start("t2");
+    let log = temp_log("backlog");
+    let proxy = Proxy::with_config(&format!(
+        "{{\"ports\": [\"http://{}/\", \"{}\"], \"listen\": \"127.0.0.1:0\", \"connect_timeout\": 0.3, \
+         \"access_log\": \"{}\"}}",
+        hung.addr,
+        t2.url(),
+        json_path(&log)
+    ));
+    let started = Instant::now();
+    let r = proxy.get("/");
+    assert_eq!((r.status, r.target()), (200, "t2"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the connect timeout should have passed first"
+    );
+    let line = eventually(Duration::from_secs(5), "a log line", || {
+        read_lines(&log).into_iter().next()
+    });
+    assert!(line.contains("tried=t1:conn_timeout,t2:ok"), "{line}");
+    proxy
+        .proc
+        .wait_line("down: connect timed out", Duration::from_secs(1));
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn a_target_that_resets_mid_body_leaves_the_client_connection_closed_never_complete_looking() {
+    let addr = serve_raw(|mut conn| {
+        // Read one byte only: the rest of the request stays unread, so closing sends a reset.
+        let _ = conn.read(&mut [0u8; 1]);
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+        let _ = conn.write_all(&[b'x'; 1000]);
+    });
+    let proxy = Proxy::with_config(&format!(
+        "{{\"ports\": [\"http://{addr}/\"], \"listen\": \"127.0.0.1:0\"}}"
+    ));
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = client.stream.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        body.len() < 100_000,
+        "a cut response must never look complete"
+    );
+    assert!(client.is_closed());
+}
+
+#[test]
+fn a_pooled_connection_the_target_closed_is_retried_on_a_fresh_one() {
+    // Each connection answers one request, then reads the next and closes without a word:
+    // the target dropping a kept-alive connection just as a request arrives on it.
+    let addr = serve_raw(|mut conn| {
+        if read_head(&mut conn) {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            read_head(&mut conn);
+        }
+    });
+    let log = temp_log("stale");
+    let proxy = Proxy::with_config(&format!(
+        "{{\"ports\": [\"http://{addr}/\"], \"listen\": \"127.0.0.1:0\", \"access_log\": \"{}\"}}",
+        json_path(&log)
+    ));
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..10 {
+        let r = client.request("GET", "/", &[], b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    let lines = eventually(Duration::from_secs(5), "10 log lines", || {
+        Some(read_lines(&log)).filter(|l| l.len() >= 10)
+    });
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains("tried=t1:stale,t1:ok"))
+            .count()
+            >= 5,
+        "{lines:?}"
+    );
+    assert!(
+        !proxy.proc.lines().iter().any(|l| l.contains(" down: ")),
+        "a stale connection is not the target's fault"
+    );
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn try_all_fails_open_when_every_target_is_marked_down() {
+    let mut ts = targets(2);
+    let proxy = Proxy::start(&ts, "\"sleeping\": 60, \"all_down\": \"try_all\"");
+    ts.iter_mut().for_each(|t| t.kill());
+    assert_eq!(proxy.get("/").status, 500);
+    proxy.proc.wait_line("0 of 2 live)", Duration::from_secs(1));
+    ts.iter_mut().for_each(|t| t.restart());
+    // No probe will run for a minute; fail-open finds the targets anyway.
+    let r = proxy.get("/");
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello, world!"));
+    proxy.proc.wait_line(" up (", Duration::from_secs(1));
+}
+
+#[test]
+fn check_live_takes_a_dead_target_out_before_any_client_request_finds_it() {
+    let mut ts = targets(2);
+    let proxy = Proxy::start(&ts, "\"sleeping\": 0.2, \"check_live\": true");
+    ts[0].kill();
+    proxy
+        .proc
+        .wait_line("down: health probe", Duration::from_secs(3));
+    for _ in 0..4 {
+        assert_eq!(proxy.get("/").target(), "t2");
+    }
+}
