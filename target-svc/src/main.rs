@@ -86,6 +86,22 @@ fn main() {
         .unwrap_or_else(|| format!("target-{}", addr.rsplit(':').next().unwrap_or("?")))
         .into();
     println!("target-svc {name} listening on {addr}");
+    // As PID 1 in a container the default SIGTERM action does not apply: exit on it explicitly,
+    // so `docker compose stop` takes milliseconds, not its 10 s grace period.
+    match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    println!("target-svc {}: signal {signal}, exiting", addr);
+                    std::process::exit(0);
+                }
+            });
+        }
+        Err(e) => eprintln!("target-svc: cannot handle signals: {e}"),
+    }
     let count = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let ticker = Arc::clone(&count);
