@@ -54,10 +54,7 @@ pub struct Trace {
 
 impl Default for Trace {
     fn default() -> Trace {
-        Trace {
-            items: [(0, Outcome::Ok); Trace::CAP],
-            len: 0,
-        }
+        Trace { items: [(0, Outcome::Ok); Trace::CAP], len: 0 }
     }
 }
 
@@ -80,10 +77,7 @@ impl Trace {
     }
 
     fn retried(&self) -> bool {
-        self.len > 1
-            || self.items[..self.len.min(1)]
-                .iter()
-                .any(|(_, o)| *o != Outcome::Ok)
+        self.len > 1 || self.items[..self.len.min(1)].iter().any(|(_, o)| *o != Outcome::Ok)
     }
 }
 
@@ -107,11 +101,7 @@ pub fn format(e: &Entry<'_>, out: &mut Vec<u8>) {
     let _ = write!(out, "{} - - [", e.client);
     clf_time(e.time, out);
     out.extend_from_slice(b"] \"");
-    out.extend(
-        e.request_line
-            .iter()
-            .map(|&b| if b == b'"' || b < b' ' { b'?' } else { b }),
-    );
+    out.extend(e.request_line.iter().map(|&b| if b == b'"' || b < b' ' { b'?' } else { b }));
     out.extend_from_slice(b"\" ");
     match e.status {
         0 => out.push(b'-'),
@@ -119,13 +109,7 @@ pub fn format(e: &Entry<'_>, out: &mut Vec<u8>) {
             let _ = write!(out, "{s}");
         }
     }
-    let _ = write!(
-        out,
-        " {} target={} attempts={}",
-        e.body_bytes,
-        e.target.unwrap_or("-"),
-        e.trace.len()
-    );
+    let _ = write!(out, " {} target={} attempts={}", e.body_bytes, e.target.unwrap_or("-"), e.trace.len());
     match e.upstream_ms {
         Some(ms) => {
             let _ = write!(out, " upstream_ms={ms}");
@@ -134,17 +118,8 @@ pub fn format(e: &Entry<'_>, out: &mut Vec<u8>) {
     }
     if e.trace.retried() {
         out.extend_from_slice(b" tried=");
-        for (i, (target, outcome)) in e.trace.items[..e.trace.len.min(Trace::CAP)]
-            .iter()
-            .enumerate()
-        {
-            let _ = write!(
-                out,
-                "{}t{}:{}",
-                if i > 0 { "," } else { "" },
-                target + 1,
-                outcome.name()
-            );
+        for (i, (target, outcome)) in e.trace.items[..e.trace.len.min(Trace::CAP)].iter().enumerate() {
+            let _ = write!(out, "{}t{}:{}", if i > 0 { "," } else { "" }, target + 1, outcome.name());
         }
         if e.trace.len > Trace::CAP {
             let _ = write!(out, ",+{}", e.trace.len - Trace::CAP);
@@ -155,9 +130,7 @@ pub fn format(e: &Entry<'_>, out: &mut Vec<u8>) {
 
 /// `10/Oct/2000:13:55:36 +0000` (UTC).
 fn clf_time(time: SystemTime, out: &mut Vec<u8>) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
@@ -195,10 +168,7 @@ const BACKLOG: usize = 16 * 1024;
 
 impl AccessLog {
     pub fn off() -> AccessLog {
-        AccessLog {
-            lines: None,
-            dropped: 0,
-        }
+        AccessLog { lines: None, dropped: 0 }
     }
 
     /// Opens the destination and starts the writer thread.
@@ -206,18 +176,11 @@ impl AccessLog {
         let sink: Box<dyn Write + Send> = match dest {
             Destination::Off => return Ok(AccessLog::off()),
             Destination::Stdout => Box::new(io::stdout()),
-            Destination::File(path) => {
-                Box::new(OpenOptions::new().create(true).append(true).open(path)?)
-            }
+            Destination::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (lines, inbox) = sync_channel(BACKLOG);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || write_lines(inbox, sink))?;
-        Ok(AccessLog {
-            lines: Some(lines),
-            dropped: 0,
-        })
+        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(inbox, sink))?;
+        Ok(AccessLog { lines: Some(lines), dropped: 0 })
     }
 
     pub fn enabled(&self) -> bool {
@@ -233,10 +196,7 @@ impl AccessLog {
             Err(TrySendError::Full(_)) => {
                 self.dropped += 1;
                 if self.dropped.is_power_of_two() {
-                    warn!(
-                        "access log writer is behind: {} lines dropped so far",
-                        self.dropped
-                    );
+                    warn!("access log writer is behind: {} lines dropped so far", self.dropped);
                 }
             }
             Err(TrySendError::Disconnected(_)) => self.lines = None,
@@ -274,10 +234,7 @@ mod tests {
     #[test]
     fn a_retried_request_names_every_target_tried() {
         let mut trace = Trace::default();
-        trace.push(
-            2,
-            Outcome::Failed(Failure::Connect(io::ErrorKind::ConnectionRefused)),
-        );
+        trace.push(2, Outcome::Failed(Failure::Connect(io::ErrorKind::ConnectionRefused)));
         trace.push(3, Outcome::Ok);
         let mut out = Vec::new();
         format(
@@ -316,13 +273,9 @@ mod tests {
         };
         let mut out = Vec::new();
         format(&entry(&ok, 200, Some("t")), &mut out);
-        assert!(
-            String::from_utf8_lossy(&out).ends_with("200 0 target=t attempts=1 upstream_ms=-\n")
-        );
+        assert!(String::from_utf8_lossy(&out).ends_with("200 0 target=t attempts=1 upstream_ms=-\n"));
         out.clear();
         format(&entry(&Trace::default(), 400, None), &mut out);
-        assert!(
-            String::from_utf8_lossy(&out).ends_with("400 0 target=- attempts=0 upstream_ms=-\n")
-        );
+        assert!(String::from_utf8_lossy(&out).ends_with("400 0 target=- attempts=0 upstream_ms=-\n"));
     }
 }

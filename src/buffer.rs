@@ -13,11 +13,7 @@ pub struct Buffer {
 
 impl Buffer {
     fn new(size: usize) -> Buffer {
-        Buffer {
-            mem: vec![0; size].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+        Buffer { mem: vec![0; size].into_boxed_slice(), start: 0, end: 0 }
     }
 
     /// The bytes not yet consumed.
@@ -96,10 +92,7 @@ pub struct BufferPool {
 
 impl BufferPool {
     pub fn new(size: usize) -> BufferPool {
-        BufferPool {
-            size,
-            free: Vec::new(),
-        }
+        BufferPool { size, free: Vec::new() }
     }
 
     pub fn buffer_size(&self) -> usize {

@@ -138,9 +138,7 @@ impl TargetSpec {
     /// The address when the host is an IP literal, so no lookup is needed.
     pub fn literal_addr(&self) -> Option<SocketAddr> {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        host.parse::<IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, self.port))
+        host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
     }
 }
 
@@ -191,16 +189,13 @@ impl fmt::Display for ConfigError {
 }
 
 fn err(key: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_owned(),
-        problem: problem.into(),
-    }
+    ConfigError { key: key.to_owned(), problem: problem.into() }
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
         Config::parse(&text)
     }
 
@@ -216,10 +211,7 @@ impl RawConfig {
             return Err(err("ports", "the target list is empty"));
         }
         if self.ports.len() > MAX_TARGETS {
-            return Err(err(
-                "ports",
-                format!("at most {MAX_TARGETS} targets are supported"),
-            ));
+            return Err(err("ports", format!("at most {MAX_TARGETS} targets are supported")));
         }
         let targets = self
             .ports
@@ -227,38 +219,21 @@ impl RawConfig {
             .map(|url| parse_target_url(url).map_err(|p| err("ports", format!("{url:?}: {p}"))))
             .collect::<Result<Vec<_>, _>>()?;
         if !(100..=599).contains(&self.all_down_status) {
-            return Err(err(
-                "all_down_status",
-                "must be an HTTP status from 100 to 599",
-            ));
+            return Err(err("all_down_status", "must be an HTTP status from 100 to 599"));
         }
         if !self.probe_path.starts_with('/') || self.probe_path.bytes().any(|b| b <= b' ') {
-            return Err(err(
-                "probe_path",
-                "must be a path starting with / and without spaces",
-            ));
+            return Err(err("probe_path", "must be a path starting with / and without spaces"));
         }
         if !(1024..=1024 * 1024).contains(&self.max_request_head) {
-            return Err(err(
-                "max_request_head",
-                "must be between 1024 and 1048576 bytes",
-            ));
+            return Err(err("max_request_head", "must be between 1024 and 1048576 bytes"));
         }
         if self.fall == 0 || self.rise == 0 {
-            return Err(err(
-                if self.fall == 0 { "fall" } else { "rise" },
-                "must be at least 1",
-            ));
+            return Err(err(if self.fall == 0 { "fall" } else { "rise" }, "must be at least 1"));
         }
         let all_down = match self.all_down.as_str() {
             "error" => AllDown::Error,
             "try_all" => AllDown::TryAll,
-            other => {
-                return Err(err(
-                    "all_down",
-                    format!("must be \"error\" or \"try_all\", got {other:?}"),
-                ))
-            }
+            other => return Err(err("all_down", format!("must be \"error\" or \"try_all\", got {other:?}"))),
         };
         let access_log = match self.access_log.as_str() {
             "off" | "" => AccessLog::Off,
@@ -267,24 +242,14 @@ impl RawConfig {
         };
         let prefix = &targets[0].path_prefix;
         if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
-            return Err(err(
-                "ports",
-                format!(
-                    "{:?}: every target must have the same path as the first",
-                    t.url
-                ),
-            ));
+            return Err(err("ports", format!("{:?}: every target must have the same path as the first", t.url)));
         }
         Ok(Config {
             retries: self.retries.unwrap_or(targets.len()),
             targets,
             sleeping: seconds("sleeping", self.sleeping)?,
-            listen: parse_listen(&self.listen).ok_or_else(|| {
-                err(
-                    "listen",
-                    format!("{:?} is not an address like 0.0.0.0:8000", self.listen),
-                )
-            })?,
+            listen: parse_listen(&self.listen)
+                .ok_or_else(|| err("listen", format!("{:?} is not an address like 0.0.0.0:8000", self.listen)))?,
             connect_timeout: seconds("connect_timeout", self.connect_timeout)?,
             client_header_timeout: seconds("client_header_timeout", self.client_header_timeout)?,
             keepalive_timeout: seconds("keepalive_timeout", self.keepalive_timeout)?,
@@ -307,10 +272,7 @@ impl RawConfig {
 
 fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
     if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
-        return Err(err(
-            key,
-            format!("must be a positive number of seconds, got {value}"),
-        ));
+        return Err(err(key, format!("must be a positive number of seconds, got {value}")));
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -318,27 +280,19 @@ fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
 /// `0.0.0.0:8000`, `[::]:8000`, or `:8000` for every IPv4 interface.
 fn parse_listen(text: &str) -> Option<SocketAddr> {
     match text.strip_prefix(':') {
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
+        Some(port) => port.parse::<u16>().ok().map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
         None => text.parse().ok(),
     }
 }
 
 /// Parses `http://host[:port][/path]`.
 pub fn parse_target_url(url: &str) -> Result<TargetSpec, &'static str> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("must start with http://")?;
+    let rest = url.strip_prefix("http://").ok_or("must start with http://")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
-    if path
-        .bytes()
-        .any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f)
-    {
+    if path.bytes().any(|b| b <= b' ' || b == b'?' || b == b'#' || b >= 0x7f) {
         return Err("the path may not hold spaces, a query or a fragment");
     }
     let (host, port) = split_host_port(authority)?;
@@ -364,21 +318,14 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), &'static str> {
             None => (authority, None),
         }
     };
-    let valid_name = |h: &str| {
-        !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    };
+    let valid_name =
+        |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
     if !host.starts_with('[') && !valid_name(host) {
         return Err("the host is missing or holds characters a host name cannot");
     }
     let port = match port {
         None => 80,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or("the port is not 1-65535")?,
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or("the port is not 1-65535")?,
     };
     Ok((host, port))
 }
@@ -389,49 +336,27 @@ mod tests {
 
     #[test]
     fn the_prototype_file_parses_with_defaults() {
-        let c = Config::parse(
-            r#"{"ports": ["http://127.0.0.1:9001/", "http://t2:80/"], "sleeping": 1}"#,
-        )
-        .expect("valid");
+        let c =
+            Config::parse(r#"{"ports": ["http://127.0.0.1:9001/", "http://t2:80/"], "sleeping": 1}"#).expect("valid");
         assert_eq!(c.targets.len(), 2);
         assert_eq!(c.sleeping, Duration::from_secs(1));
         assert_eq!(c.listen, "0.0.0.0:8000".parse().expect("addr"));
         assert_eq!(c.probe_path, "/ping/");
         assert_eq!(c.all_down_status, 500);
-        assert_eq!(
-            c.targets[0].literal_addr(),
-            Some("127.0.0.1:9001".parse().expect("addr"))
-        );
+        assert_eq!(c.targets[0].literal_addr(), Some("127.0.0.1:9001".parse().expect("addr")));
         assert_eq!(c.targets[1].literal_addr(), None);
-        assert_eq!(
-            (c.fall, c.rise, c.retries, c.all_down),
-            (1, 1, 2, AllDown::Error)
-        );
+        assert_eq!((c.fall, c.rise, c.retries, c.all_down), (1, 1, 2, AllDown::Error));
         assert_eq!(c.access_log, AccessLog::Off);
     }
 
     #[test]
     fn target_urls() {
         let t = parse_target_url("http://svc-3/api/").expect("valid");
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path_prefix.as_str()),
-            ("svc-3", 80, "/api")
-        );
+        assert_eq!((t.host.as_str(), t.port, t.path_prefix.as_str()), ("svc-3", 80, "/api"));
         let t = parse_target_url("http://[::1]:81").expect("valid");
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path_prefix.as_str()),
-            ("[::1]", 81, "")
-        );
+        assert_eq!((t.host.as_str(), t.port, t.path_prefix.as_str()), ("[::1]", 81, ""));
         assert_eq!(t.literal_addr(), Some("[::1]:81".parse().expect("addr")));
-        for bad in [
-            "https://a/",
-            "http://",
-            "http://a:0/",
-            "http://a:70000/",
-            "http://a b/",
-            "a:80",
-            "http://a/?x",
-        ] {
+        for bad in ["https://a/", "http://", "http://a:0/", "http://a:70000/", "http://a b/", "a:80", "http://a/?x"] {
             assert!(parse_target_url(bad).is_err(), "{bad} should be refused");
         }
     }
@@ -459,14 +384,8 @@ mod tests {
 
     #[test]
     fn listen_shorthand() {
-        assert_eq!(
-            parse_listen(":8080"),
-            Some("0.0.0.0:8080".parse().expect("addr"))
-        );
-        assert_eq!(
-            parse_listen("127.0.0.1:0"),
-            Some("127.0.0.1:0".parse().expect("addr"))
-        );
+        assert_eq!(parse_listen(":8080"), Some("0.0.0.0:8080".parse().expect("addr")));
+        assert_eq!(parse_listen("127.0.0.1:0"), Some("127.0.0.1:0".parse().expect("addr")));
         assert_eq!(parse_listen("8080"), None);
     }
 }

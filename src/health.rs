@@ -40,10 +40,7 @@ pub enum Failure {
 impl Failure {
     /// Nothing reached the target, so any request may be replayed elsewhere.
     pub fn before_request(self) -> bool {
-        matches!(
-            self,
-            Failure::Connect(_) | Failure::ConnectTimeout | Failure::Unresolved
-        )
+        matches!(self, Failure::Connect(_) | Failure::ConnectTimeout | Failure::Unresolved)
     }
 }
 
@@ -227,12 +224,7 @@ pub fn succeeded(sh: &mut Shared, target: usize) {
     if sh.targets.list[target].streak.success(live, rise) == Change::Up {
         sh.targets.ring.mark_up(target);
         let ring = &sh.targets.ring;
-        info!(
-            "target {} up ({} of {} live)",
-            sh.targets.url(target),
-            ring.live_count(),
-            ring.len()
-        );
+        info!("target {} up ({} of {} live)", sh.targets.url(target), ring.live_count(), ring.len());
     }
 }
 
@@ -272,10 +264,7 @@ pub struct Prober {
 
 impl Prober {
     pub fn new(resolver: Resolver) -> Prober {
-        Prober {
-            probes: Slab::new(),
-            resolver,
-        }
+        Prober { probes: Slab::new(), resolver }
     }
 
     /// Arms the first probe of every target that needs one.
@@ -320,18 +309,12 @@ impl Prober {
         let entry = self.probes.vacant_entry();
         let key = entry.key();
         let connected = TcpStream::connect(addr).and_then(|mut stream| {
-            sh.registry.register(
-                &mut stream,
-                token(Kind::Probe(key)),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
+            sh.registry.register(&mut stream, token(Kind::Probe(key)), Interest::READABLE | Interest::WRITABLE)?;
             Ok(stream)
         });
         match connected {
             Ok(stream) => {
-                let timer = sh
-                    .wheel
-                    .insert(sh.now + sh.timeouts.probe, Timer::Probe(key));
+                let timer = sh.wheel.insert(sh.now + sh.timeouts.probe, Timer::Probe(key));
                 entry.insert(Probe {
                     stream,
                     target,
@@ -422,10 +405,7 @@ fn drive(probe: &mut Probe, request: &[u8]) -> Outcome {
     // "HTTP/1.1 200 " is all a probe needs to see.
     let got = &probe.got[..probe.got_len];
     if got.len() >= 13 {
-        return if got.starts_with(b"HTTP/1.")
-            && &got[8..12] == b" 200"
-            && matches!(got[12], b' ' | b'\r')
-        {
+        return if got.starts_with(b"HTTP/1.") && &got[8..12] == b" 200" && matches!(got[12], b' ' | b'\r') {
             Outcome::Up
         } else {
             Outcome::Down("answered other than 200")
@@ -458,11 +438,7 @@ mod tests {
         let mut s = Streak::default();
         assert_eq!(s.failure(true, 1), Change::Down);
         assert_eq!(s.success(false, 2), Change::Stay);
-        assert_eq!(
-            s.failure(false, 1),
-            Change::Stay,
-            "a dropped target cannot go down again"
-        );
+        assert_eq!(s.failure(false, 1), Change::Stay, "a dropped target cannot go down again");
         assert_eq!(s.success(false, 2), Change::Stay);
         assert_eq!(s.success(false, 2), Change::Up);
     }
@@ -473,11 +449,7 @@ mod tests {
         let delays: Vec<u64> = (0..1000).map(|_| j.spread(1000)).collect();
         assert!(delays.iter().all(|&d| (900..=1100).contains(&d)));
         let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
-        assert!(
-            distinct.len() > 150,
-            "only {} distinct delays",
-            distinct.len()
-        );
+        assert!(distinct.len() > 150, "only {} distinct delays", distinct.len());
     }
 
     #[test]
@@ -500,10 +472,6 @@ mod tests {
         let busiest = per_ms.values().copied().max().unwrap_or(0);
         assert!(busiest <= 3, "{busiest} probes in one millisecond");
         let first_round: Vec<_> = per_ms.range(..1200).collect();
-        assert!(
-            first_round.len() >= 25,
-            "the first round spread over only {} instants",
-            first_round.len()
-        );
+        assert!(first_round.len() >= 25, "the first round spread over only {} instants", first_round.len());
     }
 }

@@ -120,23 +120,12 @@ pub struct ResponseContext {
 }
 
 /// Fields that describe one connection only and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "http2-settings",
-];
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "http2-settings"];
 
 /// Parses a request head at the start of `input` and writes the head to forward into `out`.
 /// `Ok(None)`: the head is not complete yet.
-pub fn parse_request(
-    input: &[u8],
-    fwd: &Forwarding<'_>,
-    out: &mut [u8],
-) -> Result<Option<RequestHead>, HttpError> {
+pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Result<Option<RequestHead>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(input) {
@@ -157,58 +146,32 @@ pub fn parse_request(
     let path = origin_form(target)?;
     let fields = Fields::scan(req.headers, false)?;
     if minor == 1 && fields.host_count != 1 {
-        return Err(HttpError::BadRequest(
-            "HTTP/1.1 needs exactly one Host field",
-        ));
+        return Err(HttpError::BadRequest("HTTP/1.1 needs exactly one Host field"));
     }
     if fields.host_count > 1 {
         return Err(HttpError::BadRequest("more than one Host field"));
     }
     let body = match (fields.transfer_encoding, fields.content_length) {
-        (Some(_), Some(_)) => {
-            return Err(HttpError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ))
-        }
-        (Some(_), None) if minor == 0 => {
-            return Err(HttpError::BadRequest(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding")),
+        (Some(_), None) if minor == 0 => return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request")),
         (Some(Coding::Chunked), None) => BodyKind::Chunked,
         (Some(Coding::NotChunkedLast), None) => {
-            return Err(HttpError::BadRequest(
-                "Transfer-Encoding does not end in chunked",
-            ))
+            return Err(HttpError::BadRequest("Transfer-Encoding does not end in chunked"))
         }
-        (Some(Coding::Unknown), None) => {
-            return Err(HttpError::NotImplemented("unknown transfer coding"))
-        }
+        (Some(Coding::Unknown), None) => return Err(HttpError::NotImplemented("unknown transfer coding")),
         (None, Some(0)) | (None, None) => BodyKind::None,
         (None, Some(n)) => BodyKind::Length(n),
     };
-    let keep_alive = if minor == 1 {
-        !fields.close
-    } else {
-        fields.keep_alive && !fields.close
-    };
+    let keep_alive = if minor == 1 { !fields.close } else { fields.keep_alive && !fields.close };
 
-    let mut w = HeadWriter {
-        out,
-        len: 0,
-        overflow: HttpError::HeadTooLarge,
-    };
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
     w.put(method.as_bytes());
     w.put(b" ");
     if path != "*" {
         w.put(fwd.path_prefix.as_bytes());
     }
     w.put(path.as_bytes());
-    w.put(if minor == 1 {
-        b" HTTP/1.1\r\n"
-    } else {
-        b" HTTP/1.0\r\n"
-    });
+    w.put(if minor == 1 { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
     let is_xff = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("x-forwarded-for");
     for h in req.headers.iter() {
         let ours = is_xff(&h) || h.name.eq_ignore_ascii_case("x-forwarded-proto");
@@ -230,35 +193,18 @@ pub fn parse_request(
     w.put(b"\r\n");
     let out_len = w.finish()?;
     let is_head = method == "HEAD";
-    let idempotent = matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-    );
-    Ok(Some(RequestHead {
-        head_len,
-        out_len,
-        body,
-        keep_alive,
-        minor,
-        is_head,
-        idempotent,
-    }))
+    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
+    Ok(Some(RequestHead { head_len, out_len, body, keep_alive, minor, is_head, idempotent }))
 }
 
 /// Parses a response head at the start of `input` and writes the head to send the client.
-pub fn parse_response(
-    input: &[u8],
-    ctx: &ResponseContext,
-    out: &mut [u8],
-) -> Result<Option<ResponseHead>, HttpError> {
+pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Result<Option<ResponseHead>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(input) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::BadResponse("too many header fields"))
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::BadResponse("too many header fields")),
         Err(_) => return Err(HttpError::BadResponse("malformed head")),
     };
     let (Some(minor), Some(status)) = (resp.version, resp.code) else {
@@ -268,9 +214,7 @@ pub fn parse_response(
         return Err(HttpError::BadResponse("status code out of range"));
     }
     if status == 101 {
-        return Err(HttpError::BadResponse(
-            "101 Switching Protocols was not asked for",
-        ));
+        return Err(HttpError::BadResponse("101 Switching Protocols was not asked for"));
     }
     let informational = status < 200;
     let fields = Fields::scan(resp.headers, true)?;
@@ -286,20 +230,11 @@ pub fn parse_response(
             (None, None) => BodyKind::UntilClose,
         }
     };
-    let upstream_keep_alive = if minor == 1 {
-        !fields.close
-    } else {
-        fields.keep_alive
-    };
-    let upstream_reusable =
-        upstream_keep_alive && body != BodyKind::UntilClose && !chunked_and_length;
+    let upstream_keep_alive = if minor == 1 { !fields.close } else { fields.keep_alive };
+    let upstream_reusable = upstream_keep_alive && body != BodyKind::UntilClose && !chunked_and_length;
     let client_keep_alive = ctx.client_keep_alive && body != BodyKind::UntilClose;
 
-    let mut w = HeadWriter {
-        out,
-        len: 0,
-        overflow: HttpError::BadResponse("head too large"),
-    };
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::BadResponse("head too large") };
     w.put(b"HTTP/1.1 ");
     w.status(status);
     w.put(b" ");
@@ -320,41 +255,20 @@ pub fn parse_response(
     }
     w.put(b"\r\n");
     let out_len = w.finish()?;
-    Ok(Some(ResponseHead {
-        head_len,
-        out_len,
-        status,
-        body,
-        informational,
-        client_keep_alive,
-        upstream_reusable,
-    }))
+    Ok(Some(ResponseHead { head_len, out_len, status, body, informational, client_keep_alive, upstream_reusable }))
 }
 
 /// Writes a complete response made by the proxy itself (errors, the all-down answer).
 /// Returns the bytes written, or `None` if `out` is too small.
-pub fn write_local_response(
-    out: &mut [u8],
-    status: u16,
-    body: &str,
-    keep_alive: bool,
-) -> Option<usize> {
-    let mut w = HeadWriter {
-        out,
-        len: 0,
-        overflow: HttpError::HeadTooLarge,
-    };
+pub fn write_local_response(out: &mut [u8], status: u16, body: &str, keep_alive: bool) -> Option<usize> {
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
     w.put(b"HTTP/1.1 ");
     w.status(status);
     w.put(b" ");
     w.put(reason(status).as_bytes());
     w.put(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
     w.decimal(body.len() as u64);
-    w.put(if keep_alive {
-        b"\r\n\r\n"
-    } else {
-        b"\r\nConnection: close\r\n\r\n"
-    });
+    w.put(if keep_alive { b"\r\n\r\n" } else { b"\r\nConnection: close\r\n\r\n" });
     w.put(body.as_bytes());
     w.finish().ok()
 }
@@ -396,13 +310,9 @@ fn origin_form(target: &str) -> Result<&str, HttpError> {
     if target.starts_with('/') || target == "*" {
         return Ok(target);
     }
-    let lower_scheme = target
-        .get(..7)
-        .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+    let lower_scheme = target.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://"));
     if !lower_scheme {
-        return Err(HttpError::BadRequest(
-            "request-target is not origin- or absolute-form",
-        ));
+        return Err(HttpError::BadRequest("request-target is not origin- or absolute-form"));
     }
     let rest = &target[7..];
     Ok(rest.find('/').map_or("/", |i| &rest[i..]))
@@ -488,21 +398,12 @@ impl<'h, 'b> Fields<'h, 'b> {
                 .headers
                 .iter()
                 .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .any(|h| {
-                    list_items(h.value).any(|token| token.eq_ignore_ascii_case(name.as_bytes()))
-                })
+                .any(|h| list_items(h.value).any(|token| token.eq_ignore_ascii_case(name.as_bytes())))
     }
 }
 
 fn classify_coding(coding: &[u8]) -> Coding {
-    const KNOWN: [&[u8]; 6] = [
-        b"gzip",
-        b"x-gzip",
-        b"deflate",
-        b"compress",
-        b"x-compress",
-        b"identity",
-    ];
+    const KNOWN: [&[u8]; 6] = [b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress", b"identity"];
     if coding.eq_ignore_ascii_case(b"chunked") {
         Coding::Chunked
     } else if KNOWN.iter().any(|k| coding.eq_ignore_ascii_case(k)) {
@@ -523,19 +424,13 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 
 /// The non-empty, trimmed items of a comma-separated field value.
 fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(trim)
-        .filter(|item| !item.is_empty())
+    value.split(|&b| b == b',').map(trim).filter(|item| !item.is_empty())
 }
 
 fn trim(value: &[u8]) -> &[u8] {
     let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
     let start = value.iter().position(|b| !is_ws(b)).unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|b| !is_ws(b))
-        .map_or(start, |i| i + 1);
+    let end = value.iter().rposition(|b| !is_ws(b)).map_or(start, |i| i + 1);
     &value[start..end]
 }
 
@@ -645,23 +540,11 @@ impl BodyFramer {
     pub fn new(kind: BodyKind) -> BodyFramer {
         let state = match kind {
             BodyKind::None | BodyKind::Length(0) => Chunk::Done,
-            BodyKind::Length(n) => Chunk::Data {
-                left: n,
-                chunked: false,
-            },
-            BodyKind::Chunked => Chunk::Size {
-                value: 0,
-                digits: 0,
-            },
-            BodyKind::UntilClose => Chunk::Data {
-                left: u64::MAX,
-                chunked: false,
-            },
+            BodyKind::Length(n) => Chunk::Data { left: n, chunked: false },
+            BodyKind::Chunked => Chunk::Size { value: 0, digits: 0 },
+            BodyKind::UntilClose => Chunk::Data { left: u64::MAX, chunked: false },
         };
-        BodyFramer {
-            state,
-            until_close: kind == BodyKind::UntilClose,
-        }
+        BodyFramer { state, until_close: kind == BodyKind::UntilClose }
     }
 
     pub fn is_done(&self) -> bool {
@@ -675,11 +558,7 @@ impl BodyFramer {
 
     /// Classifies the bytes at the front of `data`; `bad` is the error to report for malformed
     /// chunk framing (400 for requests, 502 for responses).
-    pub fn advance(
-        &mut self,
-        data: &[u8],
-        bad: fn(&'static str) -> HttpError,
-    ) -> Result<Progress, HttpError> {
+    pub fn advance(&mut self, data: &[u8], bad: fn(&'static str) -> HttpError) -> Result<Progress, HttpError> {
         let mut used = 0;
         while used < data.len() && self.state != Chunk::Done {
             if let Chunk::Data { left, chunked } = self.state {
@@ -696,10 +575,7 @@ impl BodyFramer {
             self.state = self.step(data[used], bad)?;
             used += 1;
         }
-        Ok(Progress {
-            used,
-            done: self.state == Chunk::Done,
-        })
+        Ok(Progress { used, done: self.state == Chunk::Done })
     }
 
     fn step(&self, byte: u8, bad: fn(&'static str) -> HttpError) -> Result<Chunk, HttpError> {
@@ -709,37 +585,24 @@ impl BodyFramer {
                     return Err(bad("chunk size too large"));
                 }
                 let digit = (b as char).to_digit(16).unwrap_or(0);
-                Chunk::Size {
-                    value: value * 16 + u64::from(digit),
-                    digits: digits + 1,
-                }
+                Chunk::Size { value: value * 16 + u64::from(digit), digits: digits + 1 }
             }
             (Chunk::Size { digits: 0, .. }, _) => return Err(bad("chunk size is not hex")),
             (Chunk::Size { value, .. }, b'\r') => Chunk::SizeLf { value },
             (Chunk::Size { value, .. }, b';' | b' ' | b'\t') => Chunk::Extension { value },
             (Chunk::Size { .. }, _) => return Err(bad("chunk size is not hex")),
             (Chunk::Extension { value }, b'\r') => Chunk::SizeLf { value },
-            (Chunk::Extension { .. }, b'\n' | 0) => {
-                return Err(bad("bare LF or NUL in chunk extension"))
-            }
+            (Chunk::Extension { .. }, b'\n' | 0) => return Err(bad("bare LF or NUL in chunk extension")),
             (Chunk::Extension { .. }, _) => self.state,
             (Chunk::SizeLf { value: 0 }, b'\n') => Chunk::TrailerStart,
-            (Chunk::SizeLf { value }, b'\n') => Chunk::Data {
-                left: value,
-                chunked: true,
-            },
+            (Chunk::SizeLf { value }, b'\n') => Chunk::Data { left: value, chunked: true },
             (Chunk::SizeLf { .. }, _) => return Err(bad("chunk size line not ended by CRLF")),
             (Chunk::DataCr, b'\r') => Chunk::DataLf,
             (Chunk::DataCr, _) => return Err(bad("chunk data not followed by CRLF")),
-            (Chunk::DataLf, b'\n') => Chunk::Size {
-                value: 0,
-                digits: 0,
-            },
+            (Chunk::DataLf, b'\n') => Chunk::Size { value: 0, digits: 0 },
             (Chunk::DataLf, _) => return Err(bad("chunk data not followed by CRLF")),
             (Chunk::TrailerStart, b'\r') => Chunk::LastLf,
-            (Chunk::TrailerStart | Chunk::TrailerLine, b'\n' | 0) => {
-                return Err(bad("bare LF or NUL in trailer"))
-            }
+            (Chunk::TrailerStart | Chunk::TrailerLine, b'\n' | 0) => return Err(bad("bare LF or NUL in trailer")),
             (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
             (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
             (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
@@ -755,18 +618,13 @@ impl BodyFramer {
 mod tests {
     use super::*;
 
-    const FWD: Forwarding<'static> = Forwarding {
-        client_ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)),
-        path_prefix: "",
-    };
+    const FWD: Forwarding<'static> =
+        Forwarding { client_ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)), path_prefix: "" };
 
     fn request(raw: &str) -> Result<(RequestHead, String), HttpError> {
         let mut out = [0u8; 4096];
         let head = parse_request(raw.as_bytes(), &FWD, &mut out)?.expect("complete head");
-        Ok((
-            head,
-            String::from_utf8_lossy(&out[..head.out_len]).into_owned(),
-        ))
+        Ok((head, String::from_utf8_lossy(&out[..head.out_len]).into_owned()))
     }
 
     fn refused(raw: &str) -> u16 {
@@ -781,10 +639,7 @@ mod tests {
         let (head, out) = request("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").expect("valid");
         assert_eq!(head.body, BodyKind::None);
         assert!(head.keep_alive && head.idempotent && !head.is_head);
-        assert_eq!(
-            out,
-            "GET /a?b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
-        );
+        assert_eq!(out, "GET /a?b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n");
     }
 
     #[test]
@@ -793,15 +648,7 @@ mod tests {
                    TE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nTrailer: y\r\nX-Keep: 2\r\n\r\n";
         let (head, out) = request(raw).expect("valid");
         assert!(!head.keep_alive);
-        for gone in [
-            "Connection",
-            "X-Secret",
-            "Keep-Alive",
-            "TE:",
-            "Upgrade",
-            "Proxy-Connection",
-            "Trailer",
-        ] {
+        for gone in ["Connection", "X-Secret", "Keep-Alive", "TE:", "Upgrade", "Proxy-Connection", "Trailer"] {
             assert!(!out.contains(gone), "{gone} forwarded in {out}");
         }
         assert!(out.contains("X-Keep: 2\r\n"));
@@ -809,14 +656,10 @@ mod tests {
 
     #[test]
     fn x_forwarded_for_is_appended_and_proto_replaced() {
-        let raw =
-            "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\
+        let raw = "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\
                    X-Forwarded-Proto: https\r\n\r\n";
         let (_, out) = request(raw).expect("valid");
-        assert!(
-            out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\n"),
-            "{out}"
-        );
+        assert!(out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\n"), "{out}");
         assert!(out.contains("X-Forwarded-Proto: http\r\n") && !out.contains("https"));
     }
 
@@ -832,44 +675,22 @@ mod tests {
 
     #[test]
     fn path_prefix_and_absolute_form() {
-        let fwd = Forwarding {
-            path_prefix: "/api",
-            ..FWD
-        };
+        let fwd = Forwarding { path_prefix: "/api", ..FWD };
         let mut out = [0u8; 512];
-        let head = parse_request(
-            b"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n",
-            &fwd,
-            &mut out,
-        )
-        .expect("valid")
-        .expect("complete");
+        let head = parse_request(b"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n", &fwd, &mut out)
+            .expect("valid")
+            .expect("complete");
         assert!(out[..head.out_len].starts_with(b"GET /api/x HTTP/1.1\r\n"));
     }
 
     #[test]
     fn body_framing_of_requests() {
         let cases = [
-            (
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
-                BodyKind::Length(5),
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-                BodyKind::None,
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n",
-                BodyKind::Length(7),
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-                BodyKind::Chunked,
-            ),
-            (
-                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                BodyKind::Chunked,
-            ),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", BodyKind::Length(5)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", BodyKind::None),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n", BodyKind::Length(7)),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", BodyKind::Chunked),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", BodyKind::Chunked),
         ];
         for (raw, kind) in cases {
             assert_eq!(request(raw).expect(raw).0.body, kind, "{raw}");
@@ -905,10 +726,7 @@ mod tests {
     fn http10_keeps_alive_only_when_asked() {
         let (head, out) = request("GET / HTTP/1.0\r\n\r\n").expect("valid");
         assert!(!head.keep_alive);
-        assert!(
-            out.contains("Connection: keep-alive\r\n"),
-            "upstream side stays pooled: {out}"
-        );
+        assert!(out.contains("Connection: keep-alive\r\n"), "upstream side stays pooled: {out}");
         let (head, _) = request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").expect("valid");
         assert!(head.keep_alive);
     }
@@ -916,64 +734,31 @@ mod tests {
     #[test]
     fn a_partial_head_asks_for_more_and_an_oversized_rewrite_is_431() {
         let mut out = [0u8; 64];
-        assert_eq!(
-            parse_request(b"GET / HTTP/1.1\r\nHo", &FWD, &mut out),
-            Ok(None)
-        );
-        let big = format!(
-            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-            "a".repeat(100)
-        );
-        assert_eq!(
-            parse_request(big.as_bytes(), &FWD, &mut out),
-            Err(HttpError::HeadTooLarge)
-        );
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHo", &FWD, &mut out), Ok(None));
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100));
+        assert_eq!(parse_request(big.as_bytes(), &FWD, &mut out), Err(HttpError::HeadTooLarge));
     }
 
     fn response(raw: &str, ctx: ResponseContext) -> (ResponseHead, String) {
         let mut out = [0u8; 4096];
-        let head = parse_response(raw.as_bytes(), &ctx, &mut out)
-            .expect("valid")
-            .expect("complete");
-        (
-            head,
-            String::from_utf8_lossy(&out[..head.out_len]).into_owned(),
-        )
+        let head = parse_response(raw.as_bytes(), &ctx, &mut out).expect("valid").expect("complete");
+        (head, String::from_utf8_lossy(&out[..head.out_len]).into_owned())
     }
 
-    const CTX: ResponseContext = ResponseContext {
-        request_is_head: false,
-        client_minor: 1,
-        client_keep_alive: true,
-    };
+    const CTX: ResponseContext = ResponseContext { request_is_head: false, client_minor: 1, client_keep_alive: true };
 
     #[test]
     fn response_framing() {
         let cases = [
-            (
-                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
-                CTX,
-                BodyKind::Length(3),
-            ),
-            (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                CTX,
-                BodyKind::Chunked,
-            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", CTX, BodyKind::Length(3)),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", CTX, BodyKind::Chunked),
             ("HTTP/1.1 200 OK\r\n\r\n", CTX, BodyKind::UntilClose),
             ("HTTP/1.1 204 No Content\r\n\r\n", CTX, BodyKind::None),
-            (
-                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-                CTX,
-                BodyKind::None,
-            ),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", CTX, BodyKind::None),
             ("HTTP/1.1 100 Continue\r\n\r\n", CTX, BodyKind::None),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
-                ResponseContext {
-                    request_is_head: true,
-                    ..CTX
-                },
+                ResponseContext { request_is_head: true, ..CTX },
                 BodyKind::None,
             ),
         ];
@@ -987,10 +772,7 @@ mod tests {
         let (head, out) = response("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n", CTX);
         assert!(!head.client_keep_alive && !head.upstream_reusable);
         assert_eq!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
-        let (head, out) = response(
-            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
-            CTX,
-        );
+        let (head, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n", CTX);
         assert_eq!(head.body, BodyKind::Chunked);
         assert!(!head.upstream_reusable && head.client_keep_alive);
         assert!(!out.contains("Content-Length"));
@@ -998,28 +780,17 @@ mod tests {
 
     #[test]
     fn a_response_to_an_http10_keep_alive_client_says_so() {
-        let ctx = ResponseContext {
-            client_minor: 0,
-            ..CTX
-        };
-        let (_, out) = response(
-            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nKeep-Alive: timeout=5\r\n\r\n",
-            ctx,
-        );
-        assert_eq!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
-        );
+        let ctx = ResponseContext { client_minor: 0, ..CTX };
+        let (_, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nKeep-Alive: timeout=5\r\n\r\n", ctx);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n");
     }
 
     #[test]
     fn malformed_responses_are_502() {
         let mut out = [0u8; 512];
-        for raw in [
-            "HTTP/1.1 abc OK\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-            "HTTP/1.1 101 Up\r\n\r\n",
-        ] {
+        for raw in
+            ["HTTP/1.1 abc OK\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "HTTP/1.1 101 Up\r\n\r\n"]
+        {
             let got = parse_response(raw.as_bytes(), &CTX, &mut out);
             assert_eq!(got.map_err(HttpError::status), Err(502), "{raw}");
         }
@@ -1035,11 +806,7 @@ mod tests {
         );
     }
 
-    fn frame_all(
-        kind: BodyKind,
-        data: &[u8],
-        splits: &[usize],
-    ) -> Result<(usize, bool), HttpError> {
+    fn frame_all(kind: BodyKind, data: &[u8], splits: &[usize]) -> Result<(usize, bool), HttpError> {
         let mut framer = BodyFramer::new(kind);
         let mut at = 0;
         let mut cuts = splits.to_vec();
@@ -1061,43 +828,22 @@ mod tests {
         assert_eq!(frame_all(BodyKind::Chunked, body, &[]), Ok((end, true)));
         for i in 0..body.len() {
             for j in i..body.len() {
-                assert_eq!(
-                    frame_all(BodyKind::Chunked, body, &[i, j]),
-                    Ok((end, true)),
-                    "split {i},{j}"
-                );
+                assert_eq!(frame_all(BodyKind::Chunked, body, &[i, j]), Ok((end, true)), "split {i},{j}");
             }
         }
     }
 
     #[test]
     fn length_and_close_delimited_bodies() {
-        assert_eq!(
-            frame_all(BodyKind::Length(3), b"abcdef", &[1]),
-            Ok((3, true))
-        );
-        assert_eq!(
-            frame_all(BodyKind::UntilClose, b"abcdef", &[2]),
-            Ok((6, false))
-        );
+        assert_eq!(frame_all(BodyKind::Length(3), b"abcdef", &[1]), Ok((3, true)));
+        assert_eq!(frame_all(BodyKind::UntilClose, b"abcdef", &[2]), Ok((6, false)));
         assert_eq!(frame_all(BodyKind::None, b"abc", &[]), Ok((0, true)));
     }
 
     #[test]
     fn malformed_chunks_are_refused() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"4\nWiki\r\n",
-            b"4\r\nWikiX\r\n",
-            b"10000000000000000\r\n",
-            b"\r\n",
-            b"0\r\n\n",
-        ] {
-            assert!(
-                frame_all(BodyKind::Chunked, bad, &[]).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        for bad in [&b"x\r\n"[..], b"4\nWiki\r\n", b"4\r\nWikiX\r\n", b"10000000000000000\r\n", b"\r\n", b"0\r\n\n"] {
+            assert!(frame_all(BodyKind::Chunked, bad, &[]).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

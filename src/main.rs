@@ -34,22 +34,14 @@ enum Parsed {
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed, String> {
-    let mut args = Args {
-        config: PathBuf::from("config/appsettings.json"),
-        check: false,
-        log_level: None,
-    };
+    let mut args = Args { config: PathBuf::from("config/appsettings.json"), check: false, log_level: None };
     while let Some(arg) = argv.next() {
         match arg.as_str() {
             "-c" | "--config" => args.config = argv.next().ok_or("--config needs a path")?.into(),
             "-t" | "--check" => args.check = true,
             "-l" | "--log-level" => {
                 let level = argv.next().ok_or("--log-level needs a level")?;
-                args.log_level = Some(
-                    level
-                        .parse()
-                        .map_err(|_| format!("unknown log level {level:?}"))?,
-                );
+                args.log_level = Some(level.parse().map_err(|_| format!("unknown log level {level:?}"))?);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -82,16 +74,10 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!(
-            "ringproxy: {}: ok ({} targets)",
-            args.config.display(),
-            config.targets.len()
-        );
+        println!("ringproxy: {}: ok ({} targets)", args.config.display(), config.targets.len());
         return ExitCode::SUCCESS;
     }
-    let mut logger = simple_logger::SimpleLogger::new()
-        .with_level(LevelFilter::Info)
-        .env();
+    let mut logger = simple_logger::SimpleLogger::new().with_level(LevelFilter::Info).env();
     if let Some(level) = args.log_level {
         logger = logger.with_level(level);
     }

@@ -110,24 +110,14 @@ impl Reactor {
             .map(|t| match t.literal_addr() {
                 Some(addr) => Some(addr),
                 None => resolve::lookup(&t.host, t.port)
-                    .map_err(|e| {
-                        warn!(
-                            "target {} down: {e} (probing every {:?})",
-                            t.url, config.sleeping
-                        )
-                    })
+                    .map_err(|e| warn!("target {} down: {e} (probing every {:?})", t.url, config.sleeping))
                     .ok(),
             })
             .collect();
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id());
-        let path_prefix = config
-            .targets
-            .first()
-            .map(|t| t.path_prefix.clone())
-            .unwrap_or_default();
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id());
+        let path_prefix = config.targets.first().map(|t| t.path_prefix.clone()).unwrap_or_default();
         let mut sh = Shared {
             registry,
             pool: BufferPool::new(config.max_request_head + HEAD_SLACK),
@@ -180,10 +170,7 @@ impl Reactor {
         let mut requeued = Vec::new();
         loop {
             let timeout = if self.requeued.is_empty() {
-                self.sh
-                    .wheel
-                    .next_deadline()
-                    .map(|d| Duration::from_millis(d.saturating_sub(self.sh.now)))
+                self.sh.wheel.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(self.sh.now)))
             } else {
                 Some(Duration::ZERO)
             };
@@ -309,10 +296,7 @@ impl Reactor {
                 self.accept();
             }
             Timer::DrainDeadline => {
-                warn!(
-                    "shutdown timeout: cutting {} connections still in flight",
-                    self.sessions.len()
-                );
+                warn!("shutdown timeout: cutting {} connections still in flight", self.sessions.len());
                 return false;
             }
         }
@@ -340,9 +324,7 @@ impl Reactor {
             }
         }
         self.sh.draining = true;
-        self.sh
-            .wheel
-            .insert(self.sh.now + self.shutdown, Timer::DrainDeadline);
+        self.sh.wheel.insert(self.sh.now + self.shutdown, Timer::DrainDeadline);
         let keys: Vec<usize> = self.sessions.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.pump(key);

@@ -22,18 +22,16 @@ impl Resolver {
     pub fn start(waker: Arc<Waker>) -> io::Result<Resolver> {
         let (requests, inbox) = channel::<(usize, String, u16)>();
         let (outbox, answers) = channel();
-        thread::Builder::new()
-            .name("resolver".into())
-            .spawn(move || {
-                for (id, host, port) in inbox {
-                    if outbox.send((id, lookup(&host, port))).is_err() {
-                        return;
-                    }
-                    if let Err(e) = waker.wake() {
-                        error!("resolver cannot wake the reactor: {e}");
-                    }
+        thread::Builder::new().name("resolver".into()).spawn(move || {
+            for (id, host, port) in inbox {
+                if outbox.send((id, lookup(&host, port))).is_err() {
+                    return;
                 }
-            })?;
+                if let Err(e) = waker.wake() {
+                    error!("resolver cannot wake the reactor: {e}");
+                }
+            }
+        })?;
         Ok(Resolver { requests, answers })
     }
 

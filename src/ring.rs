@@ -31,10 +31,7 @@ pub struct HashRing {
 impl HashRing {
     /// A ring over `count` targets, all live.
     pub fn new(count: usize) -> HashRing {
-        HashRing {
-            live: (0..count).collect(),
-            is_live: vec![true; count],
-        }
+        HashRing { live: (0..count).collect(), is_live: vec![true; count] }
     }
 
     /// The target for request `seq`, skipping those in `tried`; `None` when no live target is
@@ -45,18 +42,14 @@ impl HashRing {
             return None;
         }
         let first = (seq % n as u64) as usize;
-        (0..n)
-            .map(|k| self.live[(first + k) % n])
-            .find(|&t| !tried.contains(t))
+        (0..n).map(|k| self.live[(first + k) % n]).find(|&t| !tried.contains(t))
     }
 
     /// Like `pick`, over every target live or not: the fail-open choice when none is live.
     pub fn pick_any(&self, seq: u64, tried: &TargetSet) -> Option<usize> {
         let n = self.is_live.len();
         let first = (seq % n.max(1) as u64) as usize;
-        (0..n)
-            .map(|k| (first + k) % n)
-            .find(|&t| !tried.contains(t))
+        (0..n).map(|k| (first + k) % n).find(|&t| !tried.contains(t))
     }
 
     /// Takes `target` out of the rotation; returns whether it was live.

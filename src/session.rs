@@ -114,8 +114,7 @@ impl Exchange {
         match &self.resp {
             Resp::Head => false,
             Resp::Body(framer) => {
-                self.resp_ready == 0
-                    && (framer.is_done() || (framer.until_close() && self.upstream_eof))
+                self.resp_ready == 0 && (framer.is_done() || (framer.until_close() && self.upstream_eof))
             }
         }
     }
@@ -259,9 +258,7 @@ impl Session {
         if self.ex.is_some() {
             moved |= self.finish_if_complete(sh)?;
         } else if self.cout.as_ref().is_none_or(Buffer::is_empty) {
-            if self.close_after
-                || (self.client_eof && self.cin.as_ref().is_none_or(Buffer::is_empty))
-            {
+            if self.close_after || (self.client_eof && self.cin.as_ref().is_none_or(Buffer::is_empty)) {
                 return Err(Closed);
             }
             if sh.draining && self.is_idle() {
@@ -332,10 +329,7 @@ impl Session {
                 self.client_eof = true;
                 self.ready.read = false;
                 if self.ex.as_ref().is_some_and(|ex| !ex.req_body.is_done()) {
-                    debug!(
-                        "{}: client closed in the middle of a request body",
-                        self.peer
-                    );
+                    debug!("{}: client closed in the middle of a request body", self.peer);
                     return Err(Closed);
                 }
                 Ok(true)
@@ -369,20 +363,14 @@ impl Session {
         }
         let uout = buffer::ensure(&mut self.uout, &mut sh.pool);
         uout.clear();
-        let fwd = Forwarding {
-            client_ip: self.peer.ip(),
-            path_prefix: &sh.path_prefix,
-        };
+        let fwd = Forwarding { client_ip: self.peer.ip(), path_prefix: &sh.path_prefix };
         let limit = cin.len().min(sh.max_request_head);
         let parsed = http::parse_request(&cin.data()[..limit], &fwd, uout.space());
         let head = match parsed {
             Ok(Some(head)) => head,
             Ok(None) if limit < sh.max_request_head && !self.client_eof => return Ok(false),
             Ok(None) if self.client_eof => {
-                debug!(
-                    "{}: client closed in the middle of a request head",
-                    self.peer
-                );
+                debug!("{}: client closed in the middle of a request head", self.peer);
                 return Err(Closed);
             }
             Ok(None) => return Ok(self.refuse(sh, HttpError::HeadTooLarge)),
@@ -438,8 +426,7 @@ impl Session {
             let picked = if same_target {
                 Some(ex.target)
             } else {
-                ring.pick(ex.seq, &ex.tried)
-                    .or_else(|| ring.pick_any(ex.seq, &ex.tried).filter(|_| fail_open))
+                ring.pick(ex.seq, &ex.tried).or_else(|| ring.pick_any(ex.seq, &ex.tried).filter(|_| fail_open))
             };
             let Some(target) = picked else {
                 warn!("{}: no live target left for request #{}", self.peer, ex.seq);
@@ -476,11 +463,7 @@ impl Session {
 
     /// A non-blocking connect finished, one way or the other.
     fn check_connect(&mut self, sh: &mut Shared) -> Step {
-        let Some(up) = self
-            .up
-            .as_mut()
-            .filter(|up| !up.connected && (up.ready.write || up.ready.read))
-        else {
+        let Some(up) = self.up.as_mut().filter(|up| !up.connected && (up.ready.write || up.ready.read)) else {
             return Ok(false);
         };
         let outcome = match up.stream.take_error() {
@@ -510,10 +493,7 @@ impl Session {
         if ex.req_body.is_done() || cin.len() == ex.body_ready {
             return Ok(false);
         }
-        match ex
-            .req_body
-            .advance(&cin.data()[ex.body_ready..], HttpError::BadRequest)
-        {
+        match ex.req_body.advance(&cin.data()[ex.body_ready..], HttpError::BadRequest) {
             Ok(p) => {
                 ex.body_ready += p.used;
                 Ok(p.used > 0 || p.done)
@@ -526,27 +506,19 @@ impl Session {
     }
 
     fn write_upstream(&mut self, sh: &mut Shared) -> Step {
-        let (Some(ex), Some(up), Some(uout)) =
-            (self.ex.as_mut(), self.up.as_mut(), self.uout.as_ref())
-        else {
+        let (Some(ex), Some(up), Some(uout)) = (self.ex.as_mut(), self.up.as_mut(), self.uout.as_ref()) else {
             return Ok(false);
         };
         if !up.connected || !up.ready.write {
             return Ok(false);
         }
         let head = &uout.data()[ex.head_sent..];
-        let body = self
-            .cin
-            .as_ref()
-            .map_or(&[][..], |cin| &cin.data()[ex.body_sent..ex.body_ready]);
+        let body = self.cin.as_ref().map_or(&[][..], |cin| &cin.data()[ex.body_sent..ex.body_ready]);
         if head.is_empty() && body.is_empty() {
             return Ok(false);
         }
         let want = head.len() + body.len();
-        match up
-            .stream
-            .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-        {
+        match up.stream.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
             Ok(n) => {
                 let from_head = n.min(head.len());
                 ex.head_sent += from_head;
@@ -595,15 +567,9 @@ impl Session {
                 Ok(false)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) if matches!(ex.resp, Resp::Head) => {
-                self.attempt_failed(sh, Failure::Reset(e.kind()))
-            }
+            Err(e) if matches!(ex.resp, Resp::Head) => self.attempt_failed(sh, Failure::Reset(e.kind())),
             Err(e) => {
-                warn!(
-                    "{}: target {} failed mid-response: {e}",
-                    self.peer,
-                    sh.targets.url(up.target)
-                );
+                warn!("{}: target {} failed mid-response: {e}", self.peer, sh.targets.url(up.target));
                 Err(Closed)
             }
         }
@@ -620,10 +586,7 @@ impl Session {
             Resp::Body(framer) if framer.is_done() => Ok(true),
             Resp::Body(_) => {
                 let url = sh.targets.url(ex.target);
-                warn!(
-                    "{}: target {url} closed before the response body ended",
-                    self.peer
-                );
+                warn!("{}: target {url} closed before the response body ended", self.peer);
                 Err(Closed)
             }
         }
@@ -682,11 +645,7 @@ impl Session {
         let Some(ex) = self.ex.as_mut() else {
             return Err(Closed);
         };
-        warn!(
-            "{}: target {}: {e} -> 502",
-            self.peer,
-            sh.targets.url(ex.target)
-        );
+        warn!("{}: target {}: {e} -> 502", self.peer, sh.targets.url(ex.target));
         ex.trace.push(ex.target, Outcome::BadResponse);
         if ex.resp_started {
             return Err(Closed);
@@ -723,18 +682,12 @@ impl Session {
         }
         let head = self.cout.as_ref().map_or(&[][..], Buffer::data);
         let ready = self.ex.as_ref().map_or(0, |ex| ex.resp_ready);
-        let body = self
-            .uin
-            .as_ref()
-            .map_or(&[][..], |uin| &uin.data()[..ready]);
+        let body = self.uin.as_ref().map_or(&[][..], |uin| &uin.data()[..ready]);
         if head.is_empty() && body.is_empty() {
             return Ok(false);
         }
         let want = head.len() + body.len();
-        match self
-            .client
-            .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-        {
+        match self.client.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
             Ok(n) => {
                 let from_head = n.min(head.len());
                 if let Some(cout) = self.cout.as_mut() {
@@ -745,11 +698,7 @@ impl Session {
                     ex.resp_ready -= n - from_head;
                     ex.sent_bytes += (n - from_head) as u64;
                 }
-                if let Some(ex) = self
-                    .ex
-                    .as_mut()
-                    .filter(|ex| matches!(ex.resp, Resp::Body(_)))
-                {
+                if let Some(ex) = self.ex.as_mut().filter(|ex| matches!(ex.resp, Resp::Body(_))) {
                     ex.resp_started = true;
                 }
                 if n < want {
@@ -813,10 +762,7 @@ impl Session {
         sh.upstreams.close(up);
         let url = sh.targets.url(ex.target);
         if ex.resp_started {
-            warn!(
-                "{}: target {url} failed mid-response ({failure}); closing",
-                self.peer
-            );
+            warn!("{}: target {url} failed mid-response ({failure}); closing", self.peer);
             return Err(Closed);
         }
         if stale_pooled {
@@ -827,24 +773,11 @@ impl Session {
             health::failed(sh, ex.target, failure);
         }
         let safe = failure.before_request() || nothing_sent || ex.head.idempotent;
-        let in_budget =
-            ex.attempts <= sh.retries && sh.now.saturating_sub(ex.started) < sh.retry_timeout;
+        let in_budget = ex.attempts <= sh.retries && sh.now.saturating_sub(ex.started) < sh.retry_timeout;
         if !(ex.replayable && safe && in_budget) {
-            let status = if matches!(failure, Failure::ResponseTimeout) {
-                504
-            } else {
-                502
-            };
-            let why = if !in_budget {
-                "retry budget spent"
-            } else {
-                "not safe to retry"
-            };
-            warn!(
-                "{}: target {} {failure}; {why} -> {status}",
-                self.peer,
-                sh.targets.url(ex.target)
-            );
+            let status = if matches!(failure, Failure::ResponseTimeout) { 504 } else { 502 };
+            let why = if !in_budget { "retry budget spent" } else { "not safe to retry" };
+            warn!("{}: target {} {failure}; {why} -> {status}", self.peer, sh.targets.url(ex.target));
             self.respond_local(sh, status, http::reason(status), false);
             return Ok(true);
         }

@@ -52,11 +52,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(targets: usize, max_idle: usize) -> Upstreams {
-        Upstreams {
-            slots: Slab::new(),
-            idle: (0..targets).map(|_| Vec::new()).collect(),
-            max_idle,
-        }
+        Upstreams { slots: Slab::new(), idle: (0..targets).map(|_| Vec::new()).collect(), max_idle }
     }
 
     /// Starts a non-blocking connect to `addr` on behalf of `session`.
@@ -70,20 +66,9 @@ impl Upstreams {
         let mut stream = TcpStream::connect(addr)?;
         let entry = self.slots.vacant_entry();
         let slot = entry.key();
-        registry.register(
-            &mut stream,
-            token(Kind::Upstream(slot)),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        registry.register(&mut stream, token(Kind::Upstream(slot)), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(Slot::Active { session });
-        Ok(UpstreamConn {
-            stream,
-            slot,
-            target,
-            ready: Ready::default(),
-            connected: false,
-            reused: false,
-        })
+        Ok(UpstreamConn { stream, slot, target, ready: Ready::default(), connected: false, reused: false })
     }
 
     /// The most recently parked connection to `target`, now owned by `session`.
@@ -91,11 +76,7 @@ impl Upstreams {
         let mut conn = self.idle[target].pop()?;
         self.slots[conn.slot] = Slot::Active { session };
         conn.reused = true;
-        conn.ready = Ready {
-            read: false,
-            write: true,
-            hup: false,
-        };
+        conn.ready = Ready { read: false, write: true, hup: false };
         Some(conn)
     }
 
@@ -105,9 +86,7 @@ impl Upstreams {
         if self.idle[conn.target].len() >= self.max_idle {
             return self.close(conn);
         }
-        self.slots[conn.slot] = Slot::Idle {
-            target: conn.target,
-        };
+        self.slots[conn.slot] = Slot::Idle { target: conn.target };
         self.idle[conn.target].push(conn);
     }
 

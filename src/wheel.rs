@@ -47,10 +47,7 @@ impl<T: Copy> Wheel<T> {
     pub fn new(now: u64) -> Wheel<T> {
         Wheel {
             entries: Slab::new(),
-            levels: std::array::from_fn(|_| Level {
-                occupied: 0,
-                heads: [NIL; SLOTS as usize],
-            }),
+            levels: std::array::from_fn(|_| Level { occupied: 0, heads: [NIL; SLOTS as usize] }),
             elapsed: now,
             generation: 0,
         }
@@ -75,11 +72,7 @@ impl<T: Copy> Wheel<T> {
 
     /// Disarms a timer; a stale id (fired, cancelled) is ignored.
     pub fn cancel(&mut self, id: TimerId) {
-        if self
-            .entries
-            .get(id.key)
-            .is_some_and(|e| e.generation == id.generation)
-        {
+        if self.entries.get(id.key).is_some_and(|e| e.generation == id.generation) {
             self.unlink(id.key);
             self.entries.remove(id.key);
         }
@@ -140,13 +133,7 @@ impl<T: Copy> Wheel<T> {
     }
 
     fn unlink(&mut self, key: usize) {
-        let Entry {
-            level,
-            slot,
-            prev,
-            next,
-            ..
-        } = self.entries[key];
+        let Entry { level, slot, prev, next, .. } = self.entries[key];
         if prev == NIL {
             self.levels[level].heads[slot] = next;
         } else {
@@ -169,8 +156,7 @@ impl<T: Copy> Wheel<T> {
             let slot_range = 1u64 << (level as u32 * SLOT_BITS);
             let level_range = slot_range << SLOT_BITS;
             let now_slot = ((self.elapsed / slot_range) % SLOTS) as u32;
-            let slot =
-                (l.occupied.rotate_right(now_slot).trailing_zeros() + now_slot) % SLOTS as u32;
+            let slot = (l.occupied.rotate_right(now_slot).trailing_zeros() + now_slot) % SLOTS as u32;
             let level_start = self.elapsed & !(level_range - 1);
             let mut deadline = level_start + u64::from(slot) * slot_range;
             if deadline + slot_range <= self.elapsed {
@@ -219,18 +205,10 @@ mod tests {
                 let mut w = Wheel::new(start);
                 w.insert(start + delay, 7u32);
                 if delay > 0 {
-                    assert_eq!(
-                        poll(&mut w, start + delay - 1),
-                        Vec::<u32>::new(),
-                        "start {start} delay {delay}"
-                    );
+                    assert_eq!(poll(&mut w, start + delay - 1), Vec::<u32>::new(), "start {start} delay {delay}");
                     assert!(w.next_deadline().is_some_and(|d| d <= start + delay));
                 }
-                assert_eq!(
-                    poll(&mut w, start + delay),
-                    vec![7],
-                    "start {start} delay {delay}"
-                );
+                assert_eq!(poll(&mut w, start + delay), vec![7], "start {start} delay {delay}");
                 assert!(w.is_empty());
             }
         }

@@ -2,10 +2,7 @@
 
 mod common;
 
-use common::{
-    eventually, read_head, read_lines, serve_raw, targets, temp_log, Client, FullBacklog, Proxy,
-    Target,
-};
+use common::{eventually, read_head, read_lines, serve_raw, targets, temp_log, Client, FullBacklog, Proxy, Target};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,10 +16,7 @@ fn json_path(path: &std::path::Path) -> String {
 fn sixteen_keep_alive_clients_lose_nothing_when_a_target_is_killed_and_restarted() {
     let mut ts = targets(5);
     let log = temp_log("kill-under-load");
-    let proxy = Proxy::start(
-        &ts,
-        &format!("\"sleeping\": 0.2, \"access_log\": \"{}\"", json_path(&log)),
-    );
+    let proxy = Proxy::start(&ts, &format!("\"sleeping\": 0.2, \"access_log\": \"{}\"", json_path(&log)));
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let from_t3 = Arc::new(AtomicUsize::new(0));
@@ -30,8 +24,7 @@ fn sixteen_keep_alive_clients_lose_nothing_when_a_target_is_killed_and_restarted
     let deadline = Instant::now() + Duration::from_secs(60);
     let clients: Vec<_> = (0..16)
         .map(|_| {
-            let (stop, ok, from_t3, failures) =
-                (stop.clone(), ok.clone(), from_t3.clone(), failures.clone());
+            let (stop, ok, from_t3, failures) = (stop.clone(), ok.clone(), from_t3.clone(), failures.clone());
             let addr = proxy.addr;
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr);
@@ -43,10 +36,7 @@ fn sixteen_keep_alive_clients_lose_nothing_when_a_target_is_killed_and_restarted
                                 from_t3.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        Ok(r) => failures
-                            .lock()
-                            .expect("failures")
-                            .push(format!("status {}", r.status)),
+                        Ok(r) => failures.lock().expect("failures").push(format!("status {}", r.status)),
                         Err(e) => {
                             failures.lock().expect("failures").push(e);
                             client = Client::connect(addr);
@@ -58,9 +48,7 @@ fn sixteen_keep_alive_clients_lose_nothing_when_a_target_is_killed_and_restarted
         .collect();
     let wait_for_more = |n: usize| {
         let target = ok.load(Ordering::Relaxed) + n;
-        eventually(Duration::from_secs(20), "more requests", || {
-            (ok.load(Ordering::Relaxed) >= target).then_some(())
-        });
+        eventually(Duration::from_secs(20), "more requests", || (ok.load(Ordering::Relaxed) >= target).then_some(()));
     };
     for _round in 0..3 {
         wait_for_more(3000);
@@ -68,17 +56,13 @@ fn sixteen_keep_alive_clients_lose_nothing_when_a_target_is_killed_and_restarted
         wait_for_more(3000);
         ts[2].restart();
         let before = from_t3.load(Ordering::Relaxed);
-        eventually(
-            Duration::from_secs(5),
-            "the restarted t3 to serve again",
-            || (from_t3.load(Ordering::Relaxed) > before).then_some(()),
-        );
+        eventually(Duration::from_secs(5), "the restarted t3 to serve again", || {
+            (from_t3.load(Ordering::Relaxed) > before).then_some(())
+        });
     }
     wait_for_more(1000);
     stop.store(true, Ordering::Relaxed);
-    clients
-        .into_iter()
-        .for_each(|c| c.join().expect("client thread"));
+    clients.into_iter().for_each(|c| c.join().expect("client thread"));
 
     let failures = failures.lock().expect("failures").clone();
     let total = ok.load(Ordering::Relaxed) + failures.len();
@@ -87,20 +71,14 @@ fn sixteen_keep_alive_clients_lose_nothing_when_a_target_is_killed_and_restarted
         (lines.len() >= total).then_some(lines)
     });
     let retried = lines.iter().filter(|l| l.contains(" tried=")).count();
-    println!(
-        "requests {total}, failures {}, retried {retried}",
-        failures.len()
-    );
+    println!("requests {total}, failures {}, retried {retried}", failures.len());
     assert!(
         failures.is_empty(),
         "{} of {total} requests failed: {:?}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    assert!(
-        retried > 0,
-        "killing a target under load should have needed retries"
-    );
+    assert!(retried > 0, "killing a target under load should have needed retries");
     let _ = std::fs::remove_file(log);
 }
 
@@ -131,17 +109,9 @@ fn a_target_that_never_answers_gets_get_retried_elsewhere_and_post_504() {
         let r = Client::connect(proxy.addr).request("GET", "/", &[], b"");
         assert_eq!((r.status, r.target()), (200, "t2"));
     }
-    let lines = eventually(Duration::from_secs(5), "5 log lines", || {
-        Some(read_lines(&log)).filter(|l| l.len() >= 5)
-    });
-    assert!(
-        lines[0].contains("\"POST /echo HTTP/1.1\" 504") && lines[0].contains("tried=t1:timeout"),
-        "{lines:?}"
-    );
-    assert!(
-        lines.iter().any(|l| l.contains("tried=t1:timeout,t2:ok")),
-        "{lines:?}"
-    );
+    let lines = eventually(Duration::from_secs(5), "5 log lines", || Some(read_lines(&log)).filter(|l| l.len() >= 5));
+    assert!(lines[0].contains("\"POST /echo HTTP/1.1\" 504") && lines[0].contains("tried=t1:timeout"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("tried=t1:timeout,t2:ok")), "{lines:?}");
     let _ = std::fs::remove_file(log);
 }
 
@@ -160,17 +130,10 @@ fn a_target_with_a_full_backlog_times_out_on_connect_and_the_request_succeeds_el
     let started = Instant::now();
     let r = proxy.get("/");
     assert_eq!((r.status, r.target()), (200, "t2"));
-    assert!(
-        started.elapsed() >= Duration::from_millis(300),
-        "the connect timeout should have passed first"
-    );
-    let line = eventually(Duration::from_secs(5), "a log line", || {
-        read_lines(&log).into_iter().next()
-    });
+    assert!(started.elapsed() >= Duration::from_millis(300), "the connect timeout should have passed first");
+    let line = eventually(Duration::from_secs(5), "a log line", || read_lines(&log).into_iter().next());
     assert!(line.contains("tried=t1:conn_timeout,t2:ok"), "{line}");
-    proxy
-        .proc
-        .wait_line("down: connect timed out", Duration::from_secs(1));
+    proxy.proc.wait_line("down: connect timed out", Duration::from_secs(1));
     let _ = std::fs::remove_file(log);
 }
 
@@ -182,9 +145,7 @@ fn a_target_that_resets_mid_body_leaves_the_client_connection_closed_never_compl
         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
         let _ = conn.write_all(&[b'x'; 1000]);
     });
-    let proxy = Proxy::with_config(&format!(
-        "{{\"ports\": [\"http://{addr}/\"], \"listen\": \"127.0.0.1:0\"}}"
-    ));
+    let proxy = Proxy::with_config(&format!("{{\"ports\": [\"http://{addr}/\"], \"listen\": \"127.0.0.1:0\"}}"));
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     let mut got = Vec::new();
@@ -192,10 +153,7 @@ fn a_target_that_resets_mid_body_leaves_the_client_connection_closed_never_compl
     let text = String::from_utf8_lossy(&got);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        body.len() < 100_000,
-        "a cut response must never look complete"
-    );
+    assert!(body.len() < 100_000, "a cut response must never look complete");
     assert!(client.is_closed());
 }
 
@@ -219,21 +177,9 @@ fn a_pooled_connection_the_target_closed_is_retried_on_a_fresh_one() {
         let r = client.request("GET", "/", &[], b"");
         assert_eq!((r.status, r.text().as_str()), (200, "ok"));
     }
-    let lines = eventually(Duration::from_secs(5), "10 log lines", || {
-        Some(read_lines(&log)).filter(|l| l.len() >= 10)
-    });
-    assert!(
-        lines
-            .iter()
-            .filter(|l| l.contains("tried=t1:stale,t1:ok"))
-            .count()
-            >= 5,
-        "{lines:?}"
-    );
-    assert!(
-        !proxy.proc.lines().iter().any(|l| l.contains(" down: ")),
-        "a stale connection is not the target's fault"
-    );
+    let lines = eventually(Duration::from_secs(5), "10 log lines", || Some(read_lines(&log)).filter(|l| l.len() >= 10));
+    assert!(lines.iter().filter(|l| l.contains("tried=t1:stale,t1:ok")).count() >= 5, "{lines:?}");
+    assert!(!proxy.proc.lines().iter().any(|l| l.contains(" down: ")), "a stale connection is not the target's fault");
     let _ = std::fs::remove_file(log);
 }
 
@@ -256,9 +202,7 @@ fn check_live_takes_a_dead_target_out_before_any_client_request_finds_it() {
     let mut ts = targets(2);
     let proxy = Proxy::start(&ts, "\"sleeping\": 0.2, \"check_live\": true");
     ts[0].kill();
-    proxy
-        .proc
-        .wait_line("down: health probe", Duration::from_secs(3));
+    proxy.proc.wait_line("down: health probe", Duration::from_secs(3));
     for _ in 0..4 {
         assert_eq!(proxy.get("/").target(), "t2");
     }

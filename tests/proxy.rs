@@ -10,15 +10,9 @@ fn fifty_fresh_connections_spread_ten_to_each_of_five_targets() {
     let ts = targets(5);
     let proxy = Proxy::start(&ts, "");
     let responses: Vec<_> = (0..50).map(|_| proxy.get("/")).collect();
-    assert!(responses
-        .iter()
-        .all(|r| r.status == 200 && r.body == b"Hello, world!"));
+    assert!(responses.iter().all(|r| r.status == 200 && r.body == b"Hello, world!"));
     let counts = tally(&responses);
-    assert_eq!(
-        counts.values().copied().collect::<Vec<_>>(),
-        vec![10; 5],
-        "{counts:?}"
-    );
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10; 5], "{counts:?}");
 }
 
 #[test]
@@ -26,14 +20,9 @@ fn fifty_requests_on_one_keep_alive_connection_spread_ten_each() {
     let ts = targets(5);
     let proxy = Proxy::start(&ts, "");
     let mut client = Client::connect(proxy.addr);
-    let responses: Vec<_> = (0..50)
-        .map(|_| client.request("GET", "/", &[], b""))
-        .collect();
+    let responses: Vec<_> = (0..50).map(|_| client.request("GET", "/", &[], b"")).collect();
     assert!(responses.iter().all(|r| r.status == 200));
-    assert_eq!(
-        tally(&responses).values().copied().collect::<Vec<_>>(),
-        vec![10; 5]
-    );
+    assert_eq!(tally(&responses).values().copied().collect::<Vec<_>>(), vec![10; 5]);
 }
 
 #[test]
@@ -45,23 +34,13 @@ fn killed_target_gets_no_requests_while_every_request_succeeds() {
         assert_eq!(client.request("GET", "/", &[], b"").status, 200);
     }
     ts[2].kill();
-    let responses: Vec<_> = (0..60)
-        .map(|_| client.request("GET", "/", &[], b""))
-        .collect();
-    assert!(responses
-        .iter()
-        .all(|r| r.status == 200 && r.body == b"Hello, world!"));
+    let responses: Vec<_> = (0..60).map(|_| client.request("GET", "/", &[], b"")).collect();
+    assert!(responses.iter().all(|r| r.status == 200 && r.body == b"Hello, world!"));
     let counts = tally(&responses);
     assert!(!counts.contains_key("t3"), "{counts:?}");
     assert_eq!(counts.len(), 4);
-    proxy
-        .proc
-        .wait_line("target http://127.0.0.1", Duration::from_secs(1));
-    assert!(proxy
-        .proc
-        .lines()
-        .iter()
-        .any(|l| l.contains("down: connect failed")));
+    proxy.proc.wait_line("target http://127.0.0.1", Duration::from_secs(1));
+    assert!(proxy.proc.lines().iter().any(|l| l.contains("down: connect failed")));
 }
 
 #[test]
@@ -72,21 +51,15 @@ fn restarted_target_is_back_within_three_sleeping_periods() {
     for _ in 0..3 {
         assert_eq!(proxy.get("/").status, 200);
     }
-    proxy
-        .proc
-        .wait_line("down: connect failed", Duration::from_secs(5));
+    proxy.proc.wait_line("down: connect failed", Duration::from_secs(5));
     ts[1].restart();
     let restarted = Instant::now();
     eventually(Duration::from_secs(3), "t2 to serve again", || {
-        (0..3)
-            .any(|_| proxy.get("/").target() == "t2")
-            .then_some(())
+        (0..3).any(|_| proxy.get("/").target() == "t2").then_some(())
     });
     let took = restarted.elapsed();
     assert!(took <= Duration::from_secs(3), "back after {took:?}");
-    proxy
-        .proc
-        .wait_line("up (3 of 3 live)", Duration::from_secs(1));
+    proxy.proc.wait_line("up (3 of 3 live)", Duration::from_secs(1));
 }
 
 #[test]
@@ -100,9 +73,7 @@ fn all_killed_answers_500_all_servers_is_off_and_all_restarted_answers_200() {
     assert_eq!(r.header("content-type"), Some("text/plain"));
     assert_eq!(r.header("content-length"), Some("18"));
     ts.iter_mut().for_each(|t| t.restart());
-    eventually(Duration::from_secs(3), "a 200 after the restart", || {
-        (proxy.get("/").status == 200).then_some(())
-    });
+    eventually(Duration::from_secs(3), "a 200 after the restart", || (proxy.get("/").status == 200).then_some(()));
     eventually(Duration::from_secs(3), "every target back", || {
         let seen = tally(&(0..6).map(|_| proxy.get("/")).collect::<Vec<_>>());
         (seen.len() == 3).then_some(())
@@ -127,9 +98,7 @@ fn chunked_request_and_response_bodies_stream_through() {
     let ts = targets(2);
     let proxy = Proxy::start(&ts, "");
     let mut client = Client::connect(proxy.addr);
-    client.send(
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-    );
+    client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
     client.send(b"7;ext=1\r\n, world\r\n0\r\nX-Trailer: yes\r\n\r\n");
     let r = client.read_response(false);
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
@@ -156,9 +125,7 @@ fn expect_100_continue_gets_the_interim_response_before_the_body() {
     let ts = targets(1);
     let proxy = Proxy::start(&ts, "");
     let mut client = Client::connect(proxy.addr);
-    client.send(
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
-    );
+    client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
     assert_eq!(client.read_response(false).status, 100);
     client.send(b"ping");
     let r = client.read_response(false);
@@ -214,45 +181,22 @@ fn hop_by_hop_fields_are_removed_in_both_directions() {
         )
         .text()
         .to_ascii_lowercase();
-    for gone in [
-        "connection:",
-        "x-private",
-        "keep-alive:",
-        "proxy-connection",
-        "te:",
-        "upgrade",
-    ] {
+    for gone in ["connection:", "x-private", "keep-alive:", "proxy-connection", "te:", "upgrade"] {
         assert!(!seen.contains(gone), "{gone} reached the target:\n{seen}");
     }
-    assert!(
-        seen.contains("x-end-to-end: kept"),
-        "{seen}\n{:#?}",
-        proxy.proc.lines()
-    );
-    assert!(
-        seen.contains("x-forwarded-for: 192.0.2.1, 127.0.0.1"),
-        "{seen}"
-    );
+    assert!(seen.contains("x-end-to-end: kept"), "{seen}\n{:#?}", proxy.proc.lines());
+    assert!(seen.contains("x-forwarded-for: 192.0.2.1, 127.0.0.1"), "{seen}");
     assert!(seen.contains("x-forwarded-proto: http"));
 
     let addr = raw_upstream(
         b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\n\
           Trailer: X-T\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
     );
-    let proxy = Proxy::with_config(&format!(
-        "{{\"ports\": [\"http://{addr}/\"], \"listen\": \"127.0.0.1:0\"}}"
-    ));
+    let proxy = Proxy::with_config(&format!("{{\"ports\": [\"http://{addr}/\"], \"listen\": \"127.0.0.1:0\"}}"));
     let r = proxy.get("/");
-    assert_eq!(
-        (r.status, r.text().as_str(), r.header("x-kept")),
-        (200, "ok", Some("yes"))
-    );
+    assert_eq!((r.status, r.text().as_str(), r.header("x-kept")), (200, "ok", Some("yes")));
     for gone in ["x-hop", "keep-alive", "proxy-connection", "trailer"] {
-        assert!(
-            r.header(gone).is_none(),
-            "{gone} reached the client: {:?}",
-            r.headers
-        );
+        assert!(r.header(gone).is_none(), "{gone} reached the client: {:?}", r.headers);
     }
 }
 
@@ -267,10 +211,7 @@ fn a_64_mib_response_streams_while_the_proxy_stays_small() {
     assert!(r.body[..100_000] == pattern(100_000)[..]);
     let (rss, peak) = proxy.rss_kib();
     println!("proxy RSS after streaming 64 MiB: {rss} KiB, peak {peak} KiB");
-    assert!(
-        peak < 16 * 1024,
-        "peak RSS {peak} KiB while streaming 64 MiB"
-    );
+    assert!(peak < 16 * 1024, "peak RSS {peak} KiB while streaming 64 MiB");
 }
 
 #[test]
@@ -286,20 +227,10 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
     std::io::Read::read_exact(&mut busy.stream, &mut first).expect("first byte");
     proxy.proc.signal("TERM");
     proxy.proc.wait_line("draining", Duration::from_secs(5));
-    assert!(
-        idle.is_closed(),
-        "an idle keep-alive connection is closed at once"
-    );
+    assert!(idle.is_closed(), "an idle keep-alive connection is closed at once");
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut busy.stream, &mut rest).expect("rest of the response");
-    assert!(
-        rest.len() > 20_000_000,
-        "the response in flight was cut: {} bytes",
-        rest.len()
-    );
+    assert!(rest.len() > 20_000_000, "the response in flight was cut: {} bytes", rest.len());
     assert_eq!(proxy.proc.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(
-        std::net::TcpStream::connect(proxy.addr).is_err(),
-        "still accepting after the drain"
-    );
+    assert!(std::net::TcpStream::connect(proxy.addr).is_err(), "still accepting after the drain");
 }

@@ -13,11 +13,7 @@ fn in_ci() -> bool {
 
 fn scenario(extra: &[&str]) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = std::env::temp_dir().join(format!(
-        "ringproxy-scenario-{}-{}",
-        std::process::id(),
-        extra.len()
-    ));
+    let out = std::env::temp_dir().join(format!("ringproxy-scenario-{}-{}", std::process::id(), extra.len()));
     let result = Command::new("python3")
         .arg(Path::new(root).join("bench/scenario.py"))
         .args(["--quick", "--out"])
@@ -25,25 +21,14 @@ fn scenario(extra: &[&str]) -> String {
         .args(extra)
         .output()
         .expect("python3 runs bench/scenario.py");
-    let text = String::from_utf8_lossy(&result.stdout).into_owned()
-        + &String::from_utf8_lossy(&result.stderr);
+    let text = String::from_utf8_lossy(&result.stdout).into_owned() + &String::from_utf8_lossy(&result.stderr);
     println!("{text}");
     assert!(result.status.success(), "the scenario failed:\n{text}");
-    assert!(
-        text.contains("failures:      0") && text.lines().any(|l| l == "OK"),
-        "{text}"
-    );
-    let mode = if extra.contains(&"--local") {
-        "local"
-    } else {
-        "compose"
-    };
+    assert!(text.contains("failures:      0") && text.lines().any(|l| l == "OK"), "{text}");
+    let mode = if extra.contains(&"--local") { "local" } else { "compose" };
     assert!(out.join(format!("scenario-{mode}.csv")).exists());
     if in_ci() {
-        assert!(
-            out.join(format!("scenario-{mode}.png")).exists(),
-            "CI installs matplotlib: the plot must exist"
-        );
+        assert!(out.join(format!("scenario-{mode}.png")).exists(), "CI installs matplotlib: the plot must exist");
     }
     let _ = std::fs::remove_dir_all(out);
     text
@@ -61,10 +46,7 @@ fn quick_scenario_against_local_processes_loses_nothing() {
 fn quick_scenario_against_the_compose_stack_loses_nothing() {
     let docker = Command::new("docker").arg("info").output();
     if !docker.is_ok_and(|o| o.status.success()) {
-        assert!(
-            !in_ci(),
-            "CI=true: a Docker engine must answer `docker info` for the compose scenario"
-        );
+        assert!(!in_ci(), "CI=true: a Docker engine must answer `docker info` for the compose scenario");
         println!("NOTICE: no Docker engine answers `docker info`; the compose scenario is skipped");
         return;
     }

@@ -33,20 +33,12 @@ struct Options {
 }
 
 fn parse_args() -> Result<Options, String> {
-    let mut opts = Options {
-        host: "0.0.0.0".into(),
-        port: 8080,
-        name: None,
-    };
+    let mut opts = Options { host: "0.0.0.0".into(), port: 8080, name: None };
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         let mut value = || argv.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "-p" | "--port" => {
-                opts.port = value()?
-                    .parse()
-                    .map_err(|_| "--port needs a number".to_string())?
-            }
+            "-p" | "--port" => opts.port = value()?.parse().map_err(|_| "--port needs a number".to_string())?,
             "--host" => opts.host = value()?,
             "-n" | "--name" => opts.name = Some(value()?),
             "-h" | "--help" => {
@@ -70,28 +62,17 @@ fn main() {
     let listener = match TcpListener::bind((opts.host.as_str(), opts.port)) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "target-svc: cannot listen on {}:{}: {e}",
-                opts.host, opts.port
-            );
+            eprintln!("target-svc: cannot listen on {}:{}: {e}", opts.host, opts.port);
             std::process::exit(1);
         }
     };
-    let addr = listener.local_addr().map_or_else(
-        |_| format!("{}:{}", opts.host, opts.port),
-        |a| a.to_string(),
-    );
-    let name: Arc<str> = opts
-        .name
-        .unwrap_or_else(|| format!("target-{}", addr.rsplit(':').next().unwrap_or("?")))
-        .into();
+    let addr = listener.local_addr().map_or_else(|_| format!("{}:{}", opts.host, opts.port), |a| a.to_string());
+    let name: Arc<str> =
+        opts.name.unwrap_or_else(|| format!("target-{}", addr.rsplit(':').next().unwrap_or("?"))).into();
     println!("target-svc {name} listening on {addr}");
     // As PID 1 in a container the default SIGTERM action does not apply: exit on it explicitly,
     // so `docker compose stop` takes milliseconds, not its 10 s grace period.
-    match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
         Ok(mut signals) => {
             std::thread::spawn(move || {
                 if let Some(signal) = signals.forever().next() {
@@ -107,11 +88,7 @@ fn main() {
     let ticker = Arc::clone(&count);
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_secs(10));
-        println!(
-            "{} : {}",
-            started.elapsed().as_secs(),
-            ticker.load(Ordering::Relaxed)
-        );
+        println!("{} : {}", started.elapsed().as_secs(), ticker.load(Ordering::Relaxed));
     });
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
@@ -119,10 +96,7 @@ fn main() {
         std::thread::spawn(move || {
             let peer = stream.peer_addr().ok();
             if let Err(e) = serve(stream, &name, &count) {
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                ) {
+                if !matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) {
                     eprintln!("target-svc {name}: {peer:?}: {e}");
                 }
             }
@@ -151,10 +125,7 @@ impl Input {
             self.start = 0;
         }
         if self.end == self.buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
         }
         let n = self.stream.read(&mut self.buf[self.end..])?;
         self.end += n;
@@ -174,12 +145,7 @@ struct Request {
 fn serve(stream: TcpStream, name: &str, count: &AtomicU64) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut out = BufWriter::with_capacity(64 * 1024, stream.try_clone()?);
-    let mut input = Input {
-        stream,
-        buf: vec![0; 64 * 1024],
-        start: 0,
-        end: 0,
-    };
+    let mut input = Input { stream, buf: vec![0; 64 * 1024], start: 0, end: 0 };
     loop {
         let Some(req) = read_head(&mut input)? else {
             return Ok(());
@@ -200,9 +166,7 @@ fn read_head(input: &mut Input) -> io::Result<Option<Request>> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut headers);
-        let status = parsed
-            .parse(input.pending())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let status = parsed.parse(input.pending()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if let httparse::Status::Complete(len) = status {
             let mut req = Request {
                 method: parsed.method.unwrap_or("GET").to_owned(),
@@ -216,9 +180,7 @@ fn read_head(input: &mut Input) -> io::Result<Option<Request>> {
                 let value = String::from_utf8_lossy(h.value);
                 if h.name.eq_ignore_ascii_case("content-length") {
                     req.body = BodyKind::Length(value.trim().parse().unwrap_or(0));
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding")
-                    && value.contains("chunked")
-                {
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
                     req.body = BodyKind::Chunked;
                 } else if h.name.eq_ignore_ascii_case("expect") {
                     req.expect_continue = value.eq_ignore_ascii_case("100-continue");
@@ -259,65 +221,43 @@ fn respond(req: &Request, input: &mut Input, out: &mut impl Write, name: &str) -
                 BodyKind::Length(n) => format!("Content-Length: {n}"),
                 _ => "Content-Length: 0".to_string(),
             };
-            write!(
-                out,
-                "HTTP/1.1 200 OK\r\nX-Target: {name}\r\n{framing}\r\n\r\n"
-            )?;
+            write!(out, "HTTP/1.1 200 OK\r\nX-Target: {name}\r\n{framing}\r\n\r\n")?;
             copy_body(req.body, input, out)?;
         }
         "bytes" => {
-            write!(
-                out,
-                "HTTP/1.1 200 OK\r\nX-Target: {name}\r\nContent-Length: {}\r\n\r\n",
-                size()
-            )?;
+            write!(out, "HTTP/1.1 200 OK\r\nX-Target: {name}\r\nContent-Length: {}\r\n\r\n", size())?;
             if !head {
                 pattern(out, size(), None)?;
             }
         }
         "chunked" => {
-            write!(
-                out,
-                "HTTP/1.1 200 OK\r\nX-Target: {name}\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )?;
+            write!(out, "HTTP/1.1 200 OK\r\nX-Target: {name}\r\nTransfer-Encoding: chunked\r\n\r\n")?;
             if !head {
                 pattern(out, size(), Some(1000))?;
                 out.write_all(b"0\r\n\r\n")?;
             }
         }
         "close" => {
-            write!(
-                out,
-                "HTTP/1.1 200 OK\r\nX-Target: {name}\r\nConnection: close\r\n\r\n"
-            )?;
+            write!(out, "HTTP/1.1 200 OK\r\nX-Target: {name}\r\nConnection: close\r\n\r\n")?;
             pattern(out, size(), None)?;
             return Ok(true);
         }
         "status" => {
             let code = size();
-            let length = if code == 204 || code == 304 || code < 200 {
-                ""
-            } else {
-                "Content-Length: 0\r\n"
-            };
-            write!(
-                out,
-                "HTTP/1.1 {code} Status\r\nX-Target: {name}\r\n{length}\r\n"
-            )?;
+            let length = if code == 204 || code == 304 || code < 200 { "" } else { "Content-Length: 0\r\n" };
+            write!(out, "HTTP/1.1 {code} Status\r\nX-Target: {name}\r\n{length}\r\n")?;
         }
         _ => fixed(out, name, "404 Not Found", b"not found", head)?,
     }
     Ok(false)
 }
 
-fn fixed(
-    out: &mut impl Write,
-    name: &str,
-    status: &str,
-    body: &[u8],
-    head: bool,
-) -> io::Result<()> {
-    write!(out, "HTTP/1.1 {status}\r\nX-Target: {name}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", body.len())?;
+fn fixed(out: &mut impl Write, name: &str, status: &str, body: &[u8], head: bool) -> io::Result<()> {
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\nX-Target: {name}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
     if !head {
         out.write_all(body)?;
     }
@@ -348,10 +288,7 @@ fn copy_body(kind: BodyKind, input: &mut Input, out: &mut impl Write) -> io::Res
     let mut framer = BodyFramer::new(kind);
     while !framer.is_done() {
         if input.pending().is_empty() && !input.fill()? {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "body cut short",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
         }
         let progress = framer
             .advance(input.pending(), HttpError::BadRequest)

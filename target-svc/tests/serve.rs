@@ -8,13 +8,8 @@ use std::time::Duration;
 
 fn get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("send");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
@@ -34,14 +29,8 @@ fn answers_hello_and_ping_and_logs_its_count_every_ten_seconds() {
             let _ = tx.send(line);
         }
     });
-    let first = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("a start line");
-    let port: u16 = first
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port in the start line");
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("a start line");
+    let port: u16 = first.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in the start line");
 
     let hello = get(port, "/");
     assert!(hello.starts_with("HTTP/1.1 200 OK\r\n"), "{hello}");
@@ -50,9 +39,7 @@ fn answers_hello_and_ping_and_logs_its_count_every_ten_seconds() {
     assert!(get(port, "/ping/").starts_with("HTTP/1.1 200 OK\r\n"));
 
     // "<uptime> : <count>" within a little over ten seconds, counting the two requests.
-    let line = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("a count line");
+    let line = rx.recv_timeout(Duration::from_secs(15)).expect("a count line");
     let _ = child.kill();
     let _ = child.wait();
     let (uptime, count) = line.split_once(" : ").expect("uptime : count");

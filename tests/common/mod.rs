@@ -18,11 +18,7 @@ pub fn proxy_bin() -> PathBuf {
 /// target-svc is built beside ringproxy by `cargo test --workspace`.
 pub fn target_bin() -> PathBuf {
     let path = proxy_bin().with_file_name("target-svc");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
     path
 }
 
@@ -33,10 +29,7 @@ pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Op
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -79,24 +72,17 @@ impl Proc {
 
     /// The first output line containing `needle`, waiting up to `within` for it.
     pub fn wait_line(&self, needle: &str, within: Duration) -> String {
-        eventually(within, &format!("a line with {needle:?}"), || {
-            self.lines().into_iter().find(|l| l.contains(needle))
-        })
+        eventually(within, &format!("a line with {needle:?}"), || self.lines().into_iter().find(|l| l.contains(needle)))
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status();
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill -{signal} failed");
     }
 
     /// Waits for the process to exit; its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        eventually(within, "the process to exit", || {
-            self.child.try_wait().ok().flatten()
-        })
-        .code()
+        eventually(within, "the process to exit", || self.child.try_wait().ok().flatten()).code()
     }
 
     pub fn kill(&mut self) {
@@ -113,13 +99,7 @@ impl Drop for Proc {
 
 /// The address in a "listening on ADDR" line.
 fn listening_addr(line: &str) -> SocketAddr {
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .expect("address")
-        .split([';', ' '])
-        .next()
-        .expect("address");
+    let addr = line.split("listening on ").nth(1).expect("address").split([';', ' ']).next().expect("address");
     addr.parse().expect("a socket address")
 }
 
@@ -144,11 +124,7 @@ impl Target {
             name,
         ]));
         let port = listening_addr(&proc.wait_line("listening on", Duration::from_secs(10))).port();
-        Target {
-            name: name.to_string(),
-            port,
-            proc: Some(proc),
-        }
+        Target { name: name.to_string(), port, proc: Some(proc) }
     }
 
     pub fn url(&self) -> String {
@@ -231,12 +207,7 @@ impl Proxy {
             CONFIGS.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&config, json).expect("write config");
-        let proc = Proc::spawn(
-            Command::new(proxy_bin())
-                .arg("--config")
-                .arg(&config)
-                .args(["--log-level", "debug"]),
-        );
+        let proc = Proc::spawn(Command::new(proxy_bin()).arg("--config").arg(&config).args(["--log-level", "debug"]));
         let addr = listening_addr(&proc.wait_line("listening on", Duration::from_secs(10)));
         Proxy { addr, proc, config }
     }
@@ -247,8 +218,7 @@ impl Proxy {
 
     /// Resident set size of the proxy process, and its peak, in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid()))
-            .expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).expect("proc status");
         let field = |name: &str| {
             status
                 .lines()
@@ -276,10 +246,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn target(&self) -> &str {
@@ -300,29 +267,17 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect to the proxy");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .expect("timeout");
+        stream.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        Client { stream, buf: Vec::new() }
     }
 
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).expect("send");
     }
 
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
-        self.try_request(method, path, headers, body)
-            .expect("a response")
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.try_request(method, path, headers, body).expect("a response")
     }
 
     /// A request whose failure is a value, for load loops that count failures.
@@ -343,18 +298,13 @@ impl Client {
         raw.push_str("\r\n");
         let mut bytes = raw.into_bytes();
         bytes.extend_from_slice(body);
-        self.stream
-            .write_all(&bytes)
-            .map_err(|e| format!("send: {e}"))?;
+        self.stream.write_all(&bytes).map_err(|e| format!("send: {e}"))?;
         self.try_read_response(method == "HEAD")
     }
 
     fn fill(&mut self) -> Result<usize, String> {
         let mut chunk = [0u8; 65536];
-        let n = self
-            .stream
-            .read(&mut chunk)
-            .map_err(|e| format!("read: {e}"))?;
+        let n = self.stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
@@ -375,44 +325,27 @@ impl Client {
         let (status, headers, head_len) = loop {
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut hs);
-            let parsed = resp
-                .parse(&self.buf)
-                .map_err(|e| format!("bad response head: {e}"))?;
+            let parsed = resp.parse(&self.buf).map_err(|e| format!("bad response head: {e}"))?;
             if let httparse::Status::Complete(n) = parsed {
                 let headers = resp
                     .headers
                     .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                     .collect::<Vec<_>>();
                 break (resp.code.unwrap_or(0), headers, n);
             }
             self.fill_some("before a response head")?;
         };
         self.buf.drain(..head_len);
-        let mut response = Response {
-            status,
-            headers,
-            body: Vec::new(),
-        };
+        let mut response = Response { status, headers, body: Vec::new() };
         let no_body = head_request || status < 200 || status == 204 || status == 304;
         if no_body {
             return Ok(response);
         }
-        if response
-            .header("transfer-encoding")
-            .is_some_and(|v| v.contains("chunked"))
-        {
+        if response.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             response.body = self.read_chunked()?;
         } else if let Some(len) = response.header("content-length") {
-            let len: usize = len
-                .trim()
-                .parse()
-                .map_err(|_| "bad Content-Length".to_string())?;
+            let len: usize = len.trim().parse().map_err(|_| "bad Content-Length".to_string())?;
             while self.buf.len() < len {
                 self.fill_some("inside a body")?;
             }
@@ -464,15 +397,11 @@ impl Client {
 
 /// The bytes target-svc sends for `/bytes/N`.
 pub fn pattern(n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|i| b'a' + (i % (64 * 1024) % 26) as u8)
-        .collect()
+    (0..n).map(|i| b'a' + (i % (64 * 1024) % 26) as u8).collect()
 }
 
 /// Counts of responses per target name.
-pub fn tally<'a>(
-    responses: impl IntoIterator<Item = &'a Response>,
-) -> std::collections::BTreeMap<String, usize> {
+pub fn tally<'a>(responses: impl IntoIterator<Item = &'a Response>) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
     for r in responses {
         *counts.entry(r.target().to_string()).or_insert(0) += 1;
@@ -536,13 +465,7 @@ impl FullBacklog {
         for _ in 0..5000 {
             match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 Ok(s) => queued.push(s),
-                Err(_) => {
-                    return FullBacklog {
-                        addr,
-                        _listener: listener,
-                        _queued: queued,
-                    }
-                }
+                Err(_) => return FullBacklog { addr, _listener: listener, _queued: queued },
             }
         }
         panic!("the accept queue of {addr} never filled");
@@ -561,9 +484,5 @@ pub fn temp_log(name: &str) -> PathBuf {
 }
 
 pub fn read_lines(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
 }
