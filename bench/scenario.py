@@ -253,11 +253,16 @@ def plot(path, names, rows, events, title):
     except ImportError:
         log("matplotlib is not installed (pip install matplotlib): no PNG written")
         return False
+    # At 1 request/s per target, one-second bins only flicker between 1 and 2: average over
+    # windows of about a thirtieth of the run.
+    width = max(1, len(rows) // 30)
+    bins = [rows[i:i + width] for i in range(0, len(rows), width)]
+    xs = [b[0][0] for b in bins]
+    rate = lambda col: [sum(r[col] for r in b) / len(b) for b in bins]
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
-    xs = [r[0] for r in rows]
     for i, name in enumerate(names):
-        ax.step(xs, [r[1 + i] for r in rows], where="post", label=name, linewidth=1.4)
-    fails = [r[-1] for r in rows]
+        ax.step(xs, rate(1 + i), where="post", label=name, linewidth=1.4)
+    fails = rate(-1)
     if any(fails):
         ax.step(xs, fails, where="post", label="failures", color="black", linestyle=":")
     for key, label, colour in (("stop_done", "stopped", "red"), ("start_done", "started", "green")):
@@ -265,7 +270,7 @@ def plot(path, names, rows, events, title):
             ax.axvline(events[key], color=colour, linestyle="--", linewidth=1)
             ax.text(events[key], ax.get_ylim()[1] * 0.95, f" {label}", color=colour, va="top")
     ax.set_xlabel("seconds since start")
-    ax.set_ylabel("requests per second")
+    ax.set_ylabel(f"requests per second ({width} s average)" if width > 1 else "requests per second")
     ax.set_title(title)
     ax.legend(loc="lower left", ncol=3, fontsize="small")
     ax.grid(alpha=0.3)

@@ -50,6 +50,13 @@ struct RawConfig {
     all_down: String,
     #[serde(default = "defaults::access_log")]
     access_log: String,
+    #[serde(default = "defaults::client_body_timeout")]
+    client_body_timeout: f64,
+    /// 0: no limit.
+    #[serde(default)]
+    max_body_size: u64,
+    #[serde(default = "defaults::max_connections")]
+    max_connections: usize,
 }
 
 mod defaults {
@@ -100,6 +107,12 @@ mod defaults {
     }
     pub fn access_log() -> String {
         "off".to_owned()
+    }
+    pub fn client_body_timeout() -> f64 {
+        10.0
+    }
+    pub fn max_connections() -> usize {
+        10_000
     }
 }
 
@@ -169,6 +182,12 @@ pub struct Config {
     pub retry_timeout: Duration,
     pub all_down: AllDown,
     pub access_log: AccessLog,
+    /// Longest pause in a request body before 408.
+    pub client_body_timeout: Duration,
+    /// Largest request body accepted (413 beyond); `None`: no limit.
+    pub max_body_size: Option<u64>,
+    /// Client connections beyond this are answered 503 and closed at once.
+    pub max_connections: usize,
 }
 
 /// Why a config was refused: the key at fault and what is wrong with it.
@@ -266,6 +285,9 @@ impl RawConfig {
             retry_timeout: seconds("retry_timeout", self.retry_timeout)?,
             all_down,
             access_log,
+            client_body_timeout: seconds("client_body_timeout", self.client_body_timeout)?,
+            max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
+            max_connections: self.max_connections.max(1),
         })
     }
 }

@@ -26,6 +26,8 @@ pub enum HttpError {
     TooManyHeaders,
     /// The request-target is longer than `MAX_URI` (414).
     UriTooLong,
+    /// The request body is larger than `max_body_size` (413).
+    BodyTooLarge,
     /// A method or transfer coding the proxy does not implement (501).
     NotImplemented(&'static str),
     /// An HTTP version other than 1.0 and 1.1 (505).
@@ -40,6 +42,7 @@ impl HttpError {
             HttpError::BadRequest(_) => 400,
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
             HttpError::UriTooLong => 414,
+            HttpError::BodyTooLarge => 413,
             HttpError::NotImplemented(_) => 501,
             HttpError::Version => 505,
             HttpError::BadResponse(_) => 502,
@@ -54,6 +57,7 @@ impl fmt::Display for HttpError {
             HttpError::HeadTooLarge => f.write_str("request head too large"),
             HttpError::TooManyHeaders => f.write_str("too many header fields"),
             HttpError::UriTooLong => f.write_str("request-target too long"),
+            HttpError::BodyTooLarge => f.write_str("request body too large"),
             HttpError::NotImplemented(what) => write!(f, "not implemented: {what}"),
             HttpError::Version => f.write_str("unsupported HTTP version"),
             HttpError::BadResponse(why) => write!(f, "bad response from target: {why}"),
@@ -130,6 +134,10 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(input) {
         Ok(httparse::Status::Complete(n)) => n,
+        // A request line longer than any allowed URI will never end well (RFC 9112 §3).
+        Ok(httparse::Status::Partial) if input.len() > MAX_URI + 32 && !input.contains(&b'\n') => {
+            return Err(HttpError::UriTooLong)
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(request_parse_error(e)),
     };
@@ -143,13 +151,17 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
     if method == "CONNECT" {
         return Err(HttpError::NotImplemented("CONNECT"));
     }
-    let path = origin_form(target)?;
+    let (path, uri_authority) = split_target(target)?;
     let fields = Fields::scan(req.headers, false)?;
     if minor == 1 && fields.host_count != 1 {
         return Err(HttpError::BadRequest("HTTP/1.1 needs exactly one Host field"));
     }
     if fields.host_count > 1 {
         return Err(HttpError::BadRequest("more than one Host field"));
+    }
+    let host_ok = |h: &httparse::Header<'_>| !h.name.eq_ignore_ascii_case("host") || valid_host(h.value);
+    if !req.headers.iter().all(host_ok) || uri_authority.is_some_and(|a| !valid_host(a.as_bytes())) {
+        return Err(HttpError::BadRequest("invalid Host"));
     }
     let body = match (fields.transfer_encoding, fields.content_length) {
         (Some(_), Some(_)) => return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding")),
@@ -173,8 +185,13 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
     w.put(path.as_bytes());
     w.put(if minor == 1 { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
     let is_xff = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("x-forwarded-for");
+    // With an absolute-form target, the URI's authority is the Host (RFC 9112 §3.2.2).
+    let replace_host = |h: &httparse::Header<'_>| uri_authority.is_some() && h.name.eq_ignore_ascii_case("host");
+    if let Some(authority) = uri_authority {
+        w.field(b"Host", authority.as_bytes());
+    }
     for h in req.headers.iter() {
-        let ours = is_xff(&h) || h.name.eq_ignore_ascii_case("x-forwarded-proto");
+        let ours = is_xff(&h) || h.name.eq_ignore_ascii_case("x-forwarded-proto") || replace_host(h);
         if !ours && !fields.is_hop_by_hop(h.name) {
             w.field(h.name.as_bytes(), h.value);
         }
@@ -305,17 +322,51 @@ fn request_parse_error(e: httparse::Error) -> HttpError {
     }
 }
 
-/// The path to send upstream: origin-form as is, absolute-form reduced to its path.
-fn origin_form(target: &str) -> Result<&str, HttpError> {
+/// The path to send upstream, and for an absolute-form target its authority (RFC 9112 §3.2).
+fn split_target(target: &str) -> Result<(&str, Option<&str>), HttpError> {
     if target.starts_with('/') || target == "*" {
-        return Ok(target);
+        return Ok((target, None));
     }
-    let lower_scheme = target.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://"));
-    if !lower_scheme {
-        return Err(HttpError::BadRequest("request-target is not origin- or absolute-form"));
+    let scheme_len = ["http://", "https://"]
+        .iter()
+        .find(|s| target.get(..s.len()).is_some_and(|t| t.eq_ignore_ascii_case(s)))
+        .map(|s| s.len())
+        .ok_or(HttpError::BadRequest("request-target is not origin- or absolute-form"))?;
+    let rest = &target[scheme_len..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') {
+        return Err(HttpError::BadRequest("absolute-form target without a plain authority"));
     }
-    let rest = &target[7..];
-    Ok(rest.find('/').map_or("/", |i| &rest[i..]))
+    match path.as_bytes().first() {
+        None => Ok(("/", Some(authority))),
+        Some(b'/') => Ok((path, Some(authority))),
+        // "http://h?q" means "/?q", which cannot be forwarded without a copy: refuse it.
+        Some(_) => Err(HttpError::BadRequest("absolute-form target with a query but no path")),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a reg-name or an IP literal.
+fn valid_host(value: &[u8]) -> bool {
+    let value = trim(value);
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(close) = value.iter().position(|&b| b == b']') else { return false };
+        let literal = &value[1..close];
+        if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || b":.".contains(b)) {
+            return false;
+        }
+        (&value[1..close], &value[close + 1..])
+    } else {
+        let colon = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+        let (host, port) = value.split_at(colon);
+        let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b);
+        if host.is_empty() || !host.iter().all(reg_name) {
+            return false;
+        }
+        (host, port)
+    };
+    let port_ok = port.is_empty() || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit));
+    !host.is_empty() && port_ok
 }
 
 #[derive(Clone, Copy)]
@@ -674,13 +725,24 @@ mod tests {
     }
 
     #[test]
-    fn path_prefix_and_absolute_form() {
+    fn path_prefix_and_absolute_form_whose_authority_becomes_the_host() {
         let fwd = Forwarding { path_prefix: "/api", ..FWD };
         let mut out = [0u8; 512];
-        let head = parse_request(b"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n", &fwd, &mut out)
-            .expect("valid")
-            .expect("complete");
-        assert!(out[..head.out_len].starts_with(b"GET /api/x HTTP/1.1\r\n"));
+        let raw = b"GET http://h.example:81/x HTTP/1.1\r\nHost: other\r\n\r\n";
+        let head = parse_request(raw, &fwd, &mut out).expect("valid").expect("complete");
+        let text = String::from_utf8_lossy(&out[..head.out_len]).into_owned();
+        assert!(text.starts_with("GET /api/x HTTP/1.1\r\nHost: h.example:81\r\n"), "{text}");
+        assert!(!text.contains("other"));
+    }
+
+    #[test]
+    fn hosts() {
+        for good in ["a", "a.b-c_d", "a:80", "[::1]", "[::1]:8080", "127.0.0.1:1", "x%41"] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in ["", ":80", "a b", "a:b", "a:80:80", "[::1", "[zz]", "a/b", "a@b", "a:1234567"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]
@@ -716,6 +778,8 @@ mod tests {
             ("GET nowhere HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             ("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 501),
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            ("GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
         ];
         for (raw, status) in cases {
             assert_eq!(refused(raw), status, "{raw:?}");
@@ -844,6 +908,102 @@ mod tests {
     fn malformed_chunks_are_refused() {
         for bad in [&b"x\r\n"[..], b"4\nWiki\r\n", b"4\r\nWikiX\r\n", b"10000000000000000\r\n", b"\r\n", b"0\r\n\n"] {
             assert!(frame_all(BodyKind::Chunked, bad, &[]).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// A forwarded request: its rewritten head and its raw body.
+    type Forwarded = (Vec<u8>, Vec<u8>);
+
+    /// What a session would forward for a byte stream read in pieces cut at `cuts`, or the
+    /// first error.
+    fn forward_in_pieces(stream: &[u8], cuts: &[usize]) -> Result<Vec<Forwarded>, HttpError> {
+        let mut requests = Vec::new();
+        let mut buf = Vec::new();
+        let mut body: Option<(Vec<u8>, Vec<u8>, BodyFramer)> = None;
+        let mut at = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
+            let cut = cut.clamp(at, stream.len());
+            buf.extend_from_slice(&stream[at..cut]);
+            at = cut;
+            loop {
+                if let Some((head, mut bytes, mut framer)) = body.take() {
+                    let p = framer.advance(&buf, HttpError::BadRequest)?;
+                    bytes.extend(buf.drain(..p.used));
+                    if p.done {
+                        requests.push((head, bytes));
+                        continue;
+                    }
+                    body = Some((head, bytes, framer));
+                    break;
+                }
+                let mut out = [0u8; 4096];
+                let Some(head) = parse_request(&buf, &FWD, &mut out)? else { break };
+                buf.drain(..head.head_len);
+                body = Some((out[..head.out_len].to_vec(), Vec::new(), BodyFramer::new(head.body)));
+            }
+        }
+        Ok(requests)
+    }
+
+    const PIPELINE: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+        POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world\
+        POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: X-Y\r\nX-Y: 1\r\n\r\n\
+        3;e=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n\
+        HEAD /d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n\
+        GET /e HTTP/1.0\r\n\r\n";
+
+    /// xorshift64: deterministic randomness for the property tests.
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    #[test]
+    fn any_split_of_a_pipelined_stream_gives_the_same_requests_as_one_read() {
+        let whole = forward_in_pieces(PIPELINE, &[]).expect("valid");
+        assert_eq!(whole.len(), 5);
+        assert_eq!(whole[2].1, b"3;e=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n");
+        let mut next = rng(0x5eed);
+        for _ in 0..3000 {
+            let n = (next() % 12) as usize;
+            let mut cuts: Vec<usize> = (0..n).map(|_| (next() % PIPELINE.len() as u64) as usize).collect();
+            cuts.sort_unstable();
+            assert_eq!(forward_in_pieces(PIPELINE, &cuts).expect("valid"), whole, "cuts {cuts:?}");
+        }
+        let bytewise: Vec<usize> = (1..PIPELINE.len()).collect();
+        assert_eq!(forward_in_pieces(PIPELINE, &bytewise).expect("valid"), whole);
+    }
+
+    #[test]
+    fn arbitrary_and_mutated_bytes_never_panic() {
+        let mut next = rng(0xbad);
+        for round in 0..20_000 {
+            let mut bytes = PIPELINE.to_vec();
+            if round % 2 == 0 {
+                bytes = (0..(next() % 300) as usize).map(|_| next() as u8).collect();
+            } else {
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % bytes.len() as u64) as usize;
+                    match next() % 3 {
+                        0 => bytes[at] = next() as u8,
+                        1 => bytes.insert(at, next() as u8),
+                        _ => {
+                            bytes.remove(at);
+                        }
+                    }
+                }
+            }
+            let cut = (next() % (bytes.len() as u64 + 1)) as usize;
+            let _ = forward_in_pieces(&bytes, &[cut]);
+            let mut out = [0u8; 512];
+            let _ = parse_response(&bytes, &CTX, &mut out);
+            let mut framer = BodyFramer::new(BodyKind::Chunked);
+            let _ = framer.advance(&bytes, HttpError::BadResponse);
         }
     }
 }

@@ -41,6 +41,7 @@ pub enum Timer {
 pub struct Timeouts {
     pub connect: u64,
     pub client_header: u64,
+    pub client_body: u64,
     pub keepalive: u64,
     pub upstream: u64,
     pub probe: u64,
@@ -67,6 +68,7 @@ pub struct Shared {
     /// No retry starts later than this many ms after its request arrived.
     pub retry_timeout: u64,
     pub access_log: AccessLog,
+    pub max_body_size: Option<u64>,
 }
 
 pub struct Reactor {
@@ -82,6 +84,10 @@ pub struct Reactor {
     /// Sessions that used up their turn and must be pumped again.
     requeued: Vec<usize>,
     accept_paused: bool,
+    max_connections: usize,
+    /// When the last "refusing connections" line was logged (wheel ms), to log once a second.
+    refused_logged: Option<u64>,
+    refused: u64,
 }
 
 /// Extra room in every buffer beyond the longest request head, for the fields the proxy adds.
@@ -127,6 +133,7 @@ impl Reactor {
             timeouts: Timeouts {
                 connect: millis(config.connect_timeout),
                 client_header: millis(config.client_header_timeout),
+                client_body: millis(config.client_body_timeout),
                 keepalive: millis(config.keepalive_timeout),
                 upstream: millis(config.upstream_timeout),
                 probe: millis(config.probe_timeout),
@@ -141,6 +148,7 @@ impl Reactor {
             retries: config.retries,
             retry_timeout: millis(config.retry_timeout),
             access_log: AccessLog::start(&config.access_log)?,
+            max_body_size: config.max_body_size,
         };
         let mut prober = Prober::new(Resolver::start(waker)?);
         prober.start_all(&mut sh);
@@ -156,6 +164,9 @@ impl Reactor {
             clock: Instant::now(),
             requeued: Vec::new(),
             accept_paused: false,
+            max_connections: config.max_connections,
+            refused_logged: None,
+            refused: 0,
         })
     }
 
@@ -248,6 +259,7 @@ impl Reactor {
     fn accept(&mut self) {
         while let Some(listener) = self.listener.as_ref().filter(|_| !self.accept_paused) {
             match listener.accept() {
+                Ok((stream, _)) if self.sessions.len() >= self.max_connections => self.refuse(stream),
                 Ok((mut stream, peer)) => {
                     let entry = self.sessions.vacant_entry();
                     let key = entry.key();
@@ -274,6 +286,19 @@ impl Reactor {
                     return;
                 }
             }
+        }
+    }
+
+    /// Over `max_connections`: a best-effort 503 and a close, so the client is told and the
+    /// reactor spends one write on it. Logged at most once a second.
+    fn refuse(&mut self, mut stream: mio::net::TcpStream) {
+        const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+            Content-Length: 20\r\nConnection: close\r\n\r\nToo many connections";
+        let _ = std::io::Write::write(&mut stream, BUSY);
+        self.refused += 1;
+        if self.refused_logged.is_none_or(|at| self.sh.now >= at + 1000) {
+            warn!("max_connections ({}) reached: refused {} connections so far", self.max_connections, self.refused);
+            self.refused_logged = Some(self.sh.now);
         }
     }
 

@@ -19,7 +19,7 @@ use crate::accesslog::{self, Entry, Outcome, Trace};
 use crate::buffer::{self, Buffer};
 use crate::config::AllDown;
 use crate::health::{self, Failure};
-use crate::http::{self, BodyFramer, Forwarding, HttpError, RequestHead, ResponseContext};
+use crate::http::{self, BodyFramer, BodyKind, Forwarding, HttpError, RequestHead, ResponseContext};
 use crate::reactor::{Shared, Timeouts, Timer};
 use crate::ring::TargetSet;
 use crate::upstream::{Ready, UpstreamConn};
@@ -49,9 +49,13 @@ const TURN: usize = 32;
 /// Which timeout applies in the current phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Between requests on a kept-alive connection.
     Idle,
+    /// Waiting for a request head, on a new connection or part-way through one.
     Header,
     Connect,
+    /// Waiting for more of the request body from the client.
+    Body,
     Response,
     Stream,
 }
@@ -66,6 +70,7 @@ fn timeout_for(phase: Phase, t: &Timeouts) -> u64 {
     match phase {
         Phase::Idle => t.keepalive,
         Phase::Header => t.client_header,
+        Phase::Body => t.client_body,
         Phase::Connect => t.connect,
         Phase::Response | Phase::Stream => t.upstream,
     }
@@ -100,6 +105,8 @@ struct Exchange {
     resp_ready: usize,
     /// Some byte of a final response reached the client: no retry is possible any more.
     resp_started: bool,
+    /// Raw request body bytes seen so far, for `max_body_size`.
+    body_total: u64,
     client_keep_alive: bool,
     upstream_reusable: bool,
     upstream_eof: bool,
@@ -134,6 +141,8 @@ pub struct Session {
     ex: Option<Exchange>,
     /// Close once `cout` is flushed.
     close_after: bool,
+    /// Requests answered on this connection; before the first, the header timeout applies.
+    served: u32,
     phase: Option<Phase>,
     deadline: u64,
     timer: Option<(TimerId, u64)>,
@@ -154,6 +163,7 @@ impl Session {
             up: None,
             ex: None,
             close_after: false,
+            served: 0,
             phase: None,
             deadline: 0,
             timer: None,
@@ -207,12 +217,18 @@ impl Session {
         }
         let outcome = match self.phase {
             Some(Phase::Idle) | None => Err(Closed),
+            // Nothing sent at all: close quietly, as nginx and HAProxy do.
+            Some(Phase::Header) if self.cin.as_ref().is_none_or(Buffer::is_empty) => Err(Closed),
             Some(Phase::Header) => {
                 debug!("{}: request head not received in time", self.peer);
                 self.respond_local(sh, 408, http::reason(408), false);
                 Ok(true)
             }
             Some(Phase::Connect) => self.attempt_failed(sh, Failure::ConnectTimeout),
+            Some(Phase::Body) => {
+                debug!("{}: request body stalled past client_body_timeout", self.peer);
+                self.refuse_exchange(sh, 408, "request body stalled")
+            }
             Some(Phase::Response) => self.attempt_failed(sh, Failure::ResponseTimeout),
             Some(Phase::Stream) => {
                 warn!("{}: transfer stalled past the timeout, closing", self.peer);
@@ -247,7 +263,7 @@ impl Session {
             moved |= self.start_request(sh)?;
         }
         if self.ex.is_some() {
-            moved |= self.classify_request_body()?;
+            moved |= self.classify_request_body(sh)?;
             moved |= self.check_connect(sh)?;
             moved |= self.write_upstream(sh)?;
             moved |= self.read_upstream(sh)?;
@@ -276,7 +292,8 @@ impl Session {
             }
         }
         let phase = self.current_phase();
-        if self.phase != Some(phase) || (moved && phase == Phase::Stream) {
+        let idle_timer = matches!(phase, Phase::Stream | Phase::Body);
+        if self.phase != Some(phase) || (moved && idle_timer) {
             self.phase = Some(phase);
             self.deadline = sh.now + timeout_for(phase, &sh.timeouts);
         }
@@ -288,8 +305,11 @@ impl Session {
         match (&self.ex, &self.up) {
             (None, _) if self.cin.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Header,
             (None, _) if self.cout.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Stream,
+            // A new connection gets the header timeout from its first moment (slowloris).
+            (None, _) if self.served == 0 => Phase::Header,
             (None, _) => Phase::Idle,
             (Some(_), Some(up)) if !up.connected => Phase::Connect,
+            (Some(ex), _) if !ex.req_body.is_done() && ex.body_sent == ex.body_ready => Phase::Body,
             (Some(ex), _) if !ex.resp_started && matches!(ex.resp, Resp::Head) => Phase::Response,
             (Some(_), _) => Phase::Stream,
         }
@@ -376,6 +396,11 @@ impl Session {
             Ok(None) => return Ok(self.refuse(sh, HttpError::HeadTooLarge)),
             Err(e) => return Ok(self.refuse(sh, e)),
         };
+        if let (BodyKind::Length(n), Some(max)) = (head.body, sh.max_body_size) {
+            if n > max {
+                return Ok(self.refuse(sh, HttpError::BodyTooLarge));
+            }
+        }
         cin.consume(head.head_len);
         uout.fill(head.out_len);
         let seq = sh.seq;
@@ -399,6 +424,7 @@ impl Session {
             resp: Resp::Head,
             resp_ready: 0,
             resp_started: false,
+            body_total: 0,
             client_keep_alive: head.keep_alive,
             upstream_reusable: false,
             upstream_eof: false,
@@ -486,23 +512,34 @@ impl Session {
         }
     }
 
-    fn classify_request_body(&mut self) -> Step {
+    fn classify_request_body(&mut self, sh: &mut Shared) -> Step {
         let (Some(ex), Some(cin)) = (self.ex.as_mut(), self.cin.as_ref()) else {
             return Ok(false);
         };
         if ex.req_body.is_done() || cin.len() == ex.body_ready {
             return Ok(false);
         }
-        match ex.req_body.advance(&cin.data()[ex.body_ready..], HttpError::BadRequest) {
-            Ok(p) => {
-                ex.body_ready += p.used;
-                Ok(p.used > 0 || p.done)
-            }
-            Err(e) => {
-                warn!("{}: {e} -> closing", self.peer);
-                Err(Closed)
-            }
+        let progress = match ex.req_body.advance(&cin.data()[ex.body_ready..], HttpError::BadRequest) {
+            Ok(p) => p,
+            Err(e) => return self.refuse_exchange(sh, e.status(), &e.to_string()),
+        };
+        ex.body_ready += progress.used;
+        ex.body_total += progress.used as u64;
+        if sh.max_body_size.is_some_and(|max| ex.body_total > max) {
+            return self.refuse_exchange(sh, 413, "request body too large");
         }
+        Ok(progress.used > 0 || progress.done)
+    }
+
+    /// Ends an exchange the client got wrong: its status if the client has seen nothing of a
+    /// response yet, otherwise a close. Either way the connection closes after.
+    fn refuse_exchange(&mut self, sh: &mut Shared, status: u16, why: &str) -> Step {
+        warn!("{}: {why} -> {status}", self.peer);
+        if self.ex.as_ref().is_some_and(|ex| ex.resp_started) {
+            return Err(Closed);
+        }
+        self.respond_local(sh, status, http::reason(status), false);
+        Ok(true)
     }
 
     fn write_upstream(&mut self, sh: &mut Shared) -> Step {
@@ -739,6 +776,7 @@ impl Session {
         }
         // A response that came before its request finished leaves the client stream unframed.
         self.close_after |= !ex.client_keep_alive || !request_sent;
+        self.served += 1;
         if let Some(ex) = self.ex.take() {
             self.log_access(sh, &ex, ex.status);
         }
@@ -811,6 +849,7 @@ impl Session {
             self.log_refused(sh, status);
         }
         let keep_alive = keep_alive && !sh.draining;
+        self.served += 1;
         let cout = buffer::ensure(&mut self.cout, &mut sh.pool);
         cout.clear();
         let n = http::write_local_response(cout.space(), status, body, keep_alive).unwrap_or(0);
