@@ -10,7 +10,7 @@ use crate::buffer::BufferPool;
 use crate::config::{AllDown, Config};
 use crate::health::{Prober, Targets};
 use crate::resolve::{self, Resolver};
-use crate::session::{Session, Verdict};
+use crate::session::{ExchangePool, Session, Verdict};
 use crate::token::{decode, token, Kind};
 use crate::upstream::Upstreams;
 use crate::wheel::Wheel;
@@ -69,6 +69,7 @@ pub struct Shared {
     pub retry_timeout: u64,
     pub access_log: AccessLog,
     pub max_body_size: Option<u64>,
+    pub exchanges: ExchangePool,
 }
 
 pub struct Reactor {
@@ -149,6 +150,7 @@ impl Reactor {
             retry_timeout: millis(config.retry_timeout),
             access_log: AccessLog::start(&config.access_log)?,
             max_body_size: config.max_body_size,
+            exchanges: ExchangePool::default(),
         };
         let mut prober = Prober::new(Resolver::start(waker)?);
         prober.start_all(&mut sh);

@@ -1,0 +1,470 @@
+#!/usr/bin/env python3
+"""ringproxy side by side with nginx and HAProxy, on this machine, in one run.
+
+Five backends (target-svc, or nginx with --backend nginx), and three proxies with equivalent
+setups: round robin over the five, upstream keep-alive, one worker or thread each, logs off.
+Then, for each proxy:
+  - wrk load in alternation (A B C, A B C, ... so drift hits all alike): requests/s, p50, p99,
+    errors, and the medians' ratios ringproxy/HAProxy and ringproxy/nginx;
+  - RSS per idle keep-alive client connection (9 000 connections, RSS delta / 9 000: HAProxy
+    needs two descriptors per connection and the open-files hard limit here is 20 000);
+  - syscalls per proxied request on a warm keep-alive connection (strace -c);
+  - user-space instructions per proxied keep-alive request (callgrind: two runs of N1 and N2
+    requests, the difference divided by N2 - N1), stable where wall time is noisy.
+Results go to bench/results/compare-<date>.md and bench/results/latest.md, and the table in
+README.md between the bench markers is replaced. Every process it starts is stopped at the end.
+
+    bench/compare.py                 # full: 3 rounds of 10 s, 9 000 idle connections
+    bench/compare.py --quick         # 3 rounds of 3 s, 2 000 idle connections: a smoke run
+
+Traffic goes only to 127.0.0.1. Needs wrk, nginx-light, haproxy, strace and valgrind (Debian
+packages; installed with apt-get when missing and running as root).
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PROXIES = ["ringproxy", "haproxy", "nginx"]
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "strace": "strace", "valgrind": "valgrind"}
+
+
+def log(msg):
+    print(f"compare: {msg}", flush=True)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=int, default=10, help="seconds of wrk per proxy per round")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c")
+    p.add_argument("--backend", choices=["target-svc", "nginx"], default="target-svc")
+    # HAProxy takes two descriptors per connection and the hard limit here is 20 000 (root
+    # cannot raise it), so 9 000 is the most all three can hold; the figure is per connection.
+    p.add_argument("--idle", type=int, default=9_000, help="idle keep-alive connections for the RSS figure")
+    p.add_argument("--quick", action="store_true", help="3 rounds of 3 s, 2 000 idle connections")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    a = p.parse_args()
+    if a.quick:
+        a.duration, a.idle = 3, 2000
+    return a
+
+
+def ensure_tools():
+    missing = [tool for tool in PACKAGES if shutil.which(tool) is None]
+    if not missing:
+        return
+    packages = [PACKAGES[t] for t in missing]
+    if os.geteuid() != 0:
+        raise SystemExit(f"compare: missing {missing}: apt-get install {' '.join(packages)}")
+    log(f"installing {' '.join(packages)}")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, within=15.0):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"compare: nothing listens on 127.0.0.1:{port}")
+
+
+def wait_port_free(port, within=15.0):
+    """Until nothing accepts on the port (a stopped nginx's worker may outlive its master)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            time.sleep(0.05)
+        except OSError:
+            return
+    raise SystemExit(f"compare: 127.0.0.1:{port} is still taken")
+
+
+class Procs:
+    """Every process started, so all of them stop at the end whatever happens."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, **kw):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=kw.pop("stderr", subprocess.DEVNULL),
+                                start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc, sig=signal.SIGTERM, within=30.0):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=within)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            self.stop(proc, within=5)
+
+
+# --- configurations -----------------------------------------------------------------------
+
+def ringproxy_config(tmp, port, backends):
+    path = tmp / "ringproxy.json"
+    ports = ", ".join(f'"http://127.0.0.1:{b}/"' for b in backends)
+    path.write_text(f'{{"ports": [{ports}], "listen": "127.0.0.1:{port}", "max_connections": 15000}}')
+    return path
+
+
+def nginx_config(tmp, name, port, backends, master=True):
+    """A proxy (backends given) or a backend answering Hello, world! (backends None)."""
+    prefix = tmp / name
+    for sub in ("logs", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    if backends:
+        servers = "\n".join(f"        server 127.0.0.1:{b};" for b in backends)
+        upstream = f"    upstream backends {{\n{servers}\n        keepalive 64;\n    }}\n"
+        location = ("proxy_pass http://backends; proxy_http_version 1.1; "
+                    "proxy_set_header Connection \"\";")
+    else:
+        upstream = ""
+        location = 'default_type text/plain; return 200 "Hello, world!";'
+    path = prefix / "nginx.conf"
+    path.write_text(f"""daemon off;
+master_process {'on' if master else 'off'};
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log error;
+events {{ worker_connections 16000; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+{upstream}    server {{
+        listen 127.0.0.1:{port};
+        location / {{ {location} }}
+    }}
+}}
+""")
+    return path
+
+
+def haproxy_config(tmp, port, backends, maxconn=9990, name="haproxy.cfg"):
+    servers = "\n".join(f"    server s{i} 127.0.0.1:{b}" for i, b in enumerate(backends, 1))
+    path = tmp / name
+    path.write_text(f"""global
+    nbthread 1
+    maxconn {maxconn}
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 30s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    balance roundrobin
+{servers}
+""")
+    return path
+
+
+def proxy_command(name, config):
+    return {
+        "ringproxy": [str(ROOT / "target/release/ringproxy"), "--config", str(config), "--log-level", "error"],
+        "nginx": ["nginx", "-c", str(config), "-p", str(config.parent)],
+        "haproxy": ["haproxy", "-db", "-f", str(config)],
+    }[name]
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+def run_wrk(port, duration, connections):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+
+    def latency(pct):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return {"rps": rps, "p50": latency(50), "p99": latency(99), "errors": errors}
+
+
+def keep_alive_requests(port, n):
+    """n GETs on one connection, each response read whole (Content-Length framed)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        for _ in range(n):
+            s.sendall(REQUEST)
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end >= 0:
+                    m = re.search(rb"content-length:\s*(\d+)", buf[:end], re.I)
+                    total = end + 4 + int(m.group(1))
+                    if len(buf) >= total:
+                        buf = buf[total:]
+                        break
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise SystemExit("compare: connection closed during keep-alive requests")
+                buf += chunk
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker_pid(name, proc):
+    """The process that serves: nginx's worker, else the process itself."""
+    if name != "nginx":
+        return proc.pid
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise SystemExit("compare: nginx started no worker")
+
+
+def idle_rss_per_connection(port, pid, count):
+    keep_alive_requests(port, 100)
+    before = rss_kib(pid)
+    conns = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(REQUEST)
+            got = b""
+            while not got.endswith(b"Hello, world!"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise SystemExit("compare: an idle-test connection was closed")
+                got += chunk
+            conns.append(s)
+        time.sleep(0.5)  # let the proxy settle into idleness before reading its RSS
+        after = rss_kib(pid)
+    finally:
+        for s in conns:
+            s.close()
+    return (after - before) * 1024 / count
+
+
+def syscalls_per_request(port, pid, n, tmp):
+    keep_alive_requests(port, 200)
+    out = tmp / f"strace-{pid}.txt"
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 5
+    # strace says "Process N attached" on stderr once it is in place.
+    while time.monotonic() < deadline and "attached" not in (tracer.stderr.readline() or ""):
+        pass
+    keep_alive_requests(port, n)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=10)
+    # "% time  seconds  usecs/call  calls  errors  syscall": the total line's fourth field.
+    totals = [ln.split() for ln in out.read_text().splitlines() if ln.strip().endswith(" total")]
+    calls = int(totals[-1][3]) if totals else 0
+    return calls / n, out.read_text()
+
+
+def callgrind_instructions(name, config, port, n, tmp, procs):
+    """User-space instructions for a whole run that serves `n` keep-alive requests."""
+    out = tmp / f"callgrind-{name}-{n}.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
+           *proxy_command(name, config)]
+    wait_port_free(port)
+    errors = tmp / f"callgrind-{name}-{n}.err"
+    with open(errors, "w") as err:
+        proc = procs.start(cmd, stderr=err)
+    wait_port(port, within=60)
+    keep_alive_requests(port, n)
+    procs.stop(proc, signal.SIGTERM, within=60)
+    text = out.read_text() if out.exists() else ""
+    for line in text.splitlines():
+        if line.startswith("summary:") or line.startswith("totals:"):
+            return int(line.split()[1])
+    raise SystemExit(f"compare: no callgrind total for {name} (exit {proc.returncode}):\n"
+                     + errors.read_text()[-1500:])
+
+
+# --- the run --------------------------------------------------------------------------------
+
+def machine():
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}"
+
+
+def commit():
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return rev + ("+dirty" if dirty else "")
+
+
+def main():
+    args = parse_args()
+    ensure_tools()
+    log("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--workspace", "--quiet"], cwd=ROOT, check=True)
+    tmp = Path(tempfile.mkdtemp(prefix="ringproxy-compare-"))
+    procs = Procs()
+    try:
+        backends = [free_port() for _ in range(5)]
+        log(f"starting five {args.backend} backends")
+        for i, port in enumerate(backends, 1):
+            if args.backend == "nginx":
+                cfg = nginx_config(tmp, f"backend{i}", port, None)
+                procs.start(["nginx", "-c", str(cfg), "-p", str(cfg.parent)])
+            else:
+                procs.start([str(ROOT / "target/release/target-svc"), "--host", "127.0.0.1", "--port", str(port),
+                             "--name", f"b{i}"])
+        for port in backends:
+            wait_port(port)
+
+        ports = {name: free_port() for name in PROXIES}
+        configs = {
+            "ringproxy": ringproxy_config(tmp, ports["ringproxy"], backends),
+            "haproxy": haproxy_config(tmp, ports["haproxy"], backends),
+            "nginx": nginx_config(tmp, "nginx-proxy", ports["nginx"], backends),
+        }
+        running = {}
+        for name in PROXIES:
+            running[name] = procs.start(proxy_command(name, configs[name]))
+            wait_port(ports[name])
+        pids = {name: worker_pid(name, proc) for name, proc in running.items()}
+
+        log("warming up")
+        for name in PROXIES:
+            run_wrk(ports[name], 2, args.connections)
+        load = {name: [] for name in PROXIES}
+        for r in range(1, args.rounds + 1):
+            for name in PROXIES:
+                result = run_wrk(ports[name], args.duration, args.connections)
+                load[name].append(result)
+                log(f"round {r}/{args.rounds} {name:9} {result['rps']:>9.0f} req/s  p50 {result['p50']:.2f} ms  "
+                    f"p99 {result['p99']:.2f} ms  errors {result['errors']}")
+
+        rss = {}
+        for name in PROXIES:
+            log(f"{name}: RSS with {args.idle} idle keep-alive connections")
+            rss[name] = idle_rss_per_connection(ports[name], pids[name], args.idle)
+            time.sleep(1)  # the closes above are processed before the next proxy is measured
+        syscalls, traces = {}, {}
+        for name in PROXIES:
+            log(f"{name}: syscalls per request (strace -c, 2000 keep-alive requests)")
+            syscalls[name], traces[name] = syscalls_per_request(ports[name], pids[name], 2000, tmp)
+
+        for proc in running.values():
+            procs.stop(proc)
+        instructions = {}
+        n1, n2 = 200, 1200
+        # Under valgrind nginx runs as one process: a forked worker would profile apart.
+        configs["nginx"] = nginx_config(tmp, "nginx-callgrind", ports["nginx"], backends, master=False)
+        # valgrind keeps descriptors for itself: HAProxy's 2 x maxconn must fit under what is left.
+        configs["haproxy"] = haproxy_config(tmp, ports["haproxy"], backends, maxconn=1000, name="haproxy-callgrind.cfg")
+        for name in PROXIES:
+            log(f"{name}: instructions per request (callgrind, {n1} and {n2} requests)")
+            i1 = callgrind_instructions(name, configs[name], ports[name], n1, tmp, procs)
+            i2 = callgrind_instructions(name, configs[name], ports[name], n2, tmp, procs)
+            instructions[name] = (i2 - i1) / (n2 - n1)
+    finally:
+        procs.stop_all()
+
+    report = render(args, load, rss, syscalls, instructions)
+    print("\n" + report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
+    (RESULTS / f"compare-{stamp}.md").write_text(report + "\n## strace -c of ringproxy\n\n```\n"
+                                                 + traces["ringproxy"] + "```\n")
+    (RESULTS / "latest.md").write_text(report)
+    if not args.no_readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            readme.write_text(head + start + "\n" + report + end + rest.split(end, 1)[1])
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"wrote bench/results/compare-{stamp}.md and bench/results/latest.md")
+
+
+def render(args, load, rss, syscalls, instructions):
+    med = {n: {k: statistics.median(r[k] for r in load[n]) for k in ("rps", "p50", "p99")} for n in PROXIES}
+    errors = {n: sum(r["errors"] for r in load[n]) for n in PROXIES}
+    lines = [
+        f"`bench/compare.py` on {datetime.date.today()}, commit {commit()}, {machine()}.",
+        f"wrk -t1 -c{args.connections}, {args.rounds} rounds of {args.duration} s in alternation, "
+        f"five {args.backend} backends; medians.",
+        "",
+        "| proxy | requests/s | p50 ms | p99 ms | errors | bytes RSS per idle connection | syscalls per request | instructions per request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in PROXIES:
+        lines.append(f"| {n} | {med[n]['rps']:,.0f} | {med[n]['p50']:.2f} | {med[n]['p99']:.2f} | {errors[n]} | "
+                     f"{rss[n]:,.0f} | {syscalls[n]:.2f} | {instructions[n]:,.0f} |")
+    ratio = lambda other, key: med["ringproxy"][key] / med[other][key]
+    lines += [
+        "",
+        f"ringproxy / HAProxy: {ratio('haproxy', 'rps'):.2f}× requests/s, p99 {ratio('haproxy', 'p99'):.2f}×, "
+        f"instructions {instructions['ringproxy'] / instructions['haproxy']:.2f}×.  ",
+        f"ringproxy / nginx: {ratio('nginx', 'rps'):.2f}× requests/s, p99 {ratio('nginx', 'p99'):.2f}×, "
+        f"instructions {instructions['ringproxy'] / instructions['nginx']:.2f}×.",
+        f"Idle RSS: {args.idle} keep-alive connections, RSS delta / {args.idle}. Syscalls: `strace -c -f` over 2000 "
+        "requests on one warm keep-alive connection. Instructions: callgrind, user space, "
+        "(runs of 1200 − 200 requests) / 1000.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
