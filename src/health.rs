@@ -9,17 +9,17 @@
 
 use crate::config::Config;
 use crate::reactor::{Shared, Timer};
+use crate::ready::{Io, Ready};
 use crate::resolve::Resolver;
 use crate::ring::HashRing;
 use crate::token::{token, Kind};
-use crate::upstream::Ready;
 use crate::wheel::TimerId;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 use slab::Slab;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 
 /// Why an attempt to use a target failed.
@@ -385,21 +385,22 @@ fn drive(probe: &mut Probe, request: &[u8]) -> Outcome {
             Ok(Some(_)) | Err(_) => return Outcome::Down("connect failed"),
         }
     }
-    while probe.sent < request.len() && probe.ready.write {
-        match probe.stream.write(&request[probe.sent..]) {
-            Ok(n) => probe.sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => probe.ready.write = false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Outcome::Down("send failed"),
+    while probe.sent < request.len() {
+        match probe.ready.write(&mut probe.stream, &request[probe.sent..], &[]) {
+            Io::Bytes(n) => probe.sent += n,
+            Io::Retry => {}
+            Io::Blocked | Io::Eof => break,
+            Io::Failed(_) => return Outcome::Down("send failed"),
         }
     }
-    while probe.got_len < probe.got.len() && probe.ready.read {
-        match probe.stream.read(&mut probe.got[probe.got_len..]) {
-            Ok(0) => break,
-            Ok(n) => probe.got_len += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => probe.ready.read = false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Outcome::Down("reset"),
+    let mut closed = false;
+    while probe.got_len < probe.got.len() && !closed {
+        match probe.ready.read(&mut probe.stream, &mut probe.got[probe.got_len..]) {
+            Io::Bytes(n) => probe.got_len += n,
+            Io::Retry => {}
+            Io::Eof => closed = true,
+            Io::Blocked => break,
+            Io::Failed(_) => return Outcome::Down("reset"),
         }
     }
     // "HTTP/1.1 200 " is all a probe needs to see.
@@ -411,7 +412,7 @@ fn drive(probe: &mut Probe, request: &[u8]) -> Outcome {
             Outcome::Down("answered other than 200")
         };
     }
-    if probe.ready.read {
+    if closed {
         return Outcome::Down("closed before answering");
     }
     Outcome::Pending

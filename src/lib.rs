@@ -7,6 +7,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod reactor;
+pub mod ready;
 pub mod resolve;
 pub mod ring;
 pub mod session;

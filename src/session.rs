@@ -21,12 +21,13 @@ use crate::config::AllDown;
 use crate::health::{self, Failure};
 use crate::http::{self, BodyFramer, BodyKind, Forwarding, HttpError, RequestHead, ResponseContext};
 use crate::reactor::{Shared, Timeouts, Timer};
+use crate::ready::{Io, Ready};
 use crate::ring::TargetSet;
-use crate::upstream::{Ready, UpstreamConn};
+use crate::upstream::UpstreamConn;
 use crate::wheel::TimerId;
 use log::{debug, warn};
 use mio::net::TcpStream;
-use std::io::{self, IoSlice, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 
 /// What the reactor should do with a session after pumping it.
@@ -364,30 +365,22 @@ impl Session {
             ex.body_sent = 0;
             ex.replayable = false;
         }
-        let want = cin.space().len();
-        match self.client.read(cin.space()) {
-            Ok(0) => {
+        match self.ready.read(&mut self.client, cin.space()) {
+            Io::Bytes(n) => {
+                cin.fill(n);
+                Ok(true)
+            }
+            Io::Eof => {
                 self.client_eof = true;
-                self.ready.read = false;
                 if self.ex.as_ref().is_some_and(|ex| !ex.req_body.is_done()) {
                     debug!("{}: client closed in the middle of a request body", self.peer);
                     return Err(Closed);
                 }
                 Ok(true)
             }
-            Ok(n) => {
-                cin.fill(n);
-                if n < want && !self.ready.hup {
-                    self.ready.read = false;
-                }
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.ready.read = false;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => {
+            Io::Blocked => Ok(false),
+            Io::Retry => Ok(true),
+            Io::Failed(e) => {
                 debug!("{}: client read failed: {e}", self.peer);
                 Err(Closed)
             }
@@ -567,31 +560,21 @@ impl Session {
         let (Some(ex), Some(up), Some(uout)) = (self.ex.as_mut(), self.up.as_mut(), self.uout.as_ref()) else {
             return Ok(false);
         };
-        if !up.connected || !up.ready.write {
+        if !up.connected {
             return Ok(false);
         }
         let head = &uout.data()[ex.head_sent..];
         let body = self.cin.as_ref().map_or(&[][..], |cin| &cin.data()[ex.body_sent..ex.body_ready]);
-        if head.is_empty() && body.is_empty() {
-            return Ok(false);
-        }
-        let want = head.len() + body.len();
-        match up.stream.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
-            Ok(n) => {
+        match up.ready.write(&mut up.stream, head, body) {
+            Io::Bytes(n) => {
                 let from_head = n.min(head.len());
                 ex.head_sent += from_head;
                 ex.body_sent += n - from_head;
-                if n < want {
-                    up.ready.write = false;
-                }
-                Ok(n > 0)
+                Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                up.ready.write = false;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => self.attempt_failed(sh, Failure::Reset(e.kind())),
+            Io::Blocked | Io::Eof => Ok(false),
+            Io::Retry => Ok(true),
+            Io::Failed(e) => self.attempt_failed(sh, Failure::Reset(e.kind())),
         }
     }
 
@@ -603,30 +586,19 @@ impl Session {
             return Ok(false);
         }
         let uin = buffer::ensure(&mut self.uin, &mut sh.pool);
-        if !uin.has_space() {
-            return Ok(false);
-        }
-        let want = uin.space().len();
-        match up.stream.read(uin.space()) {
-            Ok(0) => {
-                ex.upstream_eof = true;
-                up.ready.read = false;
-                self.upstream_closed(sh)
-            }
-            Ok(n) => {
+        match up.ready.read(&mut up.stream, uin.space()) {
+            Io::Bytes(n) => {
                 uin.fill(n);
-                if n < want && !up.ready.hup {
-                    up.ready.read = false;
-                }
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                up.ready.read = false;
-                Ok(false)
+            Io::Eof => {
+                ex.upstream_eof = true;
+                self.upstream_closed(sh)
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) if matches!(ex.resp, Resp::Head) => self.attempt_failed(sh, Failure::Reset(e.kind())),
-            Err(e) => {
+            Io::Blocked => Ok(false),
+            Io::Retry => Ok(true),
+            Io::Failed(e) if matches!(ex.resp, Resp::Head) => self.attempt_failed(sh, Failure::Reset(e.kind())),
+            Io::Failed(e) => {
                 warn!("{}: target {} failed mid-response: {e}", self.peer, sh.targets.url(up.target));
                 Err(Closed)
             }
@@ -735,18 +707,11 @@ impl Session {
     }
 
     fn write_client(&mut self) -> Step {
-        if !self.ready.write {
-            return Ok(false);
-        }
         let head = self.cout.as_ref().map_or(&[][..], Buffer::data);
         let ready = self.ex.as_ref().map_or(0, |ex| ex.resp_ready);
         let body = self.uin.as_ref().map_or(&[][..], |uin| &uin.data()[..ready]);
-        if head.is_empty() && body.is_empty() {
-            return Ok(false);
-        }
-        let want = head.len() + body.len();
-        match self.client.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
-            Ok(n) => {
+        match self.ready.write(&mut self.client, head, body) {
+            Io::Bytes(n) => {
                 let from_head = n.min(head.len());
                 if let Some(cout) = self.cout.as_mut() {
                     cout.consume(from_head);
@@ -759,17 +724,11 @@ impl Session {
                 if let Some(ex) = self.ex.as_mut().filter(|ex| matches!(ex.resp, Resp::Body(_))) {
                     ex.resp_started = true;
                 }
-                if n < want {
-                    self.ready.write = false;
-                }
-                Ok(n > 0)
+                Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.ready.write = false;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => {
+            Io::Blocked | Io::Eof => Ok(false),
+            Io::Retry => Ok(true),
+            Io::Failed(e) => {
                 debug!("{}: client write failed: {e}", self.peer);
                 Err(Closed)
             }

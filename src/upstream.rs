@@ -5,29 +5,13 @@
 //! socket belongs to right now: a session (events go to it) or the pool (any event means the
 //! target closed or misbehaved, so the connection is closed at once).
 
+use crate::ready::Ready;
 use crate::token::{token, Kind};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use slab::Slab;
 use std::io;
 use std::net::SocketAddr;
-
-/// Readiness as last reported by the reactor and not yet used up by a `WouldBlock`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Ready {
-    pub read: bool,
-    pub write: bool,
-    /// The peer's FIN was seen: a short read does not mean the socket is drained.
-    pub hup: bool,
-}
-
-impl Ready {
-    pub fn update(&mut self, event: &mio::event::Event) {
-        self.read |= event.is_readable() || event.is_read_closed() || event.is_error();
-        self.write |= event.is_writable() || event.is_write_closed() || event.is_error();
-        self.hup |= event.is_read_closed() || event.is_error();
-    }
-}
 
 pub struct UpstreamConn {
     pub stream: TcpStream,

@@ -109,20 +109,18 @@ pub struct Target {
     proc: Option<Proc>,
 }
 
+/// target-svc on 127.0.0.1:`port` (0 for any free port).
+fn spawn_target(name: &str, port: u16) -> Proc {
+    Proc::spawn(Command::new(target_bin()).args(["--host", "127.0.0.1", "--port", &port.to_string(), "--name", name]))
+}
+
 impl Target {
     pub fn start(name: &str) -> Target {
         Target::on_port(name, 0)
     }
 
     fn on_port(name: &str, port: u16) -> Target {
-        let proc = Proc::spawn(Command::new(target_bin()).args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--name",
-            name,
-        ]));
+        let proc = spawn_target(name, port);
         let port = listening_addr(&proc.wait_line("listening on", Duration::from_secs(10))).port();
         Target { name: name.to_string(), port, proc: Some(proc) }
     }
@@ -144,14 +142,7 @@ impl Target {
         let deadline = Instant::now() + Duration::from_secs(10);
         // The old socket may linger for a moment; retry the bind until it is free.
         loop {
-            let proc = Proc::spawn(Command::new(target_bin()).args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--name",
-                &self.name,
-            ]));
+            let proc = spawn_target(&self.name, port);
             let started = eventually(Duration::from_secs(5), "target start or failure", || {
                 let lines = proc.lines();
                 if lines.iter().any(|l| l.contains("listening on")) {
