@@ -227,10 +227,33 @@ def run_wrk(port, duration, connections):
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
-    return {"rps": rps, "p50": latency(50), "p99": latency(99), "errors": errors}
+    return {"rps": rps, "p50": latency(50), "p99": latency(99), "errors": errors, "requests": requests}
+
+
+def cpu_seconds(pids):
+    """User plus system CPU time of these processes (all their threads), in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measured_wrk(port, duration, connections, proxy_pids, backend_pids):
+    """A wrk run, plus the CPU time the proxy and the backends spent per request during it:
+    on two shared cores this shows how much of the machine each proxy leaves to the rest."""
+    proxy0, backends0 = cpu_seconds(proxy_pids), cpu_seconds(backend_pids)
+    result = run_wrk(port, duration, connections)
+    result["proxy_us"] = (cpu_seconds(proxy_pids) - proxy0) * 1e6 / result["requests"]
+    result["backend_us"] = (cpu_seconds(backend_pids) - backends0) * 1e6 / result["requests"]
+    return result
 
 
 def keep_alive_requests(port, n):
@@ -309,10 +332,12 @@ def syscalls_per_request(port, pid, n, tmp):
     keep_alive_requests(port, n)
     tracer.send_signal(signal.SIGINT)
     tracer.wait(timeout=10)
-    # "% time  seconds  usecs/call  calls  errors  syscall": the total line's fourth field.
-    totals = [ln.split() for ln in out.read_text().splitlines() if ln.strip().endswith(" total")]
-    calls = int(totals[-1][3]) if totals else 0
-    return calls / n, out.read_text()
+    # "% time  seconds  usecs/call  calls  errors  syscall": calls is the fourth field.
+    rows = [ln.split() for ln in out.read_text().splitlines() if re.match(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+\d+", ln)]
+    calls = {row[-1]: int(row[3]) for row in rows}
+    total = calls.pop("total", 0)
+    waits = sum(c for name, c in calls.items() if name.startswith("epoll_"))
+    return (total / n, (total - waits) / n), out.read_text()
 
 
 def callgrind_instructions(name, config, port, n, tmp, procs):
@@ -371,15 +396,18 @@ def main():
     try:
         backends = [free_port() for _ in range(5)]
         log(f"starting five {args.backend} backends")
+        backend_procs = []
         for i, port in enumerate(backends, 1):
             if args.backend == "nginx":
                 cfg = nginx_config(tmp, f"backend{i}", port, None)
-                procs.start(["nginx", "-c", str(cfg), "-p", str(cfg.parent)])
+                backend_procs.append(("nginx", procs.start(["nginx", "-c", str(cfg), "-p", str(cfg.parent)])))
             else:
-                procs.start([str(ROOT / "target/release/target-svc"), "--host", "127.0.0.1", "--port", str(port),
-                             "--name", f"b{i}"])
+                backend_procs.append(("target-svc", procs.start([
+                    str(ROOT / "target/release/target-svc"), "--host", "127.0.0.1", "--port", str(port),
+                    "--name", f"b{i}"])))
         for port in backends:
             wait_port(port)
+        backend_pids = [worker_pid(kind, proc) for kind, proc in backend_procs]
 
         ports = {name: free_port() for name in PROXIES}
         configs = {
@@ -399,10 +427,11 @@ def main():
         load = {name: [] for name in PROXIES}
         for r in range(1, args.rounds + 1):
             for name in PROXIES:
-                result = run_wrk(ports[name], args.duration, args.connections)
+                result = measured_wrk(ports[name], args.duration, args.connections, [pids[name]], backend_pids)
                 load[name].append(result)
                 log(f"round {r}/{args.rounds} {name:9} {result['rps']:>9.0f} req/s  p50 {result['p50']:.2f} ms  "
-                    f"p99 {result['p99']:.2f} ms  errors {result['errors']}")
+                    f"p99 {result['p99']:.2f} ms  errors {result['errors']}  CPU/request: proxy "
+                    f"{result['proxy_us']:.1f} us, backends {result['backend_us']:.1f} us")
 
         rss = {}
         for name in PROXIES:
@@ -449,19 +478,23 @@ def main():
 
 
 def render(args, load, rss, syscalls, instructions):
-    med = {n: {k: statistics.median(r[k] for r in load[n]) for k in ("rps", "p50", "p99")} for n in PROXIES}
+    keys = ("rps", "p50", "p99", "proxy_us", "backend_us")
+    med = {n: {k: statistics.median(r[k] for r in load[n]) for k in keys} for n in PROXIES}
     errors = {n: sum(r["errors"] for r in load[n]) for n in PROXIES}
     lines = [
         f"`bench/compare.py` on {datetime.date.today()}, commit {commit()}, {machine()}.",
         f"wrk -t1 -c{args.connections}, {args.rounds} rounds of {args.duration} s in alternation, "
         f"five {args.backend} backends; medians.",
         "",
-        "| proxy | requests/s | p50 ms | p99 ms | errors | bytes RSS per idle connection | syscalls per request | instructions per request |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| proxy | requests/s | p50 ms | p99 ms | errors | bytes RSS per idle connection "
+        "| syscalls per request (without epoll) "
+        "| instructions per request | proxy CPU µs per request | backends' CPU µs per request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in PROXIES:
         lines.append(f"| {n} | {med[n]['rps']:,.0f} | {med[n]['p50']:.2f} | {med[n]['p99']:.2f} | {errors[n]} | "
-                     f"{rss[n]:,.0f} | {syscalls[n]:.2f} | {instructions[n]:,.0f} |")
+                     f"{rss[n]:,.0f} | {syscalls[n][0]:.2f} ({syscalls[n][1]:.2f}) | {instructions[n]:,.0f} | {med[n]['proxy_us']:.1f} | "
+                     f"{med[n]['backend_us']:.1f} |")
     ratio = lambda other, key: med["ringproxy"][key] / med[other][key]
     lines += [
         "",
@@ -471,8 +504,9 @@ def render(args, load, rss, syscalls, instructions):
         f"instructions {instructions['ringproxy'] / instructions['nginx']:.2f}×.  ",
         "(A ratio below 1 is better for p99 and instructions; nan: that measurement failed.)",
         f"Idle RSS: {args.idle} keep-alive connections, RSS delta / {args.idle}. Syscalls: `strace -c -f` over 2000 "
-        "requests on one warm keep-alive connection. Instructions: callgrind, user space, "
-        "(runs of 1200 − 200 requests) / 1000.",
+        "requests on one warm keep-alive connection, where epoll waits cannot amortise (under load they do). Instructions: callgrind, user space, "
+        "(runs of 1200 − 200 requests) / 1000. CPU µs per request: user + system time from /proc "
+        "during the wrk runs; wrk, the backends and the proxy share the machine's cores.",
         "",
     ]
     return "\n".join(lines)
