@@ -5,7 +5,10 @@ Five backends (target-svc, or nginx with --backend nginx), and three proxies wit
 setups: round robin over the five, upstream keep-alive, one worker or thread each, logs off.
 Then, for each proxy:
   - wrk load in alternation (A B C, A B C, ... so drift hits all alike): requests/s, p50, p99,
-    errors, and the medians' ratios ringproxy/HAProxy and ringproxy/nginx;
+    errors, and the medians' ratios ringproxy/HAProxy and ringproxy/nginx; during the same runs,
+    CPU µs per request of the proxy (user and kernel), the backends, wrk and the whole machine,
+    and TCP segments per request; a fourth load, wrk straight to one backend, shows the machine
+    without a proxy;
   - RSS per idle keep-alive client connection (9 000 connections, RSS delta / 9 000: HAProxy
     needs two descriptors per connection and the open-files hard limit here is 20 000);
   - syscalls per proxied request on a warm keep-alive connection (strace -c);
@@ -16,6 +19,7 @@ README.md between the bench markers is replaced. Every process it starts is stop
 
     bench/compare.py                 # full: 3 rounds of 10 s, 9 000 idle connections
     bench/compare.py --quick         # 3 rounds of 3 s, 2 000 idle connections: a smoke run
+    bench/compare.py --perf          # also `perf record -a` behind each proxy (Debian linux-perf)
 
 Traffic goes only to 127.0.0.1. Needs wrk, nginx-light, haproxy, strace and valgrind (Debian
 packages; installed with apt-get when missing and running as root).
@@ -26,6 +30,7 @@ import datetime
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -58,17 +63,19 @@ def parse_args():
     p.add_argument("--idle", type=int, default=9_000, help="idle keep-alive connections for the RSS figure")
     p.add_argument("--quick", action="store_true", help="3 rounds of 3 s, 2 000 idle connections")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    p.add_argument("--perf", action="store_true", help="also profile the machine with perf record -a behind each proxy")
     a = p.parse_args()
     if a.quick:
         a.duration, a.idle = 3, 2000
     return a
 
 
-def ensure_tools():
-    missing = [tool for tool in PACKAGES if shutil.which(tool) is None]
+def ensure_tools(perf):
+    wanted = dict(PACKAGES, **({"perf": "linux-perf"} if perf else {}))
+    missing = [tool for tool in wanted if shutil.which(tool) is None]
     if not missing:
         return
-    packages = [PACKAGES[t] for t in missing]
+    packages = [wanted[t] for t in missing]
     if os.geteuid() != 0:
         raise SystemExit(f"compare: missing {missing}: apt-get install {' '.join(packages)}")
     log(f"installing {' '.join(packages)}")
@@ -234,26 +241,74 @@ def run_wrk(port, duration, connections):
     return {"rps": rps, "p50": latency(50), "p99": latency(99), "errors": errors, "requests": requests}
 
 
-def cpu_seconds(pids):
-    """User plus system CPU time of these processes (all their threads), in seconds."""
-    ticks = 0
+def cpu_split(pids):
+    """(user, kernel) CPU seconds of these processes, all their threads."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
+            user, system = user + int(fields[11]), system + int(fields[12])
         except OSError:
             pass
-    return ticks / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
+def machine_busy():
+    """CPU seconds the whole machine has spent busy since boot: /proc/stat's first line, less
+    idle and iowait (user nice system idle iowait irq softirq steal)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_out_segments():
+    """TCP segments sent by the machine so far (/proc/net/snmp, Tcp: OutSegs)."""
+    rows = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines() if ln.startswith("Tcp:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:]))["OutSegs"])
+
+
+def children_cpu():
+    """CPU seconds of every child this script has waited for (wrk, once its run is over)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measured_wrk(port, duration, connections, proxy_pids, backend_pids):
-    """A wrk run, plus the CPU time the proxy and the backends spent per request during it:
-    on two shared cores this shows how much of the machine each proxy leaves to the rest."""
-    proxy0, backends0 = cpu_seconds(proxy_pids), cpu_seconds(backend_pids)
+    """A wrk run, and where the machine's CPU went per request during it: the proxy (user and
+    kernel), the backends, wrk itself and the whole machine, plus TCP segments per request.
+    On two shared cores the whole machine's figure is what sets requests/s."""
+    proxy0, backends0 = cpu_split(proxy_pids), sum(cpu_split(backend_pids))
+    wrk0, machine0, segments0 = children_cpu(), machine_busy(), tcp_out_segments()
     result = run_wrk(port, duration, connections)
-    result["proxy_us"] = (cpu_seconds(proxy_pids) - proxy0) * 1e6 / result["requests"]
-    result["backend_us"] = (cpu_seconds(backend_pids) - backends0) * 1e6 / result["requests"]
+    per_request = 1e6 / result["requests"]
+    proxy1 = cpu_split(proxy_pids)
+    result["proxy_user_us"] = (proxy1[0] - proxy0[0]) * per_request
+    result["proxy_kernel_us"] = (proxy1[1] - proxy0[1]) * per_request
+    result["backend_us"] = (sum(cpu_split(backend_pids)) - backends0) * per_request
+    result["wrk_us"] = (children_cpu() - wrk0) * per_request
+    result["machine_us"] = (machine_busy() - machine0) * per_request
+    result["segments"] = (tcp_out_segments() - segments0) / result["requests"]
     return result
+
+
+def perf_profile(port, duration, connections, tmp, name):
+    """`perf record -a` over a wrk run: the machine's samples by command and by user space or
+    kernel, as `perf report --sort comm,dso` prints them (rows of 0.5 % and more)."""
+    data = tmp / f"perf-{name}.data"
+    recorder = subprocess.Popen(["perf", "record", "-a", "-F", "999", "-o", str(data)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # perf is recording before the load starts
+    run_wrk(port, duration, connections)
+    recorder.send_signal(signal.SIGINT)
+    recorder.wait(timeout=30)
+    out = subprocess.run(["perf", "report", "-i", str(data), "--sort", "comm,dso", "--stdio", "-g", "none"],
+                         capture_output=True, text=True).stdout
+    rows = []
+    for line in out.splitlines():
+        m = re.match(r"^\s+([\d.]+)%\s+(\S+)\s+(\S+)", line)
+        if m and float(m.group(1)) >= 0.5:
+            rows.append((float(m.group(1)), m.group(2), m.group(3)))
+    return rows
 
 
 def keep_alive_requests(port, n):
@@ -388,7 +443,7 @@ def commit():
 
 def main():
     args = parse_args()
-    ensure_tools()
+    ensure_tools(args.perf)
     log("building release binaries")
     subprocess.run(["cargo", "build", "--release", "--workspace", "--quiet"], cwd=ROOT, check=True)
     tmp = Path(tempfile.mkdtemp(prefix="ringproxy-compare-"))
@@ -421,17 +476,27 @@ def main():
             wait_port(ports[name])
         pids = {name: worker_pid(name, proc) for name, proc in running.items()}
 
+        # "none": wrk straight to one backend, no proxy: what the machine carries without a hop.
+        ports["none"], pids["none"] = backends[0], None
+        loads = PROXIES + ["none"]
         log("warming up")
-        for name in PROXIES:
+        for name in loads:
             run_wrk(ports[name], 2, args.connections)
-        load = {name: [] for name in PROXIES}
+        load = {name: [] for name in loads}
         for r in range(1, args.rounds + 1):
-            for name in PROXIES:
-                result = measured_wrk(ports[name], args.duration, args.connections, [pids[name]], backend_pids)
+            for name in loads:
+                proxy_pids = [pids[name]] if pids[name] else []
+                result = measured_wrk(ports[name], args.duration, args.connections, proxy_pids, backend_pids)
                 load[name].append(result)
                 log(f"round {r}/{args.rounds} {name:9} {result['rps']:>9.0f} req/s  p50 {result['p50']:.2f} ms  "
-                    f"p99 {result['p99']:.2f} ms  errors {result['errors']}  CPU/request: proxy "
-                    f"{result['proxy_us']:.1f} us, backends {result['backend_us']:.1f} us")
+                    f"p99 {result['p99']:.2f} ms  errors {result['errors']}  CPU us/request: proxy "
+                    f"{result['proxy_user_us']:.1f} user + {result['proxy_kernel_us']:.1f} kernel, backends "
+                    f"{result['backend_us']:.1f}, wrk {result['wrk_us']:.1f}, machine {result['machine_us']:.1f}")
+        profiles = {}
+        if args.perf:
+            for name in PROXIES:
+                log(f"{name}: perf record -a over 5 s of wrk")
+                profiles[name] = perf_profile(ports[name], 5, args.connections, tmp, name)
 
         rss = {}
         for name in PROXIES:
@@ -459,7 +524,7 @@ def main():
     finally:
         procs.stop_all()
 
-    report = render(args, load, rss, syscalls, instructions)
+    report = render(args, load, rss, syscalls, instructions, profiles)
     print("\n" + report)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
@@ -477,24 +542,23 @@ def main():
     log(f"wrote bench/results/compare-{stamp}.md and bench/results/latest.md")
 
 
-def render(args, load, rss, syscalls, instructions):
-    keys = ("rps", "p50", "p99", "proxy_us", "backend_us")
-    med = {n: {k: statistics.median(r[k] for r in load[n]) for k in keys} for n in PROXIES}
-    errors = {n: sum(r["errors"] for r in load[n]) for n in PROXIES}
+def render(args, load, rss, syscalls, instructions, profiles):
+    keys = ("rps", "p50", "p99", "proxy_user_us", "proxy_kernel_us", "backend_us", "wrk_us", "machine_us",
+            "segments")
+    med = {n: {k: statistics.median(r[k] for r in load[n]) for k in keys} for n in load}
+    errors = {n: sum(r["errors"] for r in load[n]) for n in load}
     lines = [
         f"`bench/compare.py` on {datetime.date.today()}, commit {commit()}, {machine()}.",
         f"wrk -t1 -c{args.connections}, {args.rounds} rounds of {args.duration} s in alternation, "
         f"five {args.backend} backends; medians.",
         "",
         "| proxy | requests/s | p50 ms | p99 ms | errors | bytes RSS per idle connection "
-        "| syscalls per request (without epoll) "
-        "| instructions per request | proxy CPU µs per request | backends' CPU µs per request |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| syscalls per request (without epoll) | instructions per request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in PROXIES:
         lines.append(f"| {n} | {med[n]['rps']:,.0f} | {med[n]['p50']:.2f} | {med[n]['p99']:.2f} | {errors[n]} | "
-                     f"{rss[n]:,.0f} | {syscalls[n][0]:.2f} ({syscalls[n][1]:.2f}) | {instructions[n]:,.0f} | {med[n]['proxy_us']:.1f} | "
-                     f"{med[n]['backend_us']:.1f} |")
+                     f"{rss[n]:,.0f} | {syscalls[n][0]:.2f} ({syscalls[n][1]:.2f}) | {instructions[n]:,.0f} |")
     ratio = lambda other, key: med["ringproxy"][key] / med[other][key]
     lines += [
         "",
@@ -503,10 +567,39 @@ def render(args, load, rss, syscalls, instructions):
         f"ringproxy / nginx: {ratio('nginx', 'rps'):.2f}× requests/s, p99 {ratio('nginx', 'p99'):.2f}×, "
         f"instructions {instructions['ringproxy'] / instructions['nginx']:.2f}×.  ",
         "(A ratio below 1 is better for p99 and instructions; nan: that measurement failed.)",
+        "",
+        "Where the CPU goes, in µs per request during the same wrk runs (/proc; medians). "
+        "\"none\" is wrk straight to one backend, no proxy.",
+        "",
+        "| proxy | requests/s | proxy user | proxy kernel | backends | wrk | whole machine | TCP segments per request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in load:
+        m = med[n]
+        lines.append(f"| {n} | {m['rps']:,.0f} | {m['proxy_user_us']:.1f} | {m['proxy_kernel_us']:.1f} | "
+                     f"{m['backend_us']:.1f} | {m['wrk_us']:.1f} | {m['machine_us']:.1f} | {m['segments']:.2f} |")
+    r, h = med["ringproxy"], med["haproxy"]
+    needed = h["machine_us"] / 1.3
+    lines += [
+        "",
+        f"The {os.cpu_count()} cores are saturated, so requests/s follows 1 / (whole machine µs per request). "
+        f"To carry 1.3× HAProxy's requests/s the machine would have to spend at most {needed:.1f} µs per "
+        f"request behind ringproxy; it spends {r['machine_us']:.1f}. ringproxy's own code (user space) "
+        f"accounts for {r['proxy_user_us']:.1f} µs of that; its kernel time ({r['proxy_kernel_us']:.1f} µs) "
+        f"is the loopback TCP work of the {r['segments']:.2f} segments per proxied request, the minimum "
+        "for a proxy that makes one upstream exchange per request, which HAProxy and nginx pay too.",
+    ]
+    if profiles:
+        lines += ["", "`perf record -a` over 5 s of wrk, share of all the machine's samples "
+                  "(`perf report --sort comm,dso`, rows of 0.5 % and more):", ""]
+        for n in PROXIES:
+            rows = ", ".join(f"{comm} {dso} {pct:.1f} %" for pct, comm, dso in profiles[n])
+            lines.append(f"- behind {n}: {rows}")
+    lines += [
+        "",
         f"Idle RSS: {args.idle} keep-alive connections, RSS delta / {args.idle}. Syscalls: `strace -c -f` over 2000 "
-        "requests on one warm keep-alive connection, where epoll waits cannot amortise (under load they do). Instructions: callgrind, user space, "
-        "(runs of 1200 − 200 requests) / 1000. CPU µs per request: user + system time from /proc "
-        "during the wrk runs; wrk, the backends and the proxy share the machine's cores.",
+        "requests on one warm keep-alive connection, where epoll waits cannot amortise (under load they do). "
+        "Instructions: callgrind, user space, (runs of 1200 − 200 requests) / 1000.",
         "",
     ]
     return "\n".join(lines)
