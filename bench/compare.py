@@ -9,15 +9,16 @@ Then, for each proxy:
     CPU µs per request of the proxy (user and kernel), the backends, wrk and the whole machine,
     and TCP segments per request; a fourth load, wrk straight to one backend, shows the machine
     without a proxy;
-  - RSS per idle keep-alive client connection (9 000 connections, RSS delta / 9 000: HAProxy
-    needs two descriptors per connection and the open-files hard limit here is 20 000);
+  - RSS per idle keep-alive client connection (10 000 connections, RSS delta / 10 000; HAProxy
+    reserves two descriptors per connection and refuses to start when they exceed the open-files
+    hard limit, so where that limit cannot be raised it gets as many as fit under it);
   - syscalls per proxied request on a warm keep-alive connection (strace -c);
   - user-space instructions per proxied keep-alive request (callgrind: two runs of N1 and N2
     requests, the difference divided by N2 - N1), stable where wall time is noisy.
 Results go to bench/results/compare-<date>.md and bench/results/latest.md, and the table in
 README.md between the bench markers is replaced. Every process it starts is stopped at the end.
 
-    bench/compare.py                 # full: 3 rounds of 10 s, 9 000 idle connections
+    bench/compare.py                 # full: 3 rounds of 10 s, 10 000 idle connections
     bench/compare.py --quick         # 3 rounds of 3 s, 2 000 idle connections: a smoke run
     bench/compare.py --perf          # also `perf record -a` behind each proxy (Debian linux-perf)
 
@@ -60,7 +61,7 @@ def parse_args():
     p.add_argument("--backend", choices=["target-svc", "nginx"], default="target-svc")
     # HAProxy takes two descriptors per connection and the hard limit here is 20 000 (root
     # cannot raise it), so 9 000 is the most all three can hold; the figure is per connection.
-    p.add_argument("--idle", type=int, default=9_000, help="idle keep-alive connections for the RSS figure")
+    p.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections for the RSS figure")
     p.add_argument("--quick", action="store_true", help="3 rounds of 3 s, 2 000 idle connections")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
     p.add_argument("--perf", action="store_true", help="also profile the machine with perf record -a behind each proxy")
@@ -189,7 +190,7 @@ http {{
     return path
 
 
-def haproxy_config(tmp, port, backends, maxconn=9990, name="haproxy.cfg"):
+def haproxy_config(tmp, port, backends, maxconn, name="haproxy.cfg"):
     servers = "\n".join(f"    server s{i} 127.0.0.1:{b}" for i, b in enumerate(backends, 1))
     path = tmp / name
     path.write_text(f"""global
@@ -352,6 +353,26 @@ def worker_pid(name, proc):
     raise SystemExit("compare: nginx started no worker")
 
 
+def fit_descriptors(idle):
+    """How many idle connections HAProxy can take; raises the open-files limit where allowed.
+
+    HAProxy reserves two descriptors per connection (client and server side) and will not start
+    when they exceed the hard limit; every process started inherits the limit set here."""
+    need = 2 * idle + 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return idle
+        except (ValueError, OSError):
+            fitted = (hard - 1000) // 2
+            log(f"open-files hard limit {hard} cannot be raised: HAProxy gets {fitted} idle connections, not {idle}")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return fitted
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(need, hard)), hard))
+    return idle
+
+
 def idle_rss_per_connection(port, pid, count):
     keep_alive_requests(port, 100)
     before = rss_kib(pid)
@@ -444,6 +465,8 @@ def commit():
 def main():
     args = parse_args()
     ensure_tools(args.perf)
+    idle = {name: args.idle for name in PROXIES}
+    idle["haproxy"] = fit_descriptors(args.idle)
     log("building release binaries")
     subprocess.run(["cargo", "build", "--release", "--workspace", "--quiet"], cwd=ROOT, check=True)
     tmp = Path(tempfile.mkdtemp(prefix="ringproxy-compare-"))
@@ -467,7 +490,7 @@ def main():
         ports = {name: free_port() for name in PROXIES}
         configs = {
             "ringproxy": ringproxy_config(tmp, ports["ringproxy"], backends),
-            "haproxy": haproxy_config(tmp, ports["haproxy"], backends),
+            "haproxy": haproxy_config(tmp, ports["haproxy"], backends, maxconn=idle["haproxy"] + 100),
             "nginx": nginx_config(tmp, "nginx-proxy", ports["nginx"], backends),
         }
         running = {}
@@ -500,8 +523,8 @@ def main():
 
         rss = {}
         for name in PROXIES:
-            log(f"{name}: RSS with {args.idle} idle keep-alive connections")
-            rss[name] = idle_rss_per_connection(ports[name], pids[name], args.idle)
+            log(f"{name}: RSS with {idle[name]} idle keep-alive connections")
+            rss[name] = idle_rss_per_connection(ports[name], pids[name], idle[name])
             time.sleep(1)  # the closes above are processed before the next proxy is measured
         syscalls, traces = {}, {}
         for name in PROXIES:
@@ -524,7 +547,7 @@ def main():
     finally:
         procs.stop_all()
 
-    report = render(args, load, rss, syscalls, instructions, profiles)
+    report = render(args, load, rss, idle, syscalls, instructions, profiles)
     print("\n" + report)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
@@ -542,7 +565,7 @@ def main():
     log(f"wrote bench/results/compare-{stamp}.md and bench/results/latest.md")
 
 
-def render(args, load, rss, syscalls, instructions, profiles):
+def render(args, load, rss, idle, syscalls, instructions, profiles):
     keys = ("rps", "p50", "p99", "proxy_user_us", "proxy_kernel_us", "backend_us", "wrk_us", "machine_us",
             "segments")
     med = {n: {k: statistics.median(r[k] for r in load[n]) for k in keys} for n in load}
@@ -595,9 +618,13 @@ def render(args, load, rss, syscalls, instructions, profiles):
         for n in PROXIES:
             rows = ", ".join(f"{comm} {dso} {pct:.1f} %" for pct, comm, dso in profiles[n])
             lines.append(f"- behind {n}: {rows}")
+    idle_note = f"Idle RSS: {args.idle} keep-alive connections, RSS delta / {args.idle}"
+    if idle["haproxy"] != args.idle:
+        idle_note += (f" (HAProxy: {idle['haproxy']}, as many as its two descriptors per connection allow under "
+                      f"the open-files hard limit of {resource.getrlimit(resource.RLIMIT_NOFILE)[1]})")
     lines += [
         "",
-        f"Idle RSS: {args.idle} keep-alive connections, RSS delta / {args.idle}. Syscalls: `strace -c -f` over 2000 "
+        f"{idle_note}. Syscalls: `strace -c -f` over 2000 "
         "requests on one warm keep-alive connection, where epoll waits cannot amortise (under load they do). "
         "Instructions: callgrind, user space, (runs of 1200 − 200 requests) / 1000.",
         "",
