@@ -22,8 +22,8 @@ README.md between the bench markers is replaced. Every process it starts is stop
     bench/compare.py --quick         # 3 rounds of 3 s, 2 000 idle connections: a smoke run
     bench/compare.py --perf          # also `perf record -a` behind each proxy (Debian linux-perf)
 
-Traffic goes only to 127.0.0.1. Needs wrk, nginx-light, haproxy, strace and valgrind (Debian
-packages; installed with apt-get when missing and running as root).
+Traffic goes only to 127.0.0.1. Needs wrk, nginx-light, haproxy, strace and valgrind, and
+linux-perf for --perf (Debian packages; installed with apt-get when missing and running as root).
 """
 
 import argparse
@@ -59,8 +59,6 @@ def parse_args():
     p.add_argument("--duration", type=int, default=10, help="seconds of wrk per proxy per round")
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
     p.add_argument("--backend", choices=["target-svc", "nginx"], default="target-svc")
-    # HAProxy takes two descriptors per connection and the hard limit here is 20 000 (root
-    # cannot raise it), so 9 000 is the most all three can hold; the figure is per connection.
     p.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections for the RSS figure")
     p.add_argument("--quick", action="store_true", help="3 rounds of 3 s, 2 000 idle connections")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
@@ -298,7 +296,13 @@ def perf_profile(port, duration, connections, tmp, name):
     data = tmp / f"perf-{name}.data"
     recorder = subprocess.Popen(["perf", "record", "-a", "-F", "999", "-o", str(data)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # perf is recording before the load starts
+    # perf creates its data file as it starts; the few milliseconds before its counters open
+    # cannot move the shares of a 5 s profile, so waiting for the file is enough.
+    deadline = time.monotonic() + 10
+    while not data.exists():
+        if time.monotonic() > deadline or recorder.poll() is not None:
+            raise SystemExit("compare: perf record did not start")
+        time.sleep(0.05)
     run_wrk(port, duration, connections)
     recorder.send_signal(signal.SIGINT)
     recorder.wait(timeout=30)
@@ -360,17 +364,17 @@ def fit_descriptors(idle):
     when they exceed the hard limit; every process started inherits the limit set here."""
     need = 2 * idle + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < need:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
-            return idle
-        except (ValueError, OSError):
-            fitted = (hard - 1000) // 2
-            log(f"open-files hard limit {hard} cannot be raised: HAProxy gets {fitted} idle connections, not {idle}")
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            return fitted
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(need, hard)), hard))
-    return idle
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+        return idle
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+        return idle
+    except (ValueError, OSError):
+        fitted = (hard - 1000) // 2
+        log(f"open-files hard limit {hard} cannot be raised: HAProxy gets {fitted} idle connections, not {idle}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return fitted
 
 
 def idle_rss_per_connection(port, pid, count):
