@@ -607,9 +607,12 @@ def render(args, load, rss, idle, syscalls, instructions, profiles):
                      f"{m['backend_us']:.1f} | {m['wrk_us']:.1f} | {m['machine_us']:.1f} | {m['segments']:.2f} |")
     r, h = med["ringproxy"], med["haproxy"]
     needed = h["machine_us"] / 1.3
+    cores = os.cpu_count()
+    busy = ", ".join(f"{n} {med[n]['machine_us'] * med[n]['rps'] / 1e4 / cores:.0f} %" for n in PROXIES)
     lines += [
         "",
-        f"The {os.cpu_count()} cores are saturated, so requests/s follows 1 / (whole machine µs per request). "
+        f"The {cores} cores are about as busy behind each proxy ({busy}), so requests/s follows "
+        "1 / (whole machine µs per request). "
         f"To carry 1.3× HAProxy's requests/s the machine would have to spend at most {needed:.1f} µs per "
         f"request behind ringproxy; it spends {r['machine_us']:.1f}. ringproxy's own code (user space) "
         f"accounts for {r['proxy_user_us']:.1f} µs of that; its kernel time ({r['proxy_kernel_us']:.1f} µs) "
