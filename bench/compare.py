@@ -20,7 +20,7 @@ README.md between the bench markers is replaced. Every process it starts is stop
 
     bench/compare.py                 # full: 3 rounds of 10 s, 10 000 idle connections
     bench/compare.py --quick         # 3 rounds of 3 s, 2 000 idle connections: a smoke run
-    bench/compare.py --perf          # also `perf record -a` behind each proxy (Debian linux-perf)
+    bench/compare.py --perf          # also `perf record -a -g` behind each proxy (Debian linux-perf)
 
 Traffic goes only to 127.0.0.1. Needs wrk, nginx-light, haproxy, strace and valgrind, and
 linux-perf for --perf (Debian packages; installed with apt-get when missing and running as root).
@@ -62,7 +62,7 @@ def parse_args():
     p.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections for the RSS figure")
     p.add_argument("--quick", action="store_true", help="3 rounds of 3 s, 2 000 idle connections")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
-    p.add_argument("--perf", action="store_true", help="also profile the machine with perf record -a behind each proxy")
+    p.add_argument("--perf", action="store_true", help="also profile the machine with perf record -a -g behind each proxy")
     a = p.parse_args()
     if a.quick:
         a.duration, a.idle = 3, 2000
@@ -290,11 +290,31 @@ def measured_wrk(port, duration, connections, proxy_pids, backend_pids):
     return result
 
 
-def perf_profile(port, duration, connections, tmp, name):
-    """`perf record -a` over a wrk run: the machine's samples by command and by user space or
-    kernel, as `perf report --sort comm,dso` prints them (rows of 0.5 % and more)."""
+# Where a proxy's kernel time goes: kernel functions and what they stand for, as inclusive
+# shares of the proxy's own samples (`perf report --children`). Indented rows are part of the
+# row above them; netfilter's hooks run inside several of the others.
+KERNEL_PARTS = [
+    ("tcp_sendmsg", "sending (on loopback the sender also runs the receiving side)"),
+    ("net_rx_action", "  of which delivering the segment to the receiving socket"),
+    ("sock_def_readable", "    of which waking the receiving process"),
+    ("tcp_recvmsg", "receiving"),
+    ("do_epoll_wait", "epoll_wait"),
+    ("__schedule", "being switched out and in again"),
+    ("nf_hook_slow", "netfilter hooks (iptables, conntrack), inside the rows above"),
+]
+
+
+def perf_report(data, *args):
+    return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none", *args],
+                          capture_output=True, text=True).stdout
+
+
+def perf_profile(port, duration, connections, tmp, name, proxy_pid, backend_pids):
+    """`perf record -a -g` over a wrk run: the machine's samples by command and by user space or
+    kernel (`perf report --sort comm,dso`, rows of 0.5 % and more), and the proxy's own CPU per
+    request split into user space and the KERNEL_PARTS."""
     data = tmp / f"perf-{name}.data"
-    recorder = subprocess.Popen(["perf", "record", "-a", "-F", "999", "-o", str(data)],
+    recorder = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "999", "-o", str(data)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # perf creates its data file as it starts; the few milliseconds before its counters open
     # cannot move the shares of a 5 s profile, so waiting for the file is enough.
@@ -303,17 +323,37 @@ def perf_profile(port, duration, connections, tmp, name):
         if time.monotonic() > deadline or recorder.poll() is not None:
             raise SystemExit("compare: perf record did not start")
         time.sleep(0.05)
-    run_wrk(port, duration, connections)
+    result = measured_wrk(port, duration, connections, [proxy_pid], backend_pids)
     recorder.send_signal(signal.SIGINT)
-    recorder.wait(timeout=30)
-    out = subprocess.run(["perf", "report", "-i", str(data), "--sort", "comm,dso", "--stdio", "-g", "none"],
-                         capture_output=True, text=True).stdout
+    recorder.wait(timeout=60)
     rows = []
-    for line in out.splitlines():
+    for line in perf_report(data, "--no-children", "--sort", "comm,dso").splitlines():
         m = re.match(r"^\s+([\d.]+)%\s+(\S+)\s+(\S+)", line)
         if m and float(m.group(1)) >= 0.5:
             rows.append((float(m.group(1)), m.group(2), m.group(3)))
-    return rows
+    cpu_us = result["proxy_user_us"] + result["proxy_kernel_us"]
+    return {"machine": rows, "cpu_us": cpu_us,
+            "parts": [(what, share, share * cpu_us / 100) for what, share in proxy_breakdown(data, proxy_pid)]}
+
+
+def proxy_breakdown(data, proxy_pid):
+    """The proxy's samples in a `perf record -a -g` profile, as percentages of its own: user
+    space, then each of KERNEL_PARTS (inclusive). perf's "pid" sort key is the thread id, and
+    its `--pid` filter loses callers in --children mode, so the proxy's rows are picked here."""
+    threads = {int(t.name) for t in Path(f"/proc/{proxy_pid}/task").iterdir()}
+    total = user = 0.0
+    for m in re.finditer(r"^\s+([\d.]+)%\s+(\d+):\S+\s+(\S+)\s*$",
+                         perf_report(data, "--no-children", "--sort", "pid,dso"), re.M):
+        if int(m.group(2)) in threads:
+            total += float(m.group(1))
+            user += float(m.group(1)) if m.group(3) != "[kernel.kallsyms]" else 0.0
+    children = {}
+    for m in re.finditer(r"^\s+([\d.]+)%\s+[\d.]+%\s+(\d+):\S+\s+\[k\]\s+(\S+)\s*$",
+                         perf_report(data, "--children", "--sort", "pid,sym"), re.M):
+        if int(m.group(2)) in threads:
+            children[m.group(3)] = children.get(m.group(3), 0.0) + float(m.group(1))
+    of_proxy = lambda pct: 100 * pct / total if total else float("nan")
+    return [("user space", of_proxy(user))] + [(what, of_proxy(children.get(sym, 0.0))) for sym, what in KERNEL_PARTS]
 
 
 def keep_alive_requests(port, n):
@@ -522,8 +562,8 @@ def main():
         profiles = {}
         if args.perf:
             for name in PROXIES:
-                log(f"{name}: perf record -a over 5 s of wrk")
-                profiles[name] = perf_profile(ports[name], 5, args.connections, tmp, name)
+                log(f"{name}: perf record -a -g over 5 s of wrk")
+                profiles[name] = perf_profile(ports[name], 5, args.connections, tmp, name, pids[name], backend_pids)
 
         rss = {}
         for name in PROXIES:
@@ -605,8 +645,9 @@ def render(args, load, rss, idle, syscalls, instructions, profiles):
         m = med[n]
         lines.append(f"| {n} | {m['rps']:,.0f} | {m['proxy_user_us']:.1f} | {m['proxy_kernel_us']:.1f} | "
                      f"{m['backend_us']:.1f} | {m['wrk_us']:.1f} | {m['machine_us']:.1f} | {m['segments']:.2f} |")
-    r, h = med["ringproxy"], med["haproxy"]
+    r, h, x = med["ringproxy"], med["haproxy"], med["nginx"]
     needed = h["machine_us"] / 1.3
+    free = r["machine_us"] - r["proxy_user_us"]
     cores = os.cpu_count()
     busy = ", ".join(f"{n} {med[n]['machine_us'] * med[n]['rps'] / 1e4 / cores:.0f} %" for n in PROXIES)
     lines += [
@@ -615,15 +656,27 @@ def render(args, load, rss, idle, syscalls, instructions, profiles):
         "1 / (whole machine µs per request). "
         f"To carry 1.3× HAProxy's requests/s the machine would have to spend at most {needed:.1f} µs per "
         f"request behind ringproxy; it spends {r['machine_us']:.1f}. ringproxy's own code (user space) "
-        f"accounts for {r['proxy_user_us']:.1f} µs of that; its kernel time ({r['proxy_kernel_us']:.1f} µs) "
-        f"is the loopback TCP work of the {r['segments']:.2f} segments per proxied request, the minimum "
-        "for a proxy that makes one upstream exchange per request, which HAProxy and nginx pay too.",
+        f"accounts for {r['proxy_user_us']:.1f} µs of that: were it free, the machine would spend {free:.1f} µs, "
+        f"{h['machine_us'] / free:.2f}× HAProxy's requests/s and {x['machine_us'] / free:.2f}× nginx's. "
+        f"Its kernel time ({r['proxy_kernel_us']:.1f} µs) is the loopback TCP work of the {r['segments']:.2f} "
+        "segments per proxied request, the minimum for a proxy that makes one upstream exchange per request, "
+        "which HAProxy and nginx pay too.",
     ]
     if profiles:
-        lines += ["", "`perf record -a` over 5 s of wrk, share of all the machine's samples "
-                  "(`perf report --sort comm,dso`, rows of 0.5 % and more):", ""]
+        lines += ["", "`perf record -a -g` over 5 s of wrk behind each proxy: the proxy's own CPU in µs per "
+                  "request (/proc, that run), split by what it was doing (`perf report --children --sort pid,sym`: "
+                  "inclusive shares of the proxy's samples; indented rows are part of the row above).", "",
+                  "| the proxy's CPU | " + " | ".join(PROXIES) + " |",
+                  "|---|" + "---:|" * len(PROXIES),
+                  "| all of it | " + " | ".join(f"{profiles[n]['cpu_us']:.1f}" for n in PROXIES) + " |"]
+        for i, (what, _, _) in enumerate(profiles["ringproxy"]["parts"]):
+            label = what.replace("  ", "\u2003")  # Markdown keeps em spaces
+            cells = " | ".join(f"{profiles[n]['parts'][i][2]:.1f} ({profiles[n]['parts'][i][1]:.0f} %)" for n in PROXIES)
+            lines.append(f"| {label} | {cells} |")
+        lines += ["", "The same profiles, share of all the machine's samples "
+                  "(`perf report --no-children --sort comm,dso`, rows of 0.5 % and more):", ""]
         for n in PROXIES:
-            rows = ", ".join(f"{comm} {dso} {pct:.1f} %" for pct, comm, dso in profiles[n])
+            rows = ", ".join(f"{comm} {dso} {pct:.1f} %" for pct, comm, dso in profiles[n]["machine"])
             lines.append(f"- behind {n}: {rows}")
     idle_note = f"Idle RSS: {args.idle} keep-alive connections, RSS delta / {args.idle}"
     if idle["haproxy"] != args.idle:
