@@ -635,6 +635,22 @@ def render(args, load, rss, idle, syscalls, instructions, profiles):
         f"instructions {instructions['ringproxy'] / instructions['nginx']:.2f}×.  ",
         "(A ratio below 1 is better for p99 and instructions; nan: that measurement failed.)",
         "",
+    ]
+    rp_rss, rp_instructions, rp_syscalls = rss["ringproxy"], instructions["ringproxy"], syscalls["ringproxy"][1]
+    targets = [
+        ("requests/s ≥ 1.3× HAProxy and ≥ 1.5× nginx", ratio("haproxy", "rps") >= 1.3 and ratio("nginx", "rps") >= 1.5,
+         f"{ratio('haproxy', 'rps'):.2f}× and {ratio('nginx', 'rps'):.2f}×"),
+        ("p99 no worse than either", ratio("haproxy", "p99") <= 1 and ratio("nginx", "p99") <= 1,
+         f"{ratio('haproxy', 'p99'):.2f}× and {ratio('nginx', 'p99'):.2f}×"),
+        ("instructions per request ≤ 0.5× nginx", rp_instructions <= 0.5 * instructions["nginx"],
+         f"{rp_instructions / instructions['nginx']:.2f}×"),
+        ("≤ 512 bytes RSS per idle connection", rp_rss <= 512, f"{rp_rss:,.0f} B"),
+        ("about 4 syscalls per request besides epoll", rp_syscalls <= 4.5, f"{rp_syscalls:.2f}"),
+    ]
+    verdicts = "; ".join(f"{what}: {'met' if ok else '**not met**'} ({got})" for what, ok, got in targets)
+    lines += [
+        f"Targets (issue #6): {verdicts}; no heap allocation per request: asserted by `tests/alloc.rs`.",
+        "",
         "Where the CPU goes, in µs per request during the same wrk runs (/proc; medians). "
         "\"none\" is wrk straight to one backend, no proxy.",
         "",
