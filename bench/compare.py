@@ -304,9 +304,12 @@ KERNEL_PARTS = [
 ]
 
 
-def perf_report(data, *args):
-    return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none", *args],
-                          capture_output=True, text=True).stdout
+def perf_rows(data, *args):
+    """`perf report` rows: (the first percentage, the fields after the percentages)."""
+    out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none", *args],
+                         capture_output=True, text=True).stdout
+    for m in re.finditer(r"^\s+([\d.]+)%\s+(?:[\d.]+%\s+)?(.*\S)", out, re.M):
+        yield float(m.group(1)), m.group(2).split()
 
 
 def perf_profile(port, duration, connections, tmp, name, proxy_pid, backend_pids):
@@ -326,11 +329,8 @@ def perf_profile(port, duration, connections, tmp, name, proxy_pid, backend_pids
     result = measured_wrk(port, duration, connections, [proxy_pid], backend_pids)
     recorder.send_signal(signal.SIGINT)
     recorder.wait(timeout=60)
-    rows = []
-    for line in perf_report(data, "--no-children", "--sort", "comm,dso").splitlines():
-        m = re.match(r"^\s+([\d.]+)%\s+(\S+)\s+(\S+)", line)
-        if m and float(m.group(1)) >= 0.5:
-            rows.append((float(m.group(1)), m.group(2), m.group(3)))
+    rows = [(pct, *fields[:2]) for pct, fields in perf_rows(data, "--no-children", "--sort", "comm,dso")
+            if pct >= 0.5]
     cpu_us = result["proxy_user_us"] + result["proxy_kernel_us"]
     return {"machine": rows, "cpu_us": cpu_us,
             "parts": [(what, share, share * cpu_us / 100) for what, share in proxy_breakdown(data, proxy_pid)]}
@@ -341,17 +341,16 @@ def proxy_breakdown(data, proxy_pid):
     space, then each of KERNEL_PARTS (inclusive). perf's "pid" sort key is the thread id, and
     its `--pid` filter loses callers in --children mode, so the proxy's rows are picked here."""
     threads = {int(t.name) for t in Path(f"/proc/{proxy_pid}/task").iterdir()}
+    ours = lambda field: int(field.split(":", 1)[0]) in threads  # "7376:ringproxy"
     total = user = 0.0
-    for m in re.finditer(r"^\s+([\d.]+)%\s+(\d+):\S+\s+(\S+)\s*$",
-                         perf_report(data, "--no-children", "--sort", "pid,dso"), re.M):
-        if int(m.group(2)) in threads:
-            total += float(m.group(1))
-            user += float(m.group(1)) if m.group(3) != "[kernel.kallsyms]" else 0.0
+    for pct, (thread, dso, *_) in perf_rows(data, "--no-children", "--sort", "pid,dso"):
+        if ours(thread):
+            total += pct
+            user += pct if dso != "[kernel.kallsyms]" else 0.0
     children = {}
-    for m in re.finditer(r"^\s+([\d.]+)%\s+[\d.]+%\s+(\d+):\S+\s+\[k\]\s+(\S+)\s*$",
-                         perf_report(data, "--children", "--sort", "pid,sym"), re.M):
-        if int(m.group(2)) in threads:
-            children[m.group(3)] = children.get(m.group(3), 0.0) + float(m.group(1))
+    for pct, (thread, kind, sym, *_) in perf_rows(data, "--children", "--sort", "pid,sym"):
+        if kind == "[k]" and ours(thread):
+            children[sym] = children.get(sym, 0.0) + pct
     of_proxy = lambda pct: 100 * pct / total if total else float("nan")
     return [("user space", of_proxy(user))] + [(what, of_proxy(children.get(sym, 0.0))) for sym, what in KERNEL_PARTS]
 
