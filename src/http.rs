@@ -90,6 +90,8 @@ pub struct RequestHead {
     pub is_head: bool,
     /// Safe to send twice (RFC 9110 §9.2.2).
     pub idempotent: bool,
+    /// `Expect: 100-continue`: the client may hold the body back until it hears from the target.
+    pub expect_continue: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,9 +125,59 @@ pub struct ResponseContext {
     pub client_keep_alive: bool,
 }
 
-/// Fields that describe one connection only and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "http2-settings"];
+/// What one header field is to the proxy, decided once from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    /// End to end: forwarded unless the `Connection` field names it.
+    Other,
+    ContentLength,
+    TransferEncoding,
+    Host,
+    Connection,
+    Expect,
+    XForwardedFor,
+    XForwardedProto,
+    /// Describes one connection only and is never forwarded (RFC 9110 §7.6.1).
+    HopByHop,
+}
+
+impl Field {
+    fn of(name: &str) -> Field {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is("te") => Field::HopByHop,
+            4 if is("host") => Field::Host,
+            6 if is("expect") => Field::Expect,
+            7 if is("upgrade") || is("trailer") => Field::HopByHop,
+            10 if is("connection") => Field::Connection,
+            10 if is("keep-alive") => Field::HopByHop,
+            14 if is("content-length") => Field::ContentLength,
+            14 if is("http2-settings") => Field::HopByHop,
+            15 if is("x-forwarded-for") => Field::XForwardedFor,
+            16 if is("proxy-connection") => Field::HopByHop,
+            17 if is("transfer-encoding") => Field::TransferEncoding,
+            17 if is("x-forwarded-proto") => Field::XForwardedProto,
+            _ => Field::Other,
+        }
+    }
+
+    /// The fields the message's framing and routing rest on, and those the proxy rewrites. A
+    /// `Connection` option naming one of them is ignored: dropping `Content-Length` would turn
+    /// the body into a second message, dropping `Host` would reroute the request.
+    fn immune_to_connection(self) -> bool {
+        matches!(
+            self,
+            Field::ContentLength
+                | Field::TransferEncoding
+                | Field::Host
+                | Field::XForwardedFor
+                | Field::XForwardedProto
+        )
+    }
+}
+
+/// Most field names one message's `Connection` fields may list besides `close` and `keep-alive`.
+const MAX_CONNECTION_OPTIONS: usize = 16;
 
 /// Parses a request head at the start of `input` and writes the head to forward into `out`.
 /// `Ok(None)`: the head is not complete yet.
@@ -159,8 +211,8 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
     if fields.host_count > 1 {
         return Err(HttpError::BadRequest("more than one Host field"));
     }
-    let host_ok = |h: &httparse::Header<'_>| !h.name.eq_ignore_ascii_case("host") || valid_host(h.value);
-    if !req.headers.iter().all(host_ok) || uri_authority.is_some_and(|a| !valid_host(a.as_bytes())) {
+    let host_ok = |(i, h): (usize, &httparse::Header<'_>)| fields.kinds[i] != Field::Host || valid_host(h.value);
+    if !req.headers.iter().enumerate().all(host_ok) || uri_authority.is_some_and(|a| !valid_host(a.as_bytes())) {
         return Err(HttpError::BadRequest("invalid Host"));
     }
     let body = match (fields.transfer_encoding, fields.content_length) {
@@ -184,23 +236,27 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
     }
     w.put(path.as_bytes());
     w.put(if minor == 1 { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
-    let is_xff = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("x-forwarded-for");
     // With an absolute-form target, the URI's authority is the Host (RFC 9112 §3.2.2).
-    let replace_host = |h: &httparse::Header<'_>| uri_authority.is_some() && h.name.eq_ignore_ascii_case("host");
     if let Some(authority) = uri_authority {
         w.field(b"Host", authority.as_bytes());
     }
-    for h in req.headers.iter() {
-        let ours = is_xff(&h) || h.name.eq_ignore_ascii_case("x-forwarded-proto") || replace_host(h);
-        if !ours && !fields.is_hop_by_hop(h.name) {
-            w.field(h.name.as_bytes(), h.value);
+    let mut length_written = false;
+    for (i, h) in req.headers.iter().enumerate() {
+        match fields.kinds[i] {
+            Field::XForwardedFor | Field::XForwardedProto => {}
+            Field::Host if uri_authority.is_some() => {}
+            Field::ContentLength => w.content_length(fields.content_length, &mut length_written),
+            _ if fields.is_hop_by_hop(i, h.name) => {}
+            _ => w.field(h.name.as_bytes(), h.value),
         }
     }
     // Earlier hops stay in order, joined into one field; this client comes last.
     w.put(b"X-Forwarded-For: ");
-    for h in req.headers.iter().filter(is_xff) {
-        w.put(trim(h.value));
-        w.put(b", ");
+    for (i, h) in req.headers.iter().enumerate() {
+        if fields.kinds[i] == Field::XForwardedFor {
+            w.put(trim(h.value));
+            w.put(b", ");
+        }
     }
     w.ip(fwd.client_ip);
     w.put(b"\r\nX-Forwarded-Proto: http\r\n");
@@ -211,7 +267,8 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
     let out_len = w.finish()?;
     let is_head = method == "HEAD";
     let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
-    Ok(Some(RequestHead { head_len, out_len, body, keep_alive, minor, is_head, idempotent }))
+    let expect_continue = fields.expect_continue && minor == 1;
+    Ok(Some(RequestHead { head_len, out_len, body, keep_alive, minor, is_head, idempotent, expect_continue }))
 }
 
 /// Parses a response head at the start of `input` and writes the head to send the client.
@@ -257,10 +314,12 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
     w.put(b" ");
     w.put(resp.reason.unwrap_or("").as_bytes());
     w.put(b"\r\n");
-    for h in resp.headers.iter() {
-        let drop_length = chunked_and_length && h.name.eq_ignore_ascii_case("content-length");
-        if !fields.is_hop_by_hop(h.name) && !drop_length {
-            w.field(h.name.as_bytes(), h.value);
+    let mut length_written = chunked_and_length;
+    for (i, h) in resp.headers.iter().enumerate() {
+        match fields.kinds[i] {
+            Field::ContentLength => w.content_length(fields.content_length, &mut length_written),
+            _ if fields.is_hop_by_hop(i, h.name) => {}
+            _ => w.field(h.name.as_bytes(), h.value),
         }
     }
     if !informational {
@@ -376,18 +435,23 @@ enum Coding {
     Unknown,
 }
 
-/// The framing-relevant facts of one header block.
-struct Fields<'h, 'b> {
-    headers: &'h [httparse::Header<'b>],
+/// The framing-relevant facts of one header block, and what each field is.
+struct Fields<'b> {
+    kinds: [Field; MAX_HEADERS],
+    /// Field names the `Connection` fields list, besides `close` and `keep-alive`: those fields
+    /// are hop-by-hop too, unless `Field::immune_to_connection` says otherwise.
+    options: [&'b [u8]; MAX_CONNECTION_OPTIONS],
+    option_count: usize,
     content_length: Option<u64>,
     transfer_encoding: Option<Coding>,
     host_count: usize,
     close: bool,
     keep_alive: bool,
+    expect_continue: bool,
 }
 
-impl<'h, 'b> Fields<'h, 'b> {
-    fn scan(headers: &'h [httparse::Header<'b>], response: bool) -> Result<Self, HttpError> {
+impl<'b> Fields<'b> {
+    fn scan(headers: &[httparse::Header<'b>], response: bool) -> Result<Self, HttpError> {
         let bad = |why| {
             if response {
                 HttpError::BadResponse(why)
@@ -396,40 +460,57 @@ impl<'h, 'b> Fields<'h, 'b> {
             }
         };
         let mut f = Fields {
-            headers,
+            kinds: [Field::Other; MAX_HEADERS],
+            options: [&[]; MAX_CONNECTION_OPTIONS],
+            option_count: 0,
             content_length: None,
             transfer_encoding: None,
             host_count: 0,
             close: false,
             keep_alive: false,
+            expect_continue: false,
         };
         let mut codings_seen = false;
         let mut unknown_coding = false;
-        for h in headers {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("content-length") {
-                let n = parse_content_length(h.value).ok_or(bad("invalid Content-Length"))?;
-                if f.content_length.is_some_and(|m| m != n) {
-                    return Err(bad("conflicting Content-Length fields"));
-                }
-                f.content_length = Some(n);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                for coding in list_items(h.value) {
-                    if matches!(f.transfer_encoding, Some(Coding::Chunked)) {
-                        return Err(bad("chunked is not the last transfer coding"));
+        for (i, h) in headers.iter().enumerate() {
+            let kind = Field::of(h.name);
+            f.kinds[i] = kind;
+            match kind {
+                Field::ContentLength => {
+                    let n = parse_content_length(h.value).ok_or(bad("invalid Content-Length"))?;
+                    if f.content_length.is_some_and(|m| m != n) {
+                        return Err(bad("conflicting Content-Length fields"));
                     }
-                    let class = classify_coding(coding);
-                    unknown_coding |= matches!(class, Coding::Unknown);
-                    f.transfer_encoding = Some(class);
-                    codings_seen = true;
+                    f.content_length = Some(n);
                 }
-            } else if name.eq_ignore_ascii_case("host") {
-                f.host_count += 1;
-            } else if name.eq_ignore_ascii_case("connection") {
-                for token in list_items(h.value) {
-                    f.close |= token.eq_ignore_ascii_case(b"close");
-                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                Field::TransferEncoding => {
+                    for coding in list_items(h.value) {
+                        if matches!(f.transfer_encoding, Some(Coding::Chunked)) {
+                            return Err(bad("chunked is not the last transfer coding"));
+                        }
+                        let class = classify_coding(coding);
+                        unknown_coding |= matches!(class, Coding::Unknown);
+                        f.transfer_encoding = Some(class);
+                        codings_seen = true;
+                    }
                 }
+                Field::Host => f.host_count += 1,
+                Field::Expect => f.expect_continue |= trim(h.value).eq_ignore_ascii_case(b"100-continue"),
+                Field::Connection => {
+                    for token in list_items(h.value) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            f.close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            f.keep_alive = true;
+                        } else if f.option_count == MAX_CONNECTION_OPTIONS {
+                            return Err(bad("too many Connection options"));
+                        } else {
+                            f.options[f.option_count] = token;
+                            f.option_count += 1;
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         if f.transfer_encoding.is_none() && codings_seen {
@@ -441,15 +522,13 @@ impl<'h, 'b> Fields<'h, 'b> {
         Ok(f)
     }
 
-    /// Whether a field describes only this connection: the fixed list plus every field the
-    /// Connection header names.
-    fn is_hop_by_hop(&self, name: &str) -> bool {
-        HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-            || self
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .any(|h| list_items(h.value).any(|token| token.eq_ignore_ascii_case(name.as_bytes())))
+    /// Whether header `i`, named `name`, stays on this side of the proxy.
+    fn is_hop_by_hop(&self, i: usize, name: &str) -> bool {
+        match self.kinds[i] {
+            Field::HopByHop | Field::Connection => true,
+            kind if kind.immune_to_connection() => false,
+            _ => self.options[..self.option_count].iter().any(|option| option.eq_ignore_ascii_case(name.as_bytes())),
+        }
     }
 }
 
@@ -508,6 +587,17 @@ impl HeadWriter<'_> {
         self.put(b"\r\n");
     }
 
+    /// One `Content-Length` field in our own digits, however many identical ones came in
+    /// (RFC 9112 §6.3); `written` says whether it is out already.
+    fn content_length(&mut self, length: Option<u64>, written: &mut bool) {
+        if let (Some(n), false) = (length, *written) {
+            self.put(b"Content-Length: ");
+            self.decimal(n);
+            self.put(b"\r\n");
+            *written = true;
+        }
+    }
+
     fn ip(&mut self, ip: IpAddr) {
         let mut scratch = [0u8; 48];
         let mut cursor = &mut scratch[..];
@@ -545,11 +635,32 @@ impl HeadWriter<'_> {
     }
 }
 
+/// How far the framing bytes of a chunked body may run: one chunk-size line with its
+/// extensions, and the trailer section after the last chunk. Past them the body is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLimits {
+    pub line: u32,
+    pub trailers: u32,
+}
+
+impl Default for ChunkLimits {
+    fn default() -> ChunkLimits {
+        ChunkLimits { line: 4096, trailers: 8192 }
+    }
+}
+
 /// Follows one message body through the bytes that arrive, however they are split.
+///
+/// Data bytes pass at once. Framing bytes are checked against the grammar of RFC 9112 §7.1, and
+/// those of a chunk-size line or of the trailer section are `held` until the line or section
+/// is complete and valid: a caller forwards only bytes the framer has vouched for, so a
+/// malformed extension or a `Content-Length` in a trailer never leaves the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BodyFramer {
     state: Chunk,
     until_close: bool,
+    held: u32,
+    limits: ChunkLimits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -563,20 +674,56 @@ enum Chunk {
         value: u64,
         digits: u8,
     },
-    Extension {
+    /// After the size, in the extensions, up to the CR.
+    Ext {
         value: u64,
+        at: Ext,
     },
     SizeLf {
         value: u64,
     },
     DataCr,
     DataLf,
+    /// At the start of a trailer field line, or of the CRLF that ends the body.
     TrailerStart,
-    TrailerLine,
+    /// In a trailer field name: its length so far, and which forbidden names it still matches.
+    TrailerName {
+        len: u8,
+        forbidden: u16,
+    },
+    TrailerValue,
     TrailerLf,
     LastLf,
     Done,
 }
+
+/// Where in `*( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )` the framer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ext {
+    /// After the size or a complete extension: whitespace, `;` or the CR.
+    Next,
+    BeforeName,
+    Name,
+    AfterName,
+    BeforeValue,
+    Token,
+    Quoted,
+    QuotedPair,
+}
+
+/// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing and connection control.
+/// Forwarded, a recipient that merges trailers into the head would reframe or reroute.
+const FORBIDDEN_TRAILERS: [&[u8]; 9] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"proxy-connection",
+];
 
 /// The outcome of offering bytes to a `BodyFramer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -587,15 +734,34 @@ pub struct Progress {
     pub done: bool,
 }
 
+/// `tchar` (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A field-value or quoted-string character besides the quote and backslash: SP, HTAB,
+/// VCHAR, obs-text.
+fn is_text(b: u8) -> bool {
+    b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
 impl BodyFramer {
     pub fn new(kind: BodyKind) -> BodyFramer {
+        BodyFramer::with_limits(kind, ChunkLimits::default())
+    }
+
+    pub fn with_limits(kind: BodyKind, limits: ChunkLimits) -> BodyFramer {
         let state = match kind {
             BodyKind::None | BodyKind::Length(0) => Chunk::Done,
             BodyKind::Length(n) => Chunk::Data { left: n, chunked: false },
             BodyKind::Chunked => Chunk::Size { value: 0, digits: 0 },
             BodyKind::UntilClose => Chunk::Data { left: u64::MAX, chunked: false },
         };
-        BodyFramer { state, until_close: kind == BodyKind::UntilClose }
+        BodyFramer { state, until_close: kind == BodyKind::UntilClose, held: 0, limits }
     }
 
     pub fn is_done(&self) -> bool {
@@ -605,6 +771,21 @@ impl BodyFramer {
     /// Whether only the peer closing can end this body.
     pub fn until_close(&self) -> bool {
         self.until_close
+    }
+
+    /// Of the bytes classified so far, how many at the end are framing not yet complete (a
+    /// chunk-size line, the trailer section): they may not be forwarded yet.
+    pub fn held(&self) -> usize {
+        self.held as usize
+    }
+
+    /// Data bytes still expected by a Content-Length body; `None` for other framings.
+    pub fn length_left(&self) -> Option<u64> {
+        match self.state {
+            Chunk::Data { left, chunked: false } if !self.until_close => Some(left),
+            Chunk::Done => Some(0),
+            _ => None,
+        }
     }
 
     /// Classifies the bytes at the front of `data`; `bad` is the error to report for malformed
@@ -625,8 +806,35 @@ impl BodyFramer {
             }
             self.state = self.step(data[used], bad)?;
             used += 1;
+            self.hold(bad)?;
         }
         Ok(Progress { used, done: self.state == Chunk::Done })
+    }
+
+    /// Counts one framing byte as held, or releases the line it completed.
+    fn hold(&mut self, bad: fn(&'static str) -> HttpError) -> Result<(), HttpError> {
+        match self.state {
+            // A size line ended (its data follows), the CRLF after a chunk's data, or the body.
+            Chunk::Data { .. } | Chunk::DataLf | Chunk::Size { digits: 0, .. } | Chunk::Done => self.held = 0,
+            Chunk::DataCr => {}
+            Chunk::Size { .. } | Chunk::Ext { .. } | Chunk::SizeLf { .. } => {
+                self.held += 1;
+                if self.held > self.limits.line {
+                    return Err(bad("chunk-size line too long"));
+                }
+            }
+            Chunk::TrailerStart
+            | Chunk::TrailerName { .. }
+            | Chunk::TrailerValue
+            | Chunk::TrailerLf
+            | Chunk::LastLf => {
+                self.held += 1;
+                if self.held > self.limits.line.saturating_add(self.limits.trailers) {
+                    return Err(bad("trailer section too large"));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn step(&self, byte: u8, bad: fn(&'static str) -> HttpError) -> Result<Chunk, HttpError> {
@@ -640,11 +848,14 @@ impl BodyFramer {
             }
             (Chunk::Size { digits: 0, .. }, _) => return Err(bad("chunk size is not hex")),
             (Chunk::Size { value, .. }, b'\r') => Chunk::SizeLf { value },
-            (Chunk::Size { value, .. }, b';' | b' ' | b'\t') => Chunk::Extension { value },
+            (Chunk::Size { value, .. }, b';') => Chunk::Ext { value, at: Ext::BeforeName },
+            (Chunk::Size { value, .. }, b) if is_ws(b) => Chunk::Ext { value, at: Ext::Next },
             (Chunk::Size { .. }, _) => return Err(bad("chunk size is not hex")),
-            (Chunk::Extension { value }, b'\r') => Chunk::SizeLf { value },
-            (Chunk::Extension { .. }, b'\n' | 0) => return Err(bad("bare LF or NUL in chunk extension")),
-            (Chunk::Extension { .. }, _) => self.state,
+            (Chunk::Ext { value, at }, b) => match extension_step(at, b) {
+                Some(Ext::Next) if b == b'\r' => Chunk::SizeLf { value },
+                Some(at) => Chunk::Ext { value, at },
+                None => return Err(bad("malformed chunk extension")),
+            },
             (Chunk::SizeLf { value: 0 }, b'\n') => Chunk::TrailerStart,
             (Chunk::SizeLf { value }, b'\n') => Chunk::Data { left: value, chunked: true },
             (Chunk::SizeLf { .. }, _) => return Err(bad("chunk size line not ended by CRLF")),
@@ -653,9 +864,26 @@ impl BodyFramer {
             (Chunk::DataLf, b'\n') => Chunk::Size { value: 0, digits: 0 },
             (Chunk::DataLf, _) => return Err(bad("chunk data not followed by CRLF")),
             (Chunk::TrailerStart, b'\r') => Chunk::LastLf,
-            (Chunk::TrailerStart | Chunk::TrailerLine, b'\n' | 0) => return Err(bad("bare LF or NUL in trailer")),
-            (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
-            (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
+            (Chunk::TrailerStart, b) if is_ws(b) => return Err(bad("obs-fold in the trailer section")),
+            (Chunk::TrailerStart, b) if is_tchar(b) => {
+                Chunk::TrailerName { len: 1, forbidden: narrow_forbidden(u16::MAX, 0, b) }
+            }
+            (Chunk::TrailerStart, _) => return Err(bad("malformed trailer field")),
+            (Chunk::TrailerName { len, forbidden }, b) if is_tchar(b) => {
+                Chunk::TrailerName { len: len.saturating_add(1), forbidden: narrow_forbidden(forbidden, len, b) }
+            }
+            (Chunk::TrailerName { len, forbidden }, b':') => {
+                let named = (0..FORBIDDEN_TRAILERS.len())
+                    .any(|i| forbidden & (1 << i) != 0 && FORBIDDEN_TRAILERS[i].len() == usize::from(len));
+                if named {
+                    return Err(bad("a framing or connection field in the trailer section"));
+                }
+                Chunk::TrailerValue
+            }
+            (Chunk::TrailerName { .. }, _) => return Err(bad("trailer field line without a colon")),
+            (Chunk::TrailerValue, b'\r') => Chunk::TrailerLf,
+            (Chunk::TrailerValue, b) if is_text(b) => Chunk::TrailerValue,
+            (Chunk::TrailerValue, _) => return Err(bad("invalid character in a trailer field")),
             (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
             (Chunk::TrailerLf, _) => return Err(bad("trailer line not ended by CRLF")),
             (Chunk::LastLf, b'\n') => Chunk::Done,
@@ -663,6 +891,49 @@ impl BodyFramer {
             (Chunk::Data { .. } | Chunk::Done, _) => self.state,
         })
     }
+}
+
+/// One byte of a chunk extension; `None` if the grammar does not allow it there. A CR ends the
+/// line wherever a complete extension (or none) stands, and comes back as `Ext::Next`.
+fn extension_step(at: Ext, b: u8) -> Option<Ext> {
+    let ends = |b: u8| b == b'\r';
+    Some(match at {
+        Ext::Next | Ext::AfterName if is_ws(b) => at,
+        Ext::Next | Ext::AfterName | Ext::Name | Ext::Token if ends(b) => Ext::Next,
+        Ext::Next | Ext::AfterName | Ext::Name | Ext::Token if b == b';' => Ext::BeforeName,
+        Ext::AfterName | Ext::Name if b == b'=' => Ext::BeforeValue,
+        Ext::Name | Ext::Token if is_ws(b) => {
+            if at == Ext::Name {
+                Ext::AfterName
+            } else {
+                Ext::Next
+            }
+        }
+        Ext::Name if is_tchar(b) => Ext::Name,
+        Ext::Token if is_tchar(b) => Ext::Token,
+        Ext::BeforeName if is_ws(b) => Ext::BeforeName,
+        Ext::BeforeName if is_tchar(b) => Ext::Name,
+        Ext::BeforeValue if is_ws(b) => Ext::BeforeValue,
+        Ext::BeforeValue if is_tchar(b) => Ext::Token,
+        Ext::BeforeValue if b == b'"' => Ext::Quoted,
+        Ext::Quoted if b == b'"' => Ext::Next,
+        Ext::Quoted if b == b'\\' => Ext::QuotedPair,
+        Ext::Quoted if is_text(b) => Ext::Quoted,
+        Ext::QuotedPair if is_text(b) || b == b'"' || b == b'\\' => Ext::Quoted,
+        _ => return None,
+    })
+}
+
+/// Keeps the forbidden trailer names whose byte at `at` is `b`, ASCII case aside.
+fn narrow_forbidden(forbidden: u16, at: u8, b: u8) -> u16 {
+    let b = b.to_ascii_lowercase();
+    let mut left = 0;
+    for (i, name) in FORBIDDEN_TRAILERS.iter().enumerate() {
+        if forbidden & (1 << i) != 0 && name.get(usize::from(at)) == Some(&b) {
+            left |= 1 << i;
+        }
+    }
+    left
 }
 
 #[cfg(test)]
@@ -909,6 +1180,99 @@ mod tests {
         for bad in [&b"x\r\n"[..], b"4\nWiki\r\n", b"4\r\nWikiX\r\n", b"10000000000000000\r\n", b"\r\n", b"0\r\n\n"] {
             assert!(frame_all(BodyKind::Chunked, bad, &[]).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn chunk_extensions_follow_the_grammar() {
+        for good in ["5;a\r\n", "5;a=b\r\n", "5 ; a = b ; c\r\n", "5;a=\"q \\\" ;x\"\r\n", "5;a=b;c=\"\"\r\n", "5 \r\n"]
+        {
+            let body = format!("{good}hello\r\n0\r\n\r\n");
+            assert_eq!(frame_all(BodyKind::Chunked, body.as_bytes(), &[]), Ok((body.len(), true)), "{good:?}");
+        }
+        for bad in
+            ["5;\r\n", "5;=b\r\n", "5;a=\r\n", "5;a b\r\n", "5;a=b c\r\n", "5;a=\"x\r\n", "5;a=\"x\"y\r\n", "5;a\0\r\n"]
+        {
+            let body = format!("{bad}hello\r\n0\r\n\r\n");
+            assert!(frame_all(BodyKind::Chunked, body.as_bytes(), &[]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_endless_chunk_extension_is_refused_at_the_limit() {
+        let mut framer = BodyFramer::with_limits(BodyKind::Chunked, ChunkLimits { line: 64, trailers: 64 });
+        let mut line = b"5;x=".to_vec();
+        line.extend(std::iter::repeat_n(b'a', 70));
+        assert_eq!(framer.advance(&line[..60], HttpError::BadRequest).map(|p| p.used), Ok(60));
+        assert_eq!(framer.held(), 60, "an unfinished size line is not forwarded");
+        assert_eq!(
+            framer.advance(&line[60..], HttpError::BadRequest),
+            Err(HttpError::BadRequest("chunk-size line too long"))
+        );
+    }
+
+    #[test]
+    fn trailers_are_checked_and_held_until_the_body_ends() {
+        for good in ["X-T: 1\r\n", "X-T:\r\n", "Content-Lengthy: 2\r\nX: a\tb\r\n", "X: \u{e9}\r\n"] {
+            let body = format!("0\r\n{good}\r\n");
+            assert_eq!(frame_all(BodyKind::Chunked, body.as_bytes(), &[]), Ok((body.len(), true)), "{good:?}");
+        }
+        let bad = [
+            "No colon\r\n",
+            "NoColon\r\n",
+            "X: 1\r\n folded\r\n",
+            "Content-Length: 5\r\n",
+            "transfer-encoding: chunked\r\n",
+            "HOST: elsewhere\r\n",
+            "X : 1\r\n",
+            "X: a\u{1}b\r\n",
+            "X: 1\n",
+        ];
+        for bad in bad {
+            let body = format!("0\r\n{bad}\r\n");
+            assert!(frame_all(BodyKind::Chunked, body.as_bytes(), &[]).is_err(), "{bad:?}");
+        }
+        let mut framer = BodyFramer::new(BodyKind::Chunked);
+        let p = framer.advance(b"3\r\nabc\r\n0\r\nX-T: 1\r\n", HttpError::BadResponse).expect("valid so far");
+        assert_eq!((p.used, framer.held()), (19, 11), "the last chunk and its trailers wait for the end");
+        assert_eq!(framer.advance(b"\r\n", HttpError::BadResponse).map(|p| (p.done, framer.held())), Ok((true, 0)));
+        let mut framer = BodyFramer::with_limits(BodyKind::Chunked, ChunkLimits { line: 16, trailers: 32 });
+        let big = format!("0\r\n{}\r\n\r\n", "X: 0123456789\r\n".repeat(3));
+        assert!(framer.advance(big.as_bytes(), HttpError::BadResponse).is_err(), "trailer section over its limit");
+    }
+
+    #[test]
+    fn connection_options_never_strip_framing_or_host() {
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nConnection: Content-Length, Host, Transfer-Encoding, X-Gone\r\n\
+                   Content-Length: 5\r\nX-Gone: 1\r\n\r\nhello";
+        let (head, out) = request(raw).expect("valid");
+        assert_eq!(head.body, BodyKind::Length(5));
+        assert!(out.contains("Content-Length: 5\r\n") && out.contains("Host: x\r\n"), "{out}");
+        assert!(!out.contains("X-Gone"), "{out}");
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(request(raw).expect("valid").1.contains("Transfer-Encoding: chunked\r\n"));
+        let (head, out) = response("HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\n", CTX);
+        assert_eq!((head.body, head.client_keep_alive), (BodyKind::Length(2), true));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        let too_many = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: {}\r\n\r\n", "a, ".repeat(17));
+        assert_eq!(refused(&too_many), 400);
+    }
+
+    #[test]
+    fn identical_content_lengths_are_forwarded_once() {
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 007\r\ncontent-length: 7\r\n\r\n";
+        let (head, out) = request(raw).expect("valid");
+        assert_eq!(head.body, BodyKind::Length(7));
+        assert_eq!(out.matches("Content-Length").count() + out.matches("content-length").count(), 1, "{out}");
+        assert!(out.contains("Content-Length: 7\r\n"), "{out}");
+        let (_, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n", CTX);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+    }
+
+    #[test]
+    fn expect_continue_is_noticed() {
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(request(raw).expect("valid").0.expect_continue);
+        assert!(!request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("valid").0.expect_continue);
     }
 
     /// A forwarded request: its rewritten head and its raw body.
