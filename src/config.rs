@@ -2,117 +2,97 @@
 //! the validated form with parsed addresses and durations. Nothing outside this module sees the
 //! raw form. The prototype's file `{"ports": [...], "sleeping": 1}` stays valid as it is.
 
-use serde::Deserialize;
+use crate::http::ChunkLimits;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The file as written, every key with its default filled in.
 struct RawConfig {
     ports: Vec<String>,
-    #[serde(default = "defaults::sleeping")]
     sleeping: f64,
-    #[serde(default = "defaults::listen")]
     listen: String,
-    #[serde(default = "defaults::connect_timeout")]
     connect_timeout: f64,
-    #[serde(default = "defaults::client_header_timeout")]
     client_header_timeout: f64,
-    #[serde(default = "defaults::keepalive_timeout")]
     keepalive_timeout: f64,
-    #[serde(default = "defaults::upstream_timeout")]
     upstream_timeout: f64,
-    #[serde(default = "defaults::probe_timeout")]
     probe_timeout: f64,
-    #[serde(default = "defaults::shutdown_timeout")]
     shutdown_timeout: f64,
-    #[serde(default = "defaults::probe_path")]
     probe_path: String,
-    #[serde(default = "defaults::all_down_status")]
     all_down_status: u16,
-    #[serde(default = "defaults::max_request_head")]
     max_request_head: usize,
-    #[serde(default = "defaults::max_idle_upstream")]
     max_idle_upstream: usize,
-    #[serde(default = "defaults::one")]
     fall: u32,
-    #[serde(default = "defaults::one")]
     rise: u32,
-    #[serde(default)]
     check_live: bool,
     /// Defaults to the number of targets.
     retries: Option<usize>,
-    #[serde(default = "defaults::retry_timeout")]
     retry_timeout: f64,
-    #[serde(default = "defaults::all_down")]
     all_down: String,
-    #[serde(default = "defaults::access_log")]
     access_log: String,
-    #[serde(default = "defaults::client_body_timeout")]
     client_body_timeout: f64,
     /// 0: no limit.
-    #[serde(default)]
     max_body_size: u64,
-    #[serde(default = "defaults::max_connections")]
     max_connections: usize,
+    /// Defaults to the smaller of 4 KiB and a quarter of `max_request_head`.
+    max_chunk_line: Option<u32>,
+    /// Defaults to the smaller of 8 KiB and half of `max_request_head`.
+    max_trailer_size: Option<u32>,
 }
 
-mod defaults {
-    pub fn sleeping() -> f64 {
-        1.0
+/// The keys of a config object, taken one by one so that an error names its key.
+struct Keys(Map<String, Value>);
+
+impl Keys {
+    fn take<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
+        match self.0.remove(key) {
+            None => Ok(None),
+            Some(value) => serde_json::from_value(value).map(Some).map_err(|e| err(key, e.to_string())),
+        }
     }
-    pub fn listen() -> String {
-        "0.0.0.0:8000".to_owned()
+
+    fn or<T: DeserializeOwned>(&mut self, key: &str, default: T) -> Result<T, ConfigError> {
+        Ok(self.take(key)?.unwrap_or(default))
     }
-    pub fn connect_timeout() -> f64 {
-        2.0
-    }
-    pub fn client_header_timeout() -> f64 {
-        10.0
-    }
-    pub fn keepalive_timeout() -> f64 {
-        60.0
-    }
-    pub fn upstream_timeout() -> f64 {
-        30.0
-    }
-    pub fn probe_timeout() -> f64 {
-        1.0
-    }
-    pub fn shutdown_timeout() -> f64 {
-        5.0
-    }
-    pub fn probe_path() -> String {
-        "/ping/".to_owned()
-    }
-    pub fn all_down_status() -> u16 {
-        500
-    }
-    pub fn max_request_head() -> usize {
-        16 * 1024
-    }
-    pub fn max_idle_upstream() -> usize {
-        64
-    }
-    pub fn one() -> u32 {
-        1
-    }
-    pub fn retry_timeout() -> f64 {
-        30.0
-    }
-    pub fn all_down() -> String {
-        "error".to_owned()
-    }
-    pub fn access_log() -> String {
-        "off".to_owned()
-    }
-    pub fn client_body_timeout() -> f64 {
-        10.0
-    }
-    pub fn max_connections() -> usize {
-        10_000
+}
+
+impl RawConfig {
+    fn from_keys(mut k: Keys) -> Result<RawConfig, ConfigError> {
+        let raw = RawConfig {
+            ports: k.take("ports")?.ok_or_else(|| err("", "missing field `ports`"))?,
+            sleeping: k.or("sleeping", 1.0)?,
+            listen: k.or("listen", "0.0.0.0:8000".to_owned())?,
+            connect_timeout: k.or("connect_timeout", 2.0)?,
+            client_header_timeout: k.or("client_header_timeout", 10.0)?,
+            keepalive_timeout: k.or("keepalive_timeout", 60.0)?,
+            upstream_timeout: k.or("upstream_timeout", 30.0)?,
+            probe_timeout: k.or("probe_timeout", 1.0)?,
+            shutdown_timeout: k.or("shutdown_timeout", 5.0)?,
+            probe_path: k.or("probe_path", "/ping/".to_owned())?,
+            all_down_status: k.or("all_down_status", 500)?,
+            max_request_head: k.or("max_request_head", 16 * 1024)?,
+            max_idle_upstream: k.or("max_idle_upstream", 64)?,
+            fall: k.or("fall", 1)?,
+            rise: k.or("rise", 1)?,
+            check_live: k.or("check_live", false)?,
+            retries: k.take("retries")?,
+            // Long enough for one retry after a full `upstream_timeout`, as nginx retries on timeout.
+            retry_timeout: k.or("retry_timeout", 60.0)?,
+            all_down: k.or("all_down", "error".to_owned())?,
+            access_log: k.or("access_log", "off".to_owned())?,
+            client_body_timeout: k.or("client_body_timeout", 10.0)?,
+            max_body_size: k.or("max_body_size", 0)?,
+            max_connections: k.or("max_connections", 10_000)?,
+            max_chunk_line: k.take("max_chunk_line")?,
+            max_trailer_size: k.take("max_trailer_size")?,
+        };
+        if let Some(unknown) = k.0.keys().next() {
+            return Err(err("", format!("unknown field `{unknown}`")));
+        }
+        Ok(raw)
     }
 }
 
@@ -188,7 +168,16 @@ pub struct Config {
     pub max_body_size: Option<u64>,
     /// Client connections beyond this are answered 503 and closed at once.
     pub max_connections: usize,
+    /// Longest chunk-size line (with extensions) and trailer section of a chunked body.
+    pub chunk_limits: ChunkLimits,
+    /// Values the file asked for that were raised to their floor, one line each, for the log.
+    pub warnings: Vec<String>,
 }
+
+/// The shortest period between probes of one target: shorter spins the probe loop.
+pub const SLEEPING_FLOOR: f64 = 0.1;
+/// The shortest timeout: shorter is a timer that fires before any network round trip.
+pub const TIMEOUT_FLOOR: f64 = 0.01;
 
 /// Why a config was refused: the key at fault and what is wrong with it.
 #[derive(Debug, PartialEq)]
@@ -219,8 +208,13 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| err("", e.to_string()))?;
-        raw.validate()
+        // Editors on Windows save JSON with a byte-order mark; it is no part of the document.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let value: Value = serde_json::from_str(text).map_err(|e| err("", e.to_string()))?;
+        let Value::Object(keys) = value else {
+            return Err(err("", "the config must be a JSON object, like {\"ports\": [...]}"));
+        };
+        RawConfig::from_keys(Keys(keys))?.validate()
     }
 }
 
@@ -263,18 +257,39 @@ impl RawConfig {
         if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
             return Err(err("ports", format!("{:?}: every target must have the same path as the first", t.url)));
         }
+        for (i, t) in targets.iter().enumerate() {
+            let same = |u: &TargetSpec| u.port == t.port && u.host.eq_ignore_ascii_case(&t.host);
+            if let Some(first) = targets[..i].iter().find(|u| same(u)) {
+                return Err(err("ports", format!("{:?} and {:?} are the same target", first.url, t.url)));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(err("max_connections", "must be at least 1"));
+        }
+        let chunk_limits = self.chunk_limits()?;
+        let mut warnings = Vec::new();
+        let mut secs = |key: &str, value: f64, floor: f64| seconds(key, value, floor, &mut warnings);
+        let sleeping = secs("sleeping", self.sleeping, SLEEPING_FLOOR)?;
+        let connect_timeout = secs("connect_timeout", self.connect_timeout, TIMEOUT_FLOOR)?;
+        let client_header_timeout = secs("client_header_timeout", self.client_header_timeout, TIMEOUT_FLOOR)?;
+        let keepalive_timeout = secs("keepalive_timeout", self.keepalive_timeout, TIMEOUT_FLOOR)?;
+        let upstream_timeout = secs("upstream_timeout", self.upstream_timeout, TIMEOUT_FLOOR)?;
+        let probe_timeout = secs("probe_timeout", self.probe_timeout, TIMEOUT_FLOOR)?;
+        let shutdown_timeout = secs("shutdown_timeout", self.shutdown_timeout, TIMEOUT_FLOOR)?;
+        let retry_timeout = secs("retry_timeout", self.retry_timeout, TIMEOUT_FLOOR)?;
+        let client_body_timeout = secs("client_body_timeout", self.client_body_timeout, TIMEOUT_FLOOR)?;
         Ok(Config {
             retries: self.retries.unwrap_or(targets.len()),
             targets,
-            sleeping: seconds("sleeping", self.sleeping)?,
+            sleeping,
             listen: parse_listen(&self.listen)
                 .ok_or_else(|| err("listen", format!("{:?} is not an address like 0.0.0.0:8000", self.listen)))?,
-            connect_timeout: seconds("connect_timeout", self.connect_timeout)?,
-            client_header_timeout: seconds("client_header_timeout", self.client_header_timeout)?,
-            keepalive_timeout: seconds("keepalive_timeout", self.keepalive_timeout)?,
-            upstream_timeout: seconds("upstream_timeout", self.upstream_timeout)?,
-            probe_timeout: seconds("probe_timeout", self.probe_timeout)?,
-            shutdown_timeout: seconds("shutdown_timeout", self.shutdown_timeout)?,
+            connect_timeout,
+            client_header_timeout,
+            keepalive_timeout,
+            upstream_timeout,
+            probe_timeout,
+            shutdown_timeout,
             probe_path: self.probe_path,
             all_down_status: self.all_down_status,
             max_request_head: self.max_request_head,
@@ -282,19 +297,43 @@ impl RawConfig {
             fall: self.fall,
             rise: self.rise,
             check_live: self.check_live,
-            retry_timeout: seconds("retry_timeout", self.retry_timeout)?,
+            retry_timeout,
             all_down,
             access_log,
-            client_body_timeout: seconds("client_body_timeout", self.client_body_timeout)?,
+            client_body_timeout,
             max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
-            max_connections: self.max_connections.max(1),
+            max_connections: self.max_connections,
+            chunk_limits,
+            warnings,
         })
+    }
+
+    /// The chunk limits must fit a connection buffer, with room to spare, since the bytes they
+    /// bound are held there until checked.
+    fn chunk_limits(&self) -> Result<ChunkLimits, ConfigError> {
+        let head = u32::try_from(self.max_request_head).unwrap_or(u32::MAX);
+        let line = self.max_chunk_line.unwrap_or(4096.min(head / 4));
+        let trailers = self.max_trailer_size.unwrap_or(8192.min(head / 2));
+        if line < 64 {
+            return Err(err("max_chunk_line", "must be at least 64 bytes"));
+        }
+        if u64::from(line) + u64::from(trailers) > u64::from(head) {
+            let key = if self.max_trailer_size.is_some() { "max_trailer_size" } else { "max_chunk_line" };
+            return Err(err(key, "max_chunk_line + max_trailer_size must not exceed max_request_head"));
+        }
+        Ok(ChunkLimits { line, trailers })
     }
 }
 
-fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
+/// A duration in seconds: positive, at most a day, and raised to `floor` (with a warning) when
+/// below it.
+fn seconds(key: &str, value: f64, floor: f64, warnings: &mut Vec<String>) -> Result<Duration, ConfigError> {
     if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
         return Err(err(key, format!("must be a positive number of seconds, got {value}")));
+    }
+    if value < floor {
+        warnings.push(format!("`{key}`: {value} s is below the floor of {floor} s; using {floor} s"));
+        return Ok(Duration::from_secs_f64(floor));
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -402,6 +441,25 @@ mod tests {
         assert!(refused(r#"{"ports": ["http://a/"], "fall": 0}"#).contains("`fall`"));
         assert!(refused(r#"{"ports": ["http://a/"], "all_down": "panic"}"#).contains("`all_down`"));
         assert!(refused(r#"{"ports": ["http://a/x", "http://b/y"]}"#).contains("same path"));
+    }
+
+    #[test]
+    fn by_default_a_request_that_timed_out_has_time_for_one_retry() {
+        let c = Config::parse(r#"{"ports": ["http://a/"]}"#).expect("valid");
+        assert!(c.retry_timeout > c.upstream_timeout + c.connect_timeout, "{:?}", c.retry_timeout);
+    }
+
+    #[test]
+    fn floors_duplicates_and_type_errors() {
+        let c = Config::parse(r#"{"ports": ["http://a/"], "sleeping": 1e-9, "probe_timeout": 0}"#);
+        assert!(c.is_err(), "zero is refused, not raised");
+        let c = Config::parse(r#"{"ports": ["http://a/"], "sleeping": 1e-9}"#).expect("valid");
+        assert_eq!((c.sleeping, c.warnings.len()), (Duration::from_millis(100), 1));
+        assert!(refused(r#"{"ports": ["http://A:80/", "http://a/"]}"#).contains("same target"));
+        assert!(refused(r#"{"ports": ["http://a/"], "max_connections": 0}"#).contains("`max_connections`"));
+        assert!(refused(r#"{"ports": ["http://a/"], "check_live": "yes"}"#).contains("`check_live`"));
+        assert!(Config::parse("\u{feff}{\"ports\": [\"http://a/\"]}").is_ok());
+        assert!(refused(r#"{"ports": ["http://a/"], "max_chunk_line": 100000}"#).contains("`max_chunk_line`"));
     }
 
     #[test]

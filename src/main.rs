@@ -1,7 +1,7 @@
 //! `ringproxy [--config PATH] [--check] [--log-level LEVEL]`: loads the config, starts the
 //! reactor, exits 0 after a clean drain, 1 on a bad config or a fatal error, 2 on bad usage.
 
-use log::{error, info, LevelFilter};
+use log::{error, info, warn, LevelFilter};
 use ringproxy::config::Config;
 use ringproxy::reactor::Reactor;
 use std::path::PathBuf;
@@ -74,6 +74,9 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        for warning in &config.warnings {
+            println!("ringproxy: {}: {warning}", args.config.display());
+        }
         println!("ringproxy: {}: ok ({} targets)", args.config.display(), config.targets.len());
         return ExitCode::SUCCESS;
     }
@@ -83,6 +86,9 @@ fn main() -> ExitCode {
     }
     if let Err(e) = logger.init() {
         eprintln!("ringproxy: cannot start logging: {e}");
+    }
+    for warning in &config.warnings {
+        warn!("{}: {warning}", args.config.display());
     }
     let mut reactor = match Reactor::new(&config) {
         Ok(reactor) => reactor,

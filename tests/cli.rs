@@ -36,6 +36,13 @@ fn a_bad_config_exits_1_with_one_line_naming_the_key() {
         (r#"{"ports": ["http://127.0.0.1:1/"], "sleepin": 1}"#, "unknown field `sleepin`"),
         (r#"{"ports": ["http://127.0.0.1:1/"], "listen": "everywhere"}"#, "`listen`"),
         (r#"{"ports": "#, "EOF"),
+        (r#"{"ports": ["http://127.0.0.1:1/"], "sleeping": "1"}"#, "`sleeping`"),
+        (r#"{"ports": ["http://127.0.0.1:1/"], "fall": 1.5}"#, "`fall`"),
+        (r#"{"ports": ["http://127.0.0.1:1/"], "retries": -1}"#, "`retries`"),
+        (r#"{"ports": ["http://127.0.0.1:1/", 7]}"#, "`ports`"),
+        (r#"{"ports": ["http://127.0.0.1:1/", "http://127.0.0.1:1"]}"#, "`ports`"),
+        (r#"{"ports": ["http://127.0.0.1:1/"], "max_connections": 0}"#, "`max_connections`"),
+        (r#"["http://127.0.0.1:1/"]"#, "JSON object"),
     ];
     for (json, key) in cases {
         let (code, text) = check(json);
@@ -61,4 +68,41 @@ fn help_version_and_bad_usage() {
     assert_eq!((code, text.trim()), (Some(0), concat!("ringproxy ", env!("CARGO_PKG_VERSION"))));
     let (code, _) = run(&["--bogus"]);
     assert_eq!(code, Some(2));
+}
+
+#[test]
+fn a_config_saved_with_a_byte_order_mark_is_accepted() {
+    let (code, text) = check("\u{feff}{\"ports\": [\"http://127.0.0.1:1/\"], \"sleeping\": 1}");
+    assert_eq!(code, Some(0), "{text}");
+}
+
+#[test]
+fn intervals_and_timeouts_below_their_floor_are_raised_with_a_warning() {
+    let (code, text) = check(r#"{"ports": ["http://127.0.0.1:1/"], "sleeping": 1e-9, "connect_timeout": 0.000001}"#);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("`sleeping`: 0.000000001 s is below the floor of 0.1 s"), "{text}");
+    assert!(text.contains("`connect_timeout`"), "{text}");
+}
+
+/// CPU seconds the process has used, user and system.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+#[test]
+fn a_tiny_sleeping_does_not_make_the_probes_spin() {
+    let port = common::closed_port();
+    let proxy = common::Proxy::with_config(&format!(
+        "{{\"ports\": [\"http://127.0.0.1:{port}/\"], \"listen\": \"127.0.0.1:0\", \"sleeping\": 1e-9}}"
+    ));
+    // The first request finds the target dead; from then on it is probed every `sleeping`.
+    assert_eq!(proxy.get("/").status, 500);
+    let before = cpu_seconds(proxy.proc.pid());
+    // A measurement window, not a wait for readiness.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = cpu_seconds(proxy.proc.pid()) - before;
+    assert!(used < 0.3, "{used} s of CPU in a second of probing a dead target");
 }

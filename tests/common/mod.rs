@@ -85,6 +85,11 @@ impl Proc {
         eventually(within, "the process to exit", || self.child.try_wait().ok().flatten()).code()
     }
 
+    /// The exit code if the process has exited by now, without waiting.
+    pub fn wait_exit_or_none(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|status| status.code())
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -164,6 +169,10 @@ impl Target {
 
     pub fn lines(&self) -> Vec<String> {
         self.proc.as_ref().map(Proc::lines).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
     }
 }
 
@@ -476,4 +485,99 @@ pub fn temp_log(name: &str) -> PathBuf {
 
 pub fn read_lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// What a `Recorder` target does after it has answered a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Close the connection without reading anything more (an early answer).
+    Close,
+    /// Keep reading and recording bytes until the proxy closes, answering nothing more.
+    Listen,
+}
+
+/// A target of the test's own that records every request head it reads at the start of a
+/// connection and every byte after it, answers `reply` at once without reading any body, then
+/// does as `then` says.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    after: Arc<Mutex<Vec<u8>>>,
+    ended: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    pub fn start(reply: &'static [u8], then: Then) -> Recorder {
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let after = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (h, a, e) = (Arc::clone(&heads), Arc::clone(&after), Arc::clone(&ended));
+        let addr = serve_raw(move |conn| {
+            serve_recorded(conn, reply, then, &h, &a);
+            e.fetch_add(1, Ordering::SeqCst);
+        });
+        Recorder { addr, heads, after, ended }
+    }
+
+    /// Connections the proxy (or the recorder) has closed so far.
+    pub fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// The request heads received, one per connection.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("heads").clone()
+    }
+
+    /// The request lines received.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.heads().iter().map(|h| h.lines().next().unwrap_or("").to_string()).collect()
+    }
+
+    /// Bytes received after the heads (with `Then::Listen`).
+    pub fn after(&self) -> Vec<u8> {
+        self.after.lock().expect("after").clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+/// One connection of a `Recorder`.
+fn serve_recorded(mut conn: TcpStream, reply: &[u8], then: Then, heads: &Mutex<Vec<String>>, after: &Mutex<Vec<u8>>) {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => return,
+        }
+    }
+    heads.lock().expect("heads").push(String::from_utf8_lossy(&got).into_owned());
+    if conn.write_all(reply).is_err() || then == Then::Close {
+        return;
+    }
+    let mut chunk = [0u8; 65536];
+    while let Ok(n) = conn.read(&mut chunk) {
+        if n == 0 {
+            return;
+        }
+        after.lock().expect("after").extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends `bytes` on a clone of `stream` from a thread of its own, so that the test can read
+/// responses while a large upload is still going out. Write errors end it quietly: the proxy may
+/// close once it has answered.
+pub fn send_in_background(stream: &TcpStream, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+    let mut out = stream.try_clone().expect("clone the client socket");
+    std::thread::spawn(move || {
+        let _ = out.write_all(&bytes);
+    })
+}
+
+/// A port on 127.0.0.1 where nothing listens: connections to it are refused.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
