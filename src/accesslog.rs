@@ -2,9 +2,11 @@
 //! failover trace: the target that answered, how many attempts it took, the upstream time, and
 //! for a retried request every target tried and why each failed (`tried=t3:conn_refused,t4:ok`).
 //!
-//! Lines are formatted on the reactor thread (only when the log is on) and written by a helper
-//! thread, so a slow disk or a full pipe never stalls the proxy. If the writer falls behind, a
-//! line is dropped and counted rather than waited for.
+//! Lines are formatted on the reactor thread (only when the log is on) into a batch buffer, and
+//! each loop pass hands its batch to a helper thread that writes it, so a slow disk or a full
+//! pipe never stalls the proxy. Batches go back to the reactor empty once written: formatting a
+//! line allocates nothing. If the writer falls behind, a batch is dropped and its lines counted
+//! rather than waited for. SIGUSR1 reopens the file (`reopen`), for log rotation.
 
 use crate::config::AccessLog as Destination;
 use crate::health::Failure;
@@ -74,6 +76,13 @@ impl Trace {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Changes how the latest attempt ended (a response that broke after its head).
+    pub fn set_last(&mut self, outcome: Outcome) {
+        if let Some(last) = self.len.checked_sub(1).filter(|&i| i < Trace::CAP) {
+            self.items[last].1 = outcome;
+        }
     }
 
     fn retried(&self) -> bool {
@@ -157,64 +166,147 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
-/// The sending end, held by the reactor.
-pub struct AccessLog {
-    lines: Option<SyncSender<Vec<u8>>>,
-    dropped: u64,
+/// What the reactor hands the writer thread.
+enum Message {
+    Lines(Vec<u8>),
+    Reopen,
 }
 
-/// Lines that may wait for the writer before new ones are dropped.
-const BACKLOG: usize = 16 * 1024;
+/// The reactor's end: the batch being filled, and the channels to and from the writer.
+pub struct AccessLog {
+    to_writer: Option<SyncSender<Message>>,
+    /// Written batches coming back, emptied, for reuse.
+    returned: Option<Receiver<Vec<u8>>>,
+    batch: Vec<u8>,
+    lines_in_batch: u64,
+    dropped: u64,
+    dropped_batches: u64,
+}
+
+/// Batches that may wait for the writer before new ones are dropped.
+const BACKLOG: usize = 64;
+/// A batch is handed over early once it holds this much.
+const BATCH: usize = 64 * 1024;
 
 impl AccessLog {
     pub fn off() -> AccessLog {
-        AccessLog { lines: None, dropped: 0 }
+        AccessLog {
+            to_writer: None,
+            returned: None,
+            batch: Vec::new(),
+            lines_in_batch: 0,
+            dropped: 0,
+            dropped_batches: 0,
+        }
     }
 
     /// Opens the destination and starts the writer thread.
     pub fn start(dest: &Destination) -> io::Result<AccessLog> {
-        let sink: Box<dyn Write + Send> = match dest {
+        let sink = match dest {
             Destination::Off => return Ok(AccessLog::off()),
-            Destination::Stdout => Box::new(io::stdout()),
-            Destination::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+            Destination::Stdout => Sink::Stdout,
+            Destination::File(path) => Sink::File(open(path)?, path.clone()),
         };
-        let (lines, inbox) = sync_channel(BACKLOG);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(inbox, sink))?;
-        Ok(AccessLog { lines: Some(lines), dropped: 0 })
+        let (to_writer, inbox) = sync_channel(BACKLOG);
+        let (give_back, returned) = sync_channel(BACKLOG);
+        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(inbox, give_back, sink))?;
+        Ok(AccessLog {
+            to_writer: Some(to_writer),
+            returned: Some(returned),
+            batch: Vec::with_capacity(BATCH + 1024),
+            lines_in_batch: 0,
+            dropped: 0,
+            dropped_batches: 0,
+        })
     }
 
     pub fn enabled(&self) -> bool {
-        self.lines.is_some()
+        self.to_writer.is_some()
     }
 
-    pub fn send(&mut self, line: Vec<u8>) {
-        let Some(lines) = self.lines.as_ref() else {
+    /// Formats one line into the current batch.
+    pub fn write(&mut self, entry: &Entry<'_>) {
+        if !self.enabled() {
+            return;
+        }
+        format(entry, &mut self.batch);
+        self.lines_in_batch += 1;
+        if self.batch.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    /// Hands the current batch to the writer; the reactor calls this once per loop pass.
+    pub fn flush(&mut self) {
+        let (Some(to_writer), Some(returned)) = (self.to_writer.as_ref(), self.returned.as_ref()) else {
             return;
         };
-        match lines.try_send(line) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let spare = returned.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH + 1024));
+        let full = std::mem::replace(&mut self.batch, spare);
+        match to_writer.try_send(Message::Lines(full)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped += 1;
-                if self.dropped.is_power_of_two() {
+            Err(TrySendError::Full(Message::Lines(mut full))) => {
+                self.dropped += self.lines_in_batch;
+                self.dropped_batches += 1;
+                if self.dropped_batches.is_power_of_two() {
                     warn!("access log writer is behind: {} lines dropped so far", self.dropped);
                 }
+                full.clear();
+                self.batch = full;
             }
-            Err(TrySendError::Disconnected(_)) => self.lines = None,
+            Err(TrySendError::Full(Message::Reopen)) => {}
+            Err(TrySendError::Disconnected(_)) => self.to_writer = None,
+        }
+        self.lines_in_batch = 0;
+    }
+
+    /// Has the writer reopen a log file (after rotation); nothing for stdout.
+    pub fn reopen(&mut self) {
+        self.flush();
+        if let Some(to_writer) = self.to_writer.as_ref() {
+            if to_writer.try_send(Message::Reopen).is_err() {
+                warn!("access log writer is behind: the reopen is skipped");
+            }
         }
     }
 }
 
-/// The writer thread: writes whatever has arrived, flushes when it has caught up.
-fn write_lines(inbox: Receiver<Vec<u8>>, sink: Box<dyn Write + Send>) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, sink);
-    while let Ok(line) = inbox.recv() {
-        let mut result = out.write_all(&line);
-        while let (Ok(()), Ok(more)) = (&result, inbox.try_recv()) {
-            result = out.write_all(&more);
-        }
-        if let Err(e) = result.and_then(|()| out.flush()) {
-            error!("access log write failed, logging stops: {e}");
-            return;
+enum Sink {
+    Stdout,
+    File(std::fs::File, std::path::PathBuf),
+}
+
+fn open(path: &std::path::Path) -> io::Result<std::fs::File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The writer thread: writes each batch, hands it back for reuse, reopens the file when told.
+fn write_lines(inbox: Receiver<Message>, give_back: SyncSender<Vec<u8>>, mut sink: Sink) {
+    for message in inbox {
+        match message {
+            Message::Lines(mut batch) => {
+                let written = match &mut sink {
+                    Sink::Stdout => io::stdout().lock().write_all(&batch),
+                    Sink::File(file, _) => file.write_all(&batch),
+                };
+                if let Err(e) = written {
+                    error!("access log write failed, logging stops: {e}");
+                    return;
+                }
+                batch.clear();
+                let _ = give_back.try_send(batch);
+            }
+            Message::Reopen => {
+                if let Sink::File(file, path) = &mut sink {
+                    match open(path) {
+                        Ok(reopened) => *file = reopened,
+                        Err(e) => error!("access log {}: cannot reopen: {e}", path.display()),
+                    }
+                }
+            }
         }
     }
 }

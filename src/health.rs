@@ -1,7 +1,9 @@
 //! Which targets are in the rotation, and how they get back in.
 //!
-//! Passive: a failed connect, reset, early EOF or response timeout counts against a target
-//! (`failed`); `fall` in a row take it out of the ring. Active: every `sleeping` seconds ±10 %
+//! Passive: a failed connect, reset or early EOF counts against a target (`failed`); `fall` in
+//! a row take it out of the ring. A response timeout only makes it a suspect (`suspect`): one
+//! slow URL says nothing about the others, so the target is probed at once and only a failed
+//! probe counts against it. Active: every `sleeping` seconds ±10 %
 //! (so targets never probe in one burst) each dropped target, and with `check_live` every
 //! target, gets a `GET <probe_path>` in this same reactor, after a fresh lookup of its name on
 //! the resolver thread (`Prober`). `rise` answers of 200 in a row bring a dropped target back.
@@ -127,7 +129,10 @@ pub struct Target {
     probe_request: Vec<u8>,
     streak: Streak,
     probing: bool,
-    probe_due: bool,
+    /// The next probe's timer, when one is armed.
+    probe_timer: Option<TimerId>,
+    /// A request to it timed out: probe it even while live.
+    suspect: bool,
 }
 
 /// The targets, the ring over the live ones, and the rules that move them between the two.
@@ -167,7 +172,8 @@ impl Targets {
                     probe_request: probe_request.into_bytes(),
                     streak: Streak::default(),
                     probing: false,
-                    probe_due: false,
+                    probe_timer: None,
+                    suspect: false,
                 }
             })
             .collect();
@@ -192,7 +198,7 @@ impl Targets {
 
     /// Whether the prober should keep an eye on `target`.
     fn wants_probe(&self, target: usize) -> bool {
-        self.check_live || !self.ring.is_live(target)
+        self.check_live || !self.ring.is_live(target) || self.list[target].suspect
     }
 }
 
@@ -228,15 +234,31 @@ pub fn succeeded(sh: &mut Shared, target: usize) {
     }
 }
 
+/// A request to `target` got no response in time. That is evidence about the request (a slow
+/// URL), not proof that the target is dead: probe it now, instead of at its next turn.
+pub fn suspect(sh: &mut Shared, target: usize) {
+    if !sh.targets.ring.is_live(target) {
+        return;
+    }
+    let t = &mut sh.targets.list[target];
+    t.suspect = true;
+    if t.probing {
+        return;
+    }
+    if let Some(id) = t.probe_timer.take() {
+        sh.wheel.cancel(id);
+    }
+    t.probe_timer = Some(sh.wheel.insert(sh.now, Timer::ProbeDue(target)));
+}
+
 /// Arms `target`'s next probe, one jittered period from now, unless one is armed or running.
 pub fn schedule_probe(sh: &mut Shared, target: usize) {
     let t = &sh.targets.list[target];
-    if t.probe_due || t.probing || !sh.targets.wants_probe(target) {
+    if t.probe_timer.is_some() || t.probing || !sh.targets.wants_probe(target) {
         return;
     }
     let delay = sh.targets.jitter.spread(sh.targets.period);
-    sh.targets.list[target].probe_due = true;
-    sh.wheel.insert(sh.now + delay, Timer::ProbeDue(target));
+    sh.targets.list[target].probe_timer = Some(sh.wheel.insert(sh.now + delay, Timer::ProbeDue(target)));
 }
 
 struct Probe {
@@ -278,7 +300,7 @@ impl Prober {
     pub fn due(&mut self, sh: &mut Shared, target: usize) {
         let wanted = sh.targets.wants_probe(target);
         let t = &mut sh.targets.list[target];
-        t.probe_due = false;
+        t.probe_timer = None;
         if t.probing || !wanted {
             return;
         }
@@ -361,7 +383,9 @@ impl Prober {
 
     /// A probe of `target` ended: count it, and arm the next one if still wanted.
     fn finished(&mut self, sh: &mut Shared, target: usize, result: Result<(), &'static str>) {
-        sh.targets.list[target].probing = false;
+        let t = &mut sh.targets.list[target];
+        t.probing = false;
+        t.suspect = false;
         match result {
             Ok(()) => succeeded(sh, target),
             Err(why) => {

@@ -9,6 +9,7 @@ use crate::accesslog::AccessLog;
 use crate::buffer::BufferPool;
 use crate::config::{AllDown, Config};
 use crate::health::{Prober, Targets};
+use crate::http::ChunkLimits;
 use crate::resolve::{self, Resolver};
 use crate::session::{ExchangePool, Session, Verdict};
 use crate::token::{decode, token, Kind};
@@ -69,6 +70,7 @@ pub struct Shared {
     pub retry_timeout: u64,
     pub access_log: AccessLog,
     pub max_body_size: Option<u64>,
+    pub chunk_limits: ChunkLimits,
     pub exchanges: ExchangePool,
 }
 
@@ -150,6 +152,7 @@ impl Reactor {
             retry_timeout: millis(config.retry_timeout),
             access_log: AccessLog::start(&config.access_log)?,
             max_body_size: config.max_body_size,
+            chunk_limits: config.chunk_limits,
             exchanges: ExchangePool::default(),
         };
         let mut prober = Prober::new(Resolver::start(waker)?);
@@ -195,6 +198,7 @@ impl Reactor {
             self.sh.now = millis(self.clock.elapsed());
             for event in events.iter() {
                 if !self.dispatch(event) {
+                    self.sh.access_log.flush();
                     return Ok(());
                 }
             }
@@ -205,9 +209,11 @@ impl Reactor {
             self.sh.wheel.poll(self.sh.now, &mut fired);
             for timer in fired.drain(..) {
                 if !self.on_timer(timer) {
+                    self.sh.access_log.flush();
                     return Ok(());
                 }
             }
+            self.sh.access_log.flush();
             if self.sh.draining && self.sessions.is_empty() {
                 info!("drained; exiting");
                 return Ok(());

@@ -15,7 +15,7 @@
 //!
 //! `docs/ARCHITECTURE.md` walks a request through these steps.
 
-use crate::accesslog::{self, Entry, Outcome, Trace};
+use crate::accesslog::{Entry, Outcome, Trace};
 use crate::buffer::{self, Buffer};
 use crate::config::AllDown;
 use crate::health::{self, Failure};
@@ -47,6 +47,15 @@ type Step = Result<bool, Closed>;
 /// Steps in one `pump` before the session yields to others.
 const TURN: usize = 32;
 
+/// Most bytes of an unfinished request body read and dropped after its exchange ended (the
+/// target answered early), so that the connection can carry the next request. A longer rest
+/// closes the connection instead.
+pub const DISCARD_LIMIT: u64 = 16 << 20;
+
+/// How long a closing connection keeps reading what its client still sends, so that our close
+/// does not become a reset that destroys a response the client has not read yet.
+const LINGER_MS: u64 = 5_000;
+
 /// Which timeout applies in the current phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -59,6 +68,10 @@ enum Phase {
     Body,
     Response,
     Stream,
+    /// Reading and dropping the rest of a request body whose exchange has ended.
+    Discard,
+    /// Our side is shut; reading what the client still sends until it closes.
+    Linger,
 }
 
 enum Resp {
@@ -71,9 +84,10 @@ fn timeout_for(phase: Phase, t: &Timeouts) -> u64 {
     match phase {
         Phase::Idle => t.keepalive,
         Phase::Header => t.client_header,
-        Phase::Body => t.client_body,
+        Phase::Body | Phase::Discard => t.client_body,
         Phase::Connect => t.connect,
         Phase::Response | Phase::Stream => t.upstream,
+        Phase::Linger => LINGER_MS,
     }
 }
 
@@ -101,6 +115,10 @@ struct Exchange {
     tried: TargetSet,
     target: usize,
     attempts: usize,
+    /// Attempts that ended in a response timeout.
+    timeouts: u8,
+    /// Writing the request to the target failed: nothing more is sent on this attempt.
+    upload_cut: bool,
     resp: Resp,
     /// Bytes at the front of `uin` that belong to the response body.
     resp_ready: usize,
@@ -116,6 +134,31 @@ struct Exchange {
 impl Exchange {
     fn request_sent(&self, uout_len: usize) -> bool {
         self.head_sent == uout_len && self.req_body.is_done() && self.body_sent == self.body_ready
+    }
+
+    /// Request body bytes at the front of `cin` that may go upstream: classified, and not part
+    /// of a chunk-size line or trailer section still being checked.
+    fn body_forwardable(&self) -> usize {
+        self.body_ready.saturating_sub(self.req_body.held())
+    }
+
+    /// Response body bytes at the front of `uin` that may go to the client.
+    fn resp_forwardable(&self) -> usize {
+        match &self.resp {
+            Resp::Head => 0,
+            Resp::Body(framer) => self.resp_ready.saturating_sub(framer.held()),
+        }
+    }
+
+    /// The request said `Expect: 100-continue` and no byte of its body has come: after a final
+    /// response, the client may send the body or the next request, and nobody can tell which.
+    fn body_withheld(&self) -> bool {
+        self.head.expect_continue && self.body_total == 0 && !self.req_body.is_done()
+    }
+
+    /// Whether another attempt may start: within `retries` and `retry_timeout`.
+    fn in_budget(&self, sh: &Shared) -> bool {
+        self.attempts <= sh.retries && sh.now.saturating_sub(self.started) < sh.retry_timeout
     }
 
     fn response_complete(&self) -> bool {
@@ -150,6 +193,15 @@ impl ExchangePool {
     }
 }
 
+/// The rest of a request body nobody will read, followed to its end so that the bytes after it
+/// are parsed as the next request and never before.
+#[derive(Clone, Copy, Debug)]
+struct Discard {
+    body: BodyFramer,
+    /// Bytes that may still be dropped before the connection is closed instead.
+    budget: u64,
+}
+
 pub struct Session {
     key: usize,
     client: TcpStream,
@@ -165,6 +217,12 @@ pub struct Session {
     ex: Option<Box<Exchange>>,
     /// Close once `cout` is flushed.
     close_after: bool,
+    /// The rest of an ended exchange's request body, being read and dropped.
+    discard: Option<Discard>,
+    /// An exchange ended before its request body did: the client may still be sending.
+    owes_body: bool,
+    /// Our side is shut down; what the client sends is read and dropped until it closes.
+    lingering: bool,
     /// Requests answered on this connection; before the first, the header timeout applies.
     served: u32,
     phase: Option<Phase>,
@@ -187,15 +245,14 @@ impl Session {
             up: None,
             ex: None,
             close_after: false,
+            discard: None,
+            owes_body: false,
+            lingering: false,
             served: 0,
             phase: None,
             deadline: 0,
             timer: None,
         }
-    }
-
-    pub fn client_mut(&mut self) -> &mut TcpStream {
-        &mut self.client
     }
 
     pub fn client_event(&mut self, event: &mio::event::Event) {
@@ -241,6 +298,11 @@ impl Session {
         }
         let outcome = match self.phase {
             Some(Phase::Idle) | None => Err(Closed),
+            Some(Phase::Linger) => Err(Closed),
+            Some(Phase::Discard) => {
+                debug!("{}: the rest of a request body stalled; closing", self.peer);
+                Err(Closed)
+            }
             // Nothing sent at all: close quietly, as nginx and HAProxy do.
             Some(Phase::Header) if self.cin.as_ref().is_none_or(Buffer::is_empty) => Err(Closed),
             Some(Phase::Header) => {
@@ -267,7 +329,7 @@ impl Session {
 
     /// Releases everything the session holds. The client socket closes when the session drops.
     pub fn teardown(&mut self, sh: &mut Shared) {
-        self.end_exchange(sh, None);
+        self.end_exchange(sh, None, false);
         if let Some((id, _)) = self.timer.take() {
             sh.wheel.cancel(id);
         }
@@ -280,8 +342,14 @@ impl Session {
     }
 
     fn step(&mut self, sh: &mut Shared) -> Step {
+        if self.lingering {
+            return self.linger(sh);
+        }
         let mut moved = self.read_client(sh)?;
-        if self.ex.is_none() {
+        if self.discard.is_some() {
+            moved |= self.discard_body()?;
+        }
+        if self.ex.is_none() && self.discard.is_none() {
             moved |= self.start_request(sh)?;
         }
         if self.ex.is_some() {
@@ -290,14 +358,14 @@ impl Session {
             moved |= self.write_upstream(sh)?;
             moved |= self.read_upstream(sh)?;
             moved |= self.parse_response_head(sh)?;
-            moved |= self.classify_response_body()?;
+            moved |= self.classify_response_body(sh)?;
         }
         moved |= self.write_client()?;
         if self.ex.is_some() {
             moved |= self.finish_if_complete(sh)?;
         } else if self.cout.as_ref().is_none_or(Buffer::is_empty) {
             if self.close_after || (self.client_eof && self.cin.as_ref().is_none_or(Buffer::is_empty)) {
-                return Err(Closed);
+                return self.close_or_linger();
             }
             if sh.draining && self.is_idle() {
                 return Err(Closed);
@@ -314,7 +382,7 @@ impl Session {
             }
         }
         let phase = self.current_phase();
-        let idle_timer = matches!(phase, Phase::Stream | Phase::Body);
+        let idle_timer = matches!(phase, Phase::Stream | Phase::Body | Phase::Discard);
         if self.phase != Some(phase) || (moved && idle_timer) {
             self.phase = Some(phase);
             self.deadline = sh.now + timeout_for(phase, &sh.timeouts);
@@ -324,14 +392,18 @@ impl Session {
     }
 
     fn current_phase(&self) -> Phase {
+        if self.lingering {
+            return Phase::Linger;
+        }
         match (&self.ex, &self.up) {
+            (None, _) if self.discard.is_some() => Phase::Discard,
             (None, _) if self.cin.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Header,
             (None, _) if self.cout.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Stream,
             // A new connection gets the header timeout from its first moment (slowloris).
             (None, _) if self.served == 0 => Phase::Header,
             (None, _) => Phase::Idle,
             (Some(_), Some(up)) if !up.connected => Phase::Connect,
-            (Some(ex), _) if !ex.req_body.is_done() && ex.body_sent == ex.body_ready => Phase::Body,
+            (Some(ex), _) if !ex.req_body.is_done() && ex.body_sent >= ex.body_forwardable() => Phase::Body,
             (Some(ex), _) if !ex.resp_started && matches!(ex.resp, Resp::Head) => Phase::Response,
             (Some(_), _) => Phase::Stream,
         }
@@ -387,6 +459,64 @@ impl Session {
         }
     }
 
+    /// Drops the rest of a request body whose exchange ended before it (the target answered
+    /// early), so that it is never taken for a request; past `DISCARD_LIMIT` the connection
+    /// closes instead.
+    fn discard_body(&mut self) -> Step {
+        let (Some(discard), Some(cin)) = (self.discard.as_mut(), self.cin.as_mut()) else {
+            return Ok(false);
+        };
+        if cin.is_empty() {
+            return Ok(false);
+        }
+        let progress = match discard.body.advance(cin.data(), HttpError::BadRequest) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!("{}: the rest of a request body is malformed ({e}); closing", self.peer);
+                return Err(Closed);
+            }
+        };
+        cin.consume(progress.used);
+        if progress.done {
+            self.discard = None;
+            self.owes_body = false;
+        } else if progress.used as u64 > discard.budget {
+            debug!("{}: more than {DISCARD_LIMIT} bytes of an unread request body; closing", self.peer);
+            self.discard = None;
+            self.close_after = true;
+        } else {
+            discard.budget -= progress.used as u64;
+        }
+        Ok(progress.used > 0 || progress.done)
+    }
+
+    /// The connection is to close. If the client may still be sending (an unfinished body,
+    /// unread bytes), shut our side first and read until the client closes or `LINGER_MS`
+    /// pass: closing with unread data sends a reset, which can destroy the response in the
+    /// client's receive buffer before it reads it (nginx's lingering close).
+    fn close_or_linger(&mut self) -> Step {
+        let unread = self.owes_body || self.ready.read || self.cin.as_ref().is_some_and(|b| !b.is_empty());
+        if self.client_eof || !unread || self.client.shutdown(std::net::Shutdown::Write).is_err() {
+            return Err(Closed);
+        }
+        self.lingering = true;
+        self.discard = None;
+        if let Some(cin) = self.cin.as_mut() {
+            cin.clear();
+        }
+        Ok(true)
+    }
+
+    /// Reads and drops what a lingering client sends; its close ends the session.
+    fn linger(&mut self, sh: &mut Shared) -> Step {
+        let cin = buffer::ensure(&mut self.cin, &mut sh.pool);
+        match self.ready.read(&mut self.client, cin.space()) {
+            Io::Bytes(_) | Io::Retry => Ok(true),
+            Io::Blocked => Ok(false),
+            Io::Eof | Io::Failed(_) => Err(Closed),
+        }
+    }
+
     /// Parses the next request head in `cin`, if a whole one is there, and sends it on its way.
     fn start_request(&mut self, sh: &mut Shared) -> Step {
         let Some(cin) = self.cin.as_mut().filter(|b| !b.is_empty()) else {
@@ -427,7 +557,7 @@ impl Session {
             sent_bytes: 0,
             trace: Trace::default(),
             head,
-            req_body: BodyFramer::new(head.body),
+            req_body: BodyFramer::with_limits(head.body, sh.chunk_limits),
             body_ready: 0,
             body_sent: 0,
             head_sent: 0,
@@ -435,6 +565,8 @@ impl Session {
             tried: TargetSet::default(),
             target: 0,
             attempts: 0,
+            timeouts: 0,
+            upload_cut: false,
             resp: Resp::Head,
             resp_ready: 0,
             resp_started: false,
@@ -469,10 +601,16 @@ impl Session {
                 ring.pick(ex.seq, &ex.tried).or_else(|| ring.pick_any(ex.seq, &ex.tried).filter(|_| fail_open))
             };
             let Some(target) = picked else {
-                warn!("{}: no live target left for request #{}", self.peer, ex.seq);
-                let keep = ex.client_keep_alive && ex.req_body.is_done() && ex.body_ready == 0;
-                let status = sh.all_down_status;
-                self.respond_local(sh, status, "All servers is off", keep);
+                let keep = ex.client_keep_alive;
+                if ex.timeouts > 0 {
+                    // A target is slow, not gone: that is a timeout, not the all-down answer.
+                    warn!("{}: request #{} timed out and no other live target is left -> 504", self.peer, ex.seq);
+                    self.respond_local(sh, 504, http::reason(504), keep);
+                } else {
+                    warn!("{}: no live target left for request #{}", self.peer, ex.seq);
+                    let status = sh.all_down_status;
+                    self.respond_local(sh, status, "All servers is off", keep);
+                }
                 return Ok(());
             };
             ex.target = target;
@@ -497,6 +635,11 @@ impl Session {
             ex.tried.insert(target);
             ex.trace.push(target, Outcome::Failed(failure));
             health::failed(sh, target, failure);
+            if !ex.in_budget(sh) {
+                warn!("{}: target {} {failure}; retry budget spent -> 502", self.peer, sh.targets.url(target));
+                self.respond_local(sh, 502, http::reason(502), false);
+                return Ok(());
+            }
             same_target = false;
         }
     }
@@ -527,11 +670,20 @@ impl Session {
     }
 
     fn classify_request_body(&mut self, sh: &mut Shared) -> Step {
-        let (Some(ex), Some(cin)) = (self.ex.as_mut(), self.cin.as_ref()) else {
+        let (Some(ex), Some(cin)) = (self.ex.as_mut(), self.cin.as_mut()) else {
             return Ok(false);
         };
+        let mut moved = false;
+        if ex.upload_cut && matches!(ex.resp, Resp::Body(_)) && ex.body_ready > 0 {
+            // The target stopped reading and has answered: the rest of the body goes nowhere,
+            // and the client must not stall on it while its response streams.
+            cin.consume(ex.body_ready);
+            ex.body_ready = 0;
+            ex.body_sent = 0;
+            moved = true;
+        }
         if ex.req_body.is_done() || cin.len() == ex.body_ready {
-            return Ok(false);
+            return Ok(moved);
         }
         let progress = match ex.req_body.advance(&cin.data()[ex.body_ready..], HttpError::BadRequest) {
             Ok(p) => p,
@@ -542,7 +694,7 @@ impl Session {
         if sh.max_body_size.is_some_and(|max| ex.body_total > max) {
             return self.refuse_exchange(sh, 413, "request body too large");
         }
-        Ok(progress.used > 0 || progress.done)
+        Ok(moved || progress.used > 0 || progress.done)
     }
 
     /// Ends an exchange the client got wrong: its status if the client has seen nothing of a
@@ -560,11 +712,12 @@ impl Session {
         let (Some(ex), Some(up), Some(uout)) = (self.ex.as_mut(), self.up.as_mut(), self.uout.as_ref()) else {
             return Ok(false);
         };
-        if !up.connected {
+        if !up.connected || ex.upload_cut {
             return Ok(false);
         }
         let head = &uout.data()[ex.head_sent..];
-        let body = self.cin.as_ref().map_or(&[][..], |cin| &cin.data()[ex.body_sent..ex.body_ready]);
+        let forwardable = ex.body_forwardable();
+        let body = self.cin.as_ref().map_or(&[][..], |cin| &cin.data()[ex.body_sent.min(forwardable)..forwardable]);
         match up.ready.write(&mut up.stream, head, body) {
             Io::Bytes(n) => {
                 let from_head = n.min(head.len());
@@ -574,7 +727,15 @@ impl Session {
             }
             Io::Blocked | Io::Eof => Ok(false),
             Io::Retry => Ok(true),
-            Io::Failed(e) => self.attempt_failed(sh, Failure::Reset(e.kind())),
+            Io::Failed(e) => {
+                // The target stopped reading: it may have answered already (an early 413 or
+                // 401) and closed. Its answer is in our receive buffer, so read before judging:
+                // a response is forwarded; a reset or close without one fails the attempt.
+                debug!("{}: target {} stopped reading the request: {e}", self.peer, sh.targets.url(up.target));
+                ex.upload_cut = true;
+                up.ready.read = true;
+                Ok(true)
+            }
         }
     }
 
@@ -599,8 +760,12 @@ impl Session {
             Io::Retry => Ok(true),
             Io::Failed(e) if matches!(ex.resp, Resp::Head) => self.attempt_failed(sh, Failure::Reset(e.kind())),
             Io::Failed(e) => {
-                warn!("{}: target {} failed mid-response: {e}", self.peer, sh.targets.url(up.target));
-                Err(Closed)
+                let why = if e.kind() == io::ErrorKind::ConnectionReset {
+                    "reset mid-response"
+                } else {
+                    "failed mid-response"
+                };
+                self.broken_response(sh, why)
             }
         }
     }
@@ -614,11 +779,7 @@ impl Session {
             Resp::Head => self.attempt_failed(sh, Failure::Eof),
             Resp::Body(framer) if framer.until_close() => Ok(true),
             Resp::Body(framer) if framer.is_done() => Ok(true),
-            Resp::Body(_) => {
-                let url = sh.targets.url(ex.target);
-                warn!("{}: target {url} closed before the response body ended", self.peer);
-                Err(Closed)
-            }
+            Resp::Body(_) => self.broken_response(sh, "closed before the response body ended"),
         }
     }
 
@@ -636,7 +797,7 @@ impl Session {
         let ctx = ResponseContext {
             request_is_head: ex.head.is_head,
             client_minor: ex.head.minor,
-            client_keep_alive: ex.client_keep_alive && !sh.draining && !self.client_eof,
+            client_keep_alive: ex.client_keep_alive && !sh.draining && !self.client_eof && !ex.body_withheld(),
         };
         let head = match http::parse_response(uin.data(), &ctx, cout.space()) {
             Ok(Some(head)) => head,
@@ -653,7 +814,7 @@ impl Session {
             return Ok(true);
         }
         cout.fill(head.out_len);
-        ex.resp = Resp::Body(BodyFramer::new(head.body));
+        ex.resp = Resp::Body(BodyFramer::with_limits(head.body, sh.chunk_limits));
         ex.client_keep_alive = head.client_keep_alive;
         ex.upstream_reusable = head.upstream_reusable;
         // The response has begun: the request will not be replayed, so its bytes can go.
@@ -684,7 +845,24 @@ impl Session {
         Ok(true)
     }
 
-    fn classify_response_body(&mut self) -> Step {
+    /// The target's response broke after its head arrived: a 502 if the client has seen none of
+    /// it yet, otherwise a close, which shows a framed response to the client as cut short.
+    fn broken_response(&mut self, sh: &mut Shared, why: impl std::fmt::Display) -> Step {
+        let Some(ex) = self.ex.as_mut() else {
+            return Err(Closed);
+        };
+        let url = sh.targets.url(ex.target);
+        if ex.resp_started {
+            warn!("{}: target {url} {why}; closing", self.peer);
+            return Err(Closed);
+        }
+        warn!("{}: target {url} {why} -> 502", self.peer);
+        ex.trace.set_last(Outcome::BadResponse);
+        self.respond_local(sh, 502, http::reason(502), false);
+        Ok(true)
+    }
+
+    fn classify_response_body(&mut self, sh: &mut Shared) -> Step {
         let (Some(ex), Some(uin)) = (self.ex.as_mut(), self.uin.as_ref()) else {
             return Ok(false);
         };
@@ -699,16 +877,13 @@ impl Session {
                 ex.resp_ready += p.used;
                 Ok(p.used > 0 || p.done)
             }
-            Err(e) => {
-                warn!("{}: target {e}; closing", self.peer);
-                Err(Closed)
-            }
+            Err(e) => self.broken_response(sh, e),
         }
     }
 
     fn write_client(&mut self) -> Step {
         let head = self.cout.as_ref().map_or(&[][..], Buffer::data);
-        let ready = self.ex.as_ref().map_or(0, |ex| ex.resp_ready);
+        let ready = self.ex.as_ref().map_or(0, |ex| ex.resp_forwardable());
         let body = self.uin.as_ref().map_or(&[][..], |uin| &uin.data()[..ready]);
         match self.ready.write(&mut self.client, head, body) {
             Io::Bytes(n) => {
@@ -754,25 +929,39 @@ impl Session {
                 sh.upstreams.close(up);
             }
         }
-        // A response that came before its request finished leaves the client stream unframed.
-        self.close_after |= !ex.client_keep_alive || !request_sent;
         self.served += 1;
-        self.end_exchange(sh, None);
+        let keep_alive = ex.client_keep_alive;
+        self.end_exchange(sh, None, keep_alive);
         Ok(true)
     }
 
-    /// Logs the exchange and lets go of its buffers' contents, so that `settle` can return them
-    /// to the pool: an idle keep-alive connection holds no buffer. Returns the exchange's
-    /// request body bytes still at the front of `cin`.
-    fn end_exchange(&mut self, sh: &mut Shared, status: Option<u16>) -> Option<usize> {
-        let ex = self.ex.take()?;
+    /// Logs the exchange and lets go of it. Its buffers' contents go, so that `settle` can
+    /// return them to the pool (an idle keep-alive connection holds no buffer), and so do its
+    /// request body bytes at the front of `cin`. A body the client has not finished sending is
+    /// then read and dropped (`discard_body`) or the connection closes: it never becomes a
+    /// request. `keep_alive`: whether the client connection may carry another request.
+    fn end_exchange(&mut self, sh: &mut Shared, status: Option<u16>, keep_alive: bool) {
+        let Some(ex) = self.ex.take() else {
+            return;
+        };
         self.log_access(sh, &ex, status.unwrap_or(ex.status));
         for held in [self.uout.as_mut(), self.uin.as_mut()].into_iter().flatten() {
             held.clear();
         }
-        let body_ready = ex.body_ready;
+        if let Some(cin) = self.cin.as_mut() {
+            cin.consume(ex.body_ready.min(cin.len()));
+        }
+        self.close_after |= !keep_alive || ex.body_withheld();
+        if !ex.req_body.is_done() {
+            self.owes_body = true;
+            let fits = ex.req_body.length_left().is_none_or(|left| left <= DISCARD_LIMIT);
+            if self.close_after || !fits {
+                self.close_after = true;
+            } else {
+                self.discard = Some(Discard { body: ex.req_body, budget: DISCARD_LIMIT });
+            }
+        }
         sh.exchanges.recycle(ex);
-        Some(body_ready)
     }
 
     /// A connection attempt or an exchange with a target failed before the client saw any of
@@ -792,17 +981,25 @@ impl Session {
             warn!("{}: target {url} failed mid-response ({failure}); closing", self.peer);
             return Err(Closed);
         }
+        let timed_out = failure == Failure::ResponseTimeout;
         if stale_pooled {
             ex.trace.push(ex.target, Outcome::Stale);
         } else {
             ex.tried.insert(ex.target);
             ex.trace.push(ex.target, Outcome::Failed(failure));
-            health::failed(sh, ex.target, failure);
+            if timed_out {
+                // One slow request says little about its target: a probe decides.
+                ex.timeouts = ex.timeouts.saturating_add(1);
+                health::suspect(sh, ex.target);
+            } else {
+                health::failed(sh, ex.target, failure);
+            }
         }
         let safe = failure.before_request() || nothing_sent || ex.head.idempotent;
-        let in_budget = ex.attempts <= sh.retries && sh.now.saturating_sub(ex.started) < sh.retry_timeout;
+        // A request that timed out gets one more target, never a walk through all of them.
+        let in_budget = ex.in_budget(sh) && ex.timeouts <= 1;
         if !(ex.replayable && safe && in_budget) {
-            let status = if matches!(failure, Failure::ResponseTimeout) { 504 } else { 502 };
+            let status = if timed_out { 504 } else { 502 };
             let why = if !in_budget { "retry budget spent" } else { "not safe to retry" };
             warn!("{}: target {} {failure}; {why} -> {status}", self.peer, sh.targets.url(ex.target));
             self.respond_local(sh, status, http::reason(status), false);
@@ -814,36 +1011,37 @@ impl Session {
         ex.resp = Resp::Head;
         ex.resp_ready = 0;
         ex.upstream_eof = false;
+        ex.upload_cut = false;
         if let Some(uin) = self.uin.as_mut() {
             uin.clear();
-        }
-        if let Some(cout) = self.cout.as_mut() {
-            cout.clear();
         }
         self.dispatch(sh, stale_pooled)?;
         Ok(true)
     }
 
-    /// Replaces whatever the exchange was doing with a response made by the proxy.
+    /// Replaces whatever the exchange was doing with a response made by the proxy. Interim
+    /// (1xx) heads already queued for the client stay in front of it: each is whole.
     fn respond_local(&mut self, sh: &mut Shared, status: u16, body: &str, keep_alive: bool) {
         if let Some(up) = self.up.take() {
             sh.upstreams.close(up);
         }
-        match self.end_exchange(sh, Some(status)) {
-            Some(body_ready) => {
-                if let Some(cin) = self.cin.as_mut() {
-                    cin.consume(body_ready);
-                }
-            }
-            None => self.log_refused(sh, status),
-        }
+        let interim_queued = self.ex.as_ref().is_some_and(|ex| matches!(ex.resp, Resp::Head));
         let keep_alive = keep_alive && !sh.draining;
+        if self.ex.is_some() {
+            self.end_exchange(sh, Some(status), keep_alive);
+        } else {
+            self.log_refused(sh, status);
+            self.close_after |= !keep_alive;
+        }
         self.served += 1;
         let cout = buffer::ensure(&mut self.cout, &mut sh.pool);
-        cout.clear();
-        let n = http::write_local_response(cout.space(), status, body, keep_alive).unwrap_or(0);
-        cout.fill(n);
-        self.close_after |= !keep_alive;
+        if !interim_queued {
+            cout.clear();
+        }
+        match http::write_local_response(cout.space(), status, body, !self.close_after) {
+            Some(n) => cout.fill(n),
+            None => self.close_after = true,
+        }
     }
 
     fn log_access(&self, sh: &mut Shared, ex: &Exchange, status: u16) {
@@ -853,21 +1051,16 @@ impl Session {
         let head = self.uout.as_ref().map_or(&[][..], Buffer::data);
         let request_line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
         let answered = ex.answered.is_some();
-        let mut line = Vec::with_capacity(160);
-        accesslog::format(
-            &Entry {
-                client: self.peer.ip(),
-                time: std::time::SystemTime::now(),
-                request_line,
-                status,
-                body_bytes: ex.sent_bytes,
-                target: answered.then(|| sh.targets.url(ex.target)),
-                upstream_ms: ex.answered.map(|t| t - ex.started),
-                trace: &ex.trace,
-            },
-            &mut line,
-        );
-        sh.access_log.send(line);
+        sh.access_log.write(&Entry {
+            client: self.peer.ip(),
+            time: std::time::SystemTime::now(),
+            request_line,
+            status,
+            body_bytes: ex.sent_bytes,
+            target: answered.then(|| sh.targets.url(ex.target)),
+            upstream_ms: ex.answered.map(|t| t - ex.started),
+            trace: &ex.trace,
+        });
     }
 
     /// A request refused before it became an exchange (malformed, too large, too slow).
@@ -875,21 +1068,16 @@ impl Session {
         if !sh.access_log.enabled() {
             return;
         }
-        let mut line = Vec::with_capacity(100);
-        accesslog::format(
-            &Entry {
-                client: self.peer.ip(),
-                time: std::time::SystemTime::now(),
-                request_line: b"-",
-                status,
-                body_bytes: 0,
-                target: None,
-                upstream_ms: None,
-                trace: &Trace::default(),
-            },
-            &mut line,
-        );
-        sh.access_log.send(line);
+        sh.access_log.write(&Entry {
+            client: self.peer.ip(),
+            time: std::time::SystemTime::now(),
+            request_line: b"-",
+            status,
+            body_bytes: 0,
+            target: None,
+            upstream_ms: None,
+            trace: &Trace::default(),
+        });
     }
 }
 

@@ -1,6 +1,6 @@
-//! Zero heap allocations per request on the warm keep-alive path. The reactor runs in this
-//! process, in front of a real target-svc, and a counting global allocator counts only what its
-//! thread allocates.
+//! Zero heap allocations per request on the warm keep-alive path, access log on. The reactor
+//! runs in this process, in front of a real target-svc, and a counting global allocator counts
+//! only what its thread allocates.
 
 mod common;
 
@@ -66,8 +66,14 @@ fn requests(stream: &mut std::net::TcpStream, n: usize) {
 fn the_warm_keep_alive_path_allocates_nothing_per_request() {
     let targets = common::targets(2);
     let urls: Vec<String> = targets.iter().map(|t| format!("\"{}\"", t.url())).collect();
-    let config =
-        Config::parse(&format!("{{\"ports\": [{}], \"listen\": \"127.0.0.1:0\"}}", urls.join(", "))).expect("config");
+    // With the access log on: its lines are formatted on the reactor thread too.
+    let log = common::temp_log("alloc");
+    let config = Config::parse(&format!(
+        "{{\"ports\": [{}], \"listen\": \"127.0.0.1:0\", \"access_log\": \"{}\"}}",
+        urls.join(", "),
+        log.display()
+    ))
+    .expect("config");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut reactor = Reactor::new(&config).expect("reactor");
@@ -84,4 +90,9 @@ fn the_warm_keep_alive_path_allocates_nothing_per_request() {
     let during = ALLOCATIONS.load(Ordering::Relaxed) - before;
     println!("{during} allocations on the reactor thread over 2000 keep-alive requests");
     assert_eq!(during, 0, "allocations on the keep-alive path");
+    let logged = common::eventually(std::time::Duration::from_secs(5), "the access log", || {
+        Some(common::read_lines(&log).len()).filter(|&n| n >= 2200)
+    });
+    assert_eq!(logged, 2200, "every request was logged");
+    let _ = std::fs::remove_file(log);
 }

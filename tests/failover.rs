@@ -4,6 +4,7 @@ mod common;
 
 use common::{eventually, read_head, read_lines, serve_raw, targets, temp_log, Client, FullBacklog, Proxy, Target};
 use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,4 +207,86 @@ fn check_live_takes_a_dead_target_out_before_any_client_request_finds_it() {
     for _ in 0..4 {
         assert_eq!(proxy.get("/").target(), "t2");
     }
+}
+
+#[test]
+fn a_slow_url_does_not_take_healthy_targets_out() {
+    let ts = targets(3);
+    let log = temp_log("slow-url");
+    let proxy = Proxy::start(&ts, &format!("\"upstream_timeout\": 0.3, \"access_log\": \"{}\"", json_path(&log)));
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = proxy.addr;
+            std::thread::spawn(move || Client::connect(addr).request("GET", "/sleep/2000", &[], b"").status)
+        })
+        .collect();
+    for request in slow {
+        assert_eq!(request.join().expect("client"), 504, "the client of a timed-out request gets 504");
+    }
+    // Every target is still in the rotation: the next requests spread over all three.
+    let mut client = Client::connect(proxy.addr);
+    let seen: std::collections::BTreeSet<String> =
+        (0..9).map(|_| client.request("GET", "/", &[], b"").target().to_string()).collect();
+    assert_eq!(seen.len(), 3, "{seen:?}\n{:#?}", proxy.proc.lines());
+    assert!(!proxy.proc.lines().iter().any(|l| l.contains(" down: ")), "{:#?}", proxy.proc.lines());
+    let lines = eventually(Duration::from_secs(5), "12 log lines", || Some(read_lines(&log)).filter(|l| l.len() >= 12));
+    for line in lines.iter().filter(|l| l.contains("/sleep/")) {
+        assert!(line.contains(" 504 ") && line.contains("attempts=2 "), "one retry, not a walk: {line}");
+    }
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn a_timed_out_request_on_the_only_target_gets_504_not_all_servers_off() {
+    let ts = targets(1);
+    let proxy = Proxy::start(&ts, "\"upstream_timeout\": 0.3");
+    let r = proxy.get("/sleep/1000");
+    assert_eq!(r.status, 504);
+    assert_eq!(proxy.get("/").status, 200, "the target is still live");
+}
+
+#[test]
+fn a_frozen_target_costs_a_get_one_timeout_and_a_failed_probe_takes_it_out() {
+    let ts = targets(2);
+    let proxy = Proxy::start(&ts, "\"upstream_timeout\": 0.5, \"probe_timeout\": 0.3, \"sleeping\": 60");
+    let frozen = Command::new("kill").args(["-STOP", &ts[0].pid().to_string()]).status().expect("kill");
+    assert!(frozen.success());
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..6 {
+        let r = client.request("GET", "/", &[], b"");
+        assert_eq!((r.status, r.target()), (200, "t2"));
+    }
+    proxy.proc.wait_line("down: health probe", Duration::from_secs(5));
+    let thawed = Command::new("kill").args(["-CONT", &ts[0].pid().to_string()]).status().expect("kill");
+    assert!(thawed.success());
+}
+
+#[test]
+fn connect_failures_stop_at_the_retry_budget() {
+    let log = temp_log("budget");
+    let ports: Vec<String> = (0..4).map(|_| format!("\"http://127.0.0.1:{}/\"", common::closed_port())).collect();
+    let proxy = Proxy::with_config(&format!(
+        "{{\"ports\": [{}], \"listen\": \"127.0.0.1:0\", \"retries\": 1, \"access_log\": \"{}\"}}",
+        ports.join(", "),
+        json_path(&log)
+    ));
+    assert_eq!(proxy.get("/").status, 502);
+    let line = eventually(Duration::from_secs(5), "a log line", || read_lines(&log).into_iter().next());
+    assert!(line.contains("attempts=2 "), "retries: 1 allows two attempts: {line}");
+    let _ = std::fs::remove_file(log);
+
+    // Failures found before any packet leaves (a name that cannot resolve: a label over 63
+    // bytes fails inside the resolver library, without a query) take the same budget.
+    let log = temp_log("budget-sync");
+    let names: Vec<String> = (0..4).map(|i| format!("\"http://{}{i}.test:80/\"", "a".repeat(64))).collect();
+    let proxy = Proxy::with_config(&format!(
+        "{{\"ports\": [{}], \"listen\": \"127.0.0.1:0\", \"retries\": 1, \"all_down\": \"try_all\", \
+         \"sleeping\": 60, \"access_log\": \"{}\"}}",
+        names.join(", "),
+        json_path(&log)
+    ));
+    assert_eq!(proxy.get("/").status, 502);
+    let line = eventually(Duration::from_secs(5), "a log line", || read_lines(&log).into_iter().next());
+    assert!(line.contains("attempts=2 "), "retries: 1 allows two attempts: {line}");
+    let _ = std::fs::remove_file(log);
 }

@@ -5,7 +5,8 @@
 //! - `/echo` sends the request body back, framed the way it came (Content-Length or chunked);
 //! - `/bytes/N` sends N bytes with Content-Length, `/chunked/N` sends them chunked, and
 //!   `/close/N` sends them delimited by closing the connection;
-//! - `/status/N` answers status N with no body; `/headers` sends back the request head.
+//! - `/status/N` answers status N with no body; `/headers` sends back the request head;
+//! - `/sleep/N` answers `Hello, world!` after N milliseconds: a slow URL.
 //!
 //! Every response carries `X-Target: <name>`. One thread per connection keeps it simple and,
 //! behind a keep-alive proxy, fast: the proxy holds a handful of connections open.
@@ -214,6 +215,10 @@ fn respond(req: &Request, input: &mut Input, out: &mut impl Write, name: &str) -
     match first {
         "" => fixed(out, name, "200 OK", b"Hello, world!", head)?,
         "ping" => fixed(out, name, "200 OK", b"pong", head)?,
+        "sleep" => {
+            std::thread::sleep(Duration::from_millis(size()));
+            fixed(out, name, "200 OK", b"Hello, world!", head)?;
+        }
         "headers" => fixed(out, name, "200 OK", &req.raw_head, head)?,
         "echo" => {
             let framing = match req.body {

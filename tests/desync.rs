@@ -1,0 +1,261 @@
+//! Bytes never cross a message boundary: a body byte is never a request, a response never
+//! reaches a client that did not ask for it, and a broken response is a 502, not silence.
+//! Real processes on loopback; misbehaving targets are listeners of the test's own.
+
+mod common;
+
+use common::{send_in_background, serve_raw, targets, Client, Proxy, Recorder, Then};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A request body that is itself a request, so that a body byte taken for a request shows.
+fn smuggling_body(size: usize) -> Vec<u8> {
+    let unit = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
+    unit.iter().copied().cycle().take(size).collect()
+}
+
+fn proxy_for(url: &str, extra: &str) -> Proxy {
+    Proxy::with_config(&format!("{{\"ports\": [\"{url}\"], \"listen\": \"127.0.0.1:0\", \"fall\": 100{extra}}}"))
+}
+
+fn post_head(path: &str, length: usize) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn a_body_whose_length_the_connection_field_names_still_reaches_the_target_whole() {
+    let ts = targets(1);
+    let proxy = Proxy::start(&ts, "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello");
+    let r = client.read_response(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    client.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    );
+    let r = client.read_response(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    let seen = client.request("GET", "/headers", &[("Connection", "Host, X-Gone"), ("X-Gone", "1")], b"").text();
+    assert!(seen.contains("Host: test\r\n") && !seen.contains("X-Gone"), "{seen}");
+    let r = client.request("GET", "/", &[], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello, world!"), "the connection stays in step");
+}
+
+#[test]
+fn a_response_whose_length_the_connection_field_names_stays_framed() {
+    let addr = serve_raw(|mut conn: TcpStream| {
+        while common::read_head(&mut conn) {
+            let reply = b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\nok";
+            if conn.write_all(reply).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&format!("http://{addr}/"), "");
+    let mut client = Client::connect(proxy.addr);
+    client.stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    for _ in 0..3 {
+        let r = client.request("GET", "/", &[], b"");
+        assert_eq!((r.status, r.text().as_str(), r.header("content-length")), (200, "ok", Some("2")));
+    }
+}
+
+#[test]
+fn an_upload_answered_early_never_becomes_a_request() {
+    // The target answers before reading the body, keeps the connection alive in its answer, and
+    // closes: the proxy must drop the rest of the body, then carry the next request.
+    let target = Recorder::start(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n", Then::Close);
+    let proxy = proxy_for(&target.url(), "");
+    let body = smuggling_body(2 << 20);
+    let mut client = Client::connect(proxy.addr);
+    client.send(&post_head("/upload", body.len()));
+    let writer = send_in_background(&client.stream, body);
+    assert_eq!(client.read_response(false).status, 413);
+    writer.join().expect("writer");
+    let r = client.request("GET", "/after", &[], b"");
+    assert_eq!(r.status, 413, "the next request reached the target, not a 400 made of body bytes");
+    assert_eq!(target.request_lines(), ["POST /upload HTTP/1.1", "GET /after HTTP/1.1"]);
+}
+
+#[test]
+fn an_early_answer_from_a_target_that_then_closes_still_reaches_an_uploading_client() {
+    // The target answers and closes without reading: writing the body to it fails, and its
+    // answer, already in the proxy's receive buffer, must still be forwarded.
+    let target = Recorder::start(
+        b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 6\r\n\r\ndenied",
+        Then::Close,
+    );
+    let proxy = proxy_for(&target.url(), "");
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..3 {
+        let body = smuggling_body(2 << 20);
+        client.send(&post_head("/upload", body.len()));
+        let writer = send_in_background(&client.stream, body);
+        let r = client.read_response(false);
+        assert_eq!((r.status, r.text().as_str()), (401, "denied"));
+        writer.join().expect("writer");
+    }
+    assert_eq!(target.request_lines(), ["POST /upload HTTP/1.1"; 3]);
+}
+
+#[test]
+fn a_keep_alive_client_gets_no_stray_400_after_a_streamed_echo_upload() {
+    let ts = targets(1);
+    let proxy = Proxy::start(&ts, "");
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..3 {
+        let body = smuggling_body(2 << 20);
+        client.send(&post_head("/echo", body.len()));
+        let writer = send_in_background(&client.stream, body.clone());
+        let r = client.read_response(false);
+        writer.join().expect("writer");
+        assert_eq!(r.status, 200);
+        assert!(r.body == body, "the echo came back whole");
+        let r = client.request("GET", "/", &[], b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "Hello, world!"));
+    }
+}
+
+#[test]
+fn an_early_final_answer_to_expect_continue_closes_the_connection() {
+    // The client holds its body back; after a final answer it may send the body or its next
+    // request, and no one can tell which: the connection must close.
+    let target = Recorder::start(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", Then::Close);
+    let proxy = proxy_for(&target.url(), "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n");
+    let r = client.read_response(false);
+    assert_eq!((r.status, r.header("connection")), (401, Some("close")));
+    assert!(client.is_closed());
+}
+
+#[test]
+fn a_413_from_the_proxy_reaches_a_client_that_is_still_uploading() {
+    let ts = targets(1);
+    let proxy = Proxy::start(&ts, "\"max_body_size\": 1000");
+    for _ in 0..5 {
+        let body = smuggling_body(2 << 20);
+        let mut client = Client::connect(proxy.addr);
+        client.send(&post_head("/echo", body.len()));
+        let writer = send_in_background(&client.stream, body);
+        let r = client.try_read_response(false).expect("the 413 arrives before any reset");
+        assert_eq!((r.status, r.header("connection")), (413, Some("close")));
+        writer.join().expect("writer");
+    }
+}
+
+#[test]
+fn a_local_answer_keeps_the_rest_of_the_body_out_of_the_next_request() {
+    let port = common::closed_port();
+    let proxy = proxy_for(&format!("http://127.0.0.1:{port}/"), ", \"sleeping\": 60");
+    let body = smuggling_body(100_000);
+    let mut client = Client::connect(proxy.addr);
+    client.send(&post_head("/upload", body.len()));
+    let r = client.read_response(false);
+    assert_eq!((r.status, r.text().as_str()), (500, "All servers is off"));
+    send_in_background(&client.stream, body).join().expect("writer");
+    let r = client.request("GET", "/", &[], b"");
+    assert_eq!((r.status, r.text().as_str()), (500, "All servers is off"), "not a 400 made of body bytes");
+}
+
+#[test]
+fn an_endless_chunk_extension_is_refused_and_never_reaches_the_target() {
+    let target = Recorder::start(b"", Then::Listen);
+    let proxy = proxy_for(&target.url(), "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    common::eventually(Duration::from_secs(5), "the head to reach the target", || {
+        (target.heads().len() == 1).then_some(())
+    });
+    client.send(b"5;ext=");
+    let writer = send_in_background(&client.stream, vec![b'a'; 4 << 20]);
+    assert_eq!(client.read_response(false).status, 400);
+    writer.join().expect("writer");
+    common::eventually(Duration::from_secs(5), "the proxy to close the upstream connection", || {
+        (target.ended() == 1).then_some(())
+    });
+    assert!(target.after().is_empty(), "{} bytes of the chunk-size line were forwarded", target.after().len());
+}
+
+#[test]
+fn malformed_trailers_and_framing_fields_in_trailers_are_refused() {
+    let target = Recorder::start(b"", Then::Listen);
+    let proxy = proxy_for(&target.url(), "");
+    let cases = [
+        "0\r\nNoColon\r\n\r\n",
+        "0\r\nX-A: 1\r\n folded\r\n\r\n",
+        "0\r\nContent-Length: 5\r\n\r\n",
+        "0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "0\r\nHost: elsewhere\r\n\r\n",
+        "0\r\nX-A: a\u{7}b\r\n\r\n",
+        "5;a=\"unterminated\r\nhello\r\n0\r\n\r\n",
+    ];
+    for body in cases {
+        let mut client = Client::connect(proxy.addr);
+        client.send(format!("POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}").as_bytes());
+        assert_eq!(client.read_response(false).status, 400, "{body:?}");
+    }
+    common::eventually(Duration::from_secs(5), "the proxy to close every upstream connection", || {
+        (target.ended() == cases.len()).then_some(())
+    });
+    let after = String::from_utf8_lossy(&target.after()).into_owned();
+    for never in ["NoColon", "folded", "Content-Length", "Transfer-Encoding", "elsewhere", "unterminated"] {
+        assert!(!after.contains(never), "{never:?} reached the target: {after:?}");
+    }
+    // A valid trailer still passes.
+    let ts = targets(1);
+    let proxy = Proxy::start(&ts, "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n",
+    );
+    assert_eq!(client.read_response(false).text(), "hello");
+}
+
+#[test]
+fn a_framing_field_in_a_response_trailer_never_reaches_the_client() {
+    let addr = common::raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: 9\r\n\r\nsmuggled!",
+    );
+    let proxy = proxy_for(&format!("http://{addr}/"), "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = client.stream.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(!got.contains("Content-Length: 9") && !got.contains("smuggled"), "{got}");
+    assert!(got.starts_with("HTTP/1.1 502") || !got.ends_with("0\r\n\r\n"), "never a complete message: {got}");
+}
+
+#[test]
+fn identical_content_length_fields_reach_the_target_once() {
+    let target = Recorder::start(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Then::Listen);
+    let proxy = proxy_for(&target.url(), "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(client.read_response(false).status, 200);
+    let head = target.heads().remove(0).to_ascii_lowercase();
+    assert_eq!(head.matches("content-length").count(), 1, "{head}");
+}
+
+#[test]
+fn a_target_that_answers_garbage_gives_a_502_never_an_empty_reply() {
+    let replies: [&'static [u8]; 7] = [
+        b"HTTP/1.1 2000 X\r\nContent-Length: 0\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"Hello, world!",
+        b"HTTP/2 200\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;bad ext\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    ];
+    for reply in replies {
+        let addr = common::raw_upstream(reply);
+        let proxy = proxy_for(&format!("http://{addr}/"), "");
+        let r = proxy.get("/");
+        assert_eq!(r.status, 502, "{:?}", String::from_utf8_lossy(reply));
+        proxy.proc.wait_line("-> 502", Duration::from_secs(2));
+    }
+}
