@@ -19,8 +19,9 @@ Options:
   -h, --help             print this help
   -V, --version          print the version
 
-Signals: SIGTERM or SIGINT stops accepting, lets requests in flight finish
-(up to shutdown_timeout) and exits 0; a second signal exits at once.";
+Signals: SIGTERM, SIGINT or SIGQUIT stops accepting, lets requests in flight
+finish (up to shutdown_timeout) and exits 0; a second one exits at once.
+SIGUSR1 reopens the access log file. SIGHUP and SIGUSR2 are logged and ignored.";
 
 struct Args {
     config: PathBuf,

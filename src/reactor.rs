@@ -18,7 +18,7 @@ use crate::wheel::Wheel;
 use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::io;
@@ -110,7 +110,7 @@ impl Reactor {
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, token(Kind::Listener), Interest::READABLE)?;
         let waker = Arc::new(Waker::new(&registry, token(Kind::Waker))?);
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2])?;
         registry.register(&mut signals, token(Kind::Signals), Interest::READABLE)?;
 
         let addrs = config
@@ -336,10 +336,24 @@ impl Reactor {
         true
     }
 
-    /// SIGTERM or SIGINT: stop accepting and let requests in flight finish; a second signal
-    /// stops at once.
+    /// SIGTERM, SIGINT or SIGQUIT (nginx's graceful stop, and its Docker image's stop signal):
+    /// stop accepting and let requests in flight finish; a second one stops at once. SIGUSR1
+    /// reopens the access log; SIGHUP and SIGUSR2 are logged and otherwise ignored, rather
+    /// than killing the process as their default action would.
     fn on_signals(&mut self) -> bool {
-        let Some(signal) = self.signals.pending().last() else {
+        let mut stop = None;
+        for signal in self.signals.pending() {
+            match signal {
+                SIGHUP => warn!("SIGHUP: reloading the config is not supported yet; carrying on with the current one"),
+                SIGUSR1 => {
+                    info!("SIGUSR1: reopening the access log");
+                    self.sh.access_log.reopen();
+                }
+                SIGUSR2 => warn!("SIGUSR2: ignored"),
+                other => stop = Some(other),
+            }
+        }
+        let Some(signal) = stop else {
             return true;
         };
         if self.sh.draining {

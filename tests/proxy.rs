@@ -234,3 +234,37 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
     assert_eq!(proxy.proc.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(std::net::TcpStream::connect(proxy.addr).is_err(), "still accepting after the drain");
 }
+
+#[test]
+fn sighup_sigusr1_and_sigusr2_leave_the_proxy_serving() {
+    let ts = targets(1);
+    let log = common::temp_log("rotate");
+    let mut proxy = Proxy::start(&ts, &format!("\"access_log\": \"{}\"", log.display()));
+    assert_eq!(proxy.get("/").status, 200);
+    for signal in ["HUP", "USR1", "USR2"] {
+        proxy.proc.signal(signal);
+        proxy.proc.wait_line(&format!("SIG{signal}"), Duration::from_secs(5));
+        assert_eq!(proxy.get("/").status, 200, "still serving after SIG{signal}");
+    }
+    // SIGUSR1 reopened the log: a rotated file is left alone and a new one is written.
+    let rotated = log.with_extension("1");
+    std::fs::rename(&log, &rotated).expect("rotate the log");
+    proxy.proc.signal("USR1");
+    eventually(Duration::from_secs(5), "a reopened log", || {
+        assert_eq!(proxy.get("/").status, 200);
+        std::fs::metadata(&log).ok().filter(|m| m.len() > 0)
+    });
+    assert_eq!(proxy.proc.wait_exit_or_none(), None, "the proxy is still running");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+}
+
+#[test]
+fn sigquit_drains_like_sigterm() {
+    let ts = targets(1);
+    let mut proxy = Proxy::start(&ts, "");
+    assert_eq!(proxy.get("/").status, 200);
+    proxy.proc.signal("QUIT");
+    proxy.proc.wait_line("draining", Duration::from_secs(5));
+    assert_eq!(proxy.proc.wait_exit(Duration::from_secs(10)), Some(0));
+}
