@@ -238,12 +238,12 @@ impl AccessLog {
 
     /// Hands the current batch to the writer; the reactor calls this once per loop pass.
     pub fn flush(&mut self) {
-        let (Some(to_writer), Some(returned)) = (self.to_writer.as_ref(), self.returned.as_ref()) else {
-            return;
-        };
         if self.batch.is_empty() {
             return;
         }
+        let (Some(to_writer), Some(returned)) = (self.to_writer.as_ref(), self.returned.as_ref()) else {
+            return;
+        };
         let spare = returned.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH + 1024));
         let full = std::mem::replace(&mut self.batch, spare);
         match to_writer.try_send(Message::Lines(full)) {
