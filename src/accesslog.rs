@@ -177,27 +177,25 @@ pub struct AccessLog {
     to_writer: Option<SyncSender<Message>>,
     /// Written batches coming back, emptied, for reuse.
     returned: Option<Receiver<Vec<u8>>>,
+    /// Disconnects when the writer thread ends, so that `drop` can wait for the last lines.
+    finished: Option<Receiver<()>>,
     batch: Vec<u8>,
-    lines_in_batch: u64,
     dropped: u64,
-    dropped_batches: u64,
 }
 
-/// Batches that may wait for the writer before new ones are dropped.
+/// Batches that may wait for the writer.
 const BACKLOG: usize = 64;
 /// A batch is handed over early once it holds this much.
 const BATCH: usize = 64 * 1024;
+/// Room for a batch: `BATCH` and the longest line (a request line is at most 8 KiB of URI).
+const SPARE: usize = BATCH + 16 * 1024;
+/// While the writer is behind, lines gather in the batch up to this size; beyond it they are
+/// dropped and counted, and the reactor never waits.
+const MOST: usize = 4 << 20;
 
 impl AccessLog {
     pub fn off() -> AccessLog {
-        AccessLog {
-            to_writer: None,
-            returned: None,
-            batch: Vec::new(),
-            lines_in_batch: 0,
-            dropped: 0,
-            dropped_batches: 0,
-        }
+        AccessLog { to_writer: None, returned: None, finished: None, batch: Vec::new(), dropped: 0 }
     }
 
     /// Opens the destination and starts the writer thread.
@@ -209,14 +207,17 @@ impl AccessLog {
         };
         let (to_writer, inbox) = sync_channel(BACKLOG);
         let (give_back, returned) = sync_channel(BACKLOG);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(inbox, give_back, sink))?;
+        let (done, finished) = sync_channel(0);
+        std::thread::Builder::new().name("access-log".into()).spawn(move || {
+            write_lines(inbox, give_back, sink);
+            drop(done);
+        })?;
         Ok(AccessLog {
             to_writer: Some(to_writer),
             returned: Some(returned),
-            batch: Vec::with_capacity(BATCH + 1024),
-            lines_in_batch: 0,
+            finished: Some(finished),
+            batch: Vec::with_capacity(SPARE),
             dropped: 0,
-            dropped_batches: 0,
         })
     }
 
@@ -229,38 +230,38 @@ impl AccessLog {
         if !self.enabled() {
             return;
         }
+        if self.batch.len() >= MOST {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                warn!("access log writer is behind: {} lines dropped so far", self.dropped);
+            }
+            return;
+        }
         format(entry, &mut self.batch);
-        self.lines_in_batch += 1;
         if self.batch.len() >= BATCH {
             self.flush();
         }
     }
 
-    /// Hands the current batch to the writer; the reactor calls this once per loop pass.
+    /// Hands the current batch to the writer, if it can take one; the reactor calls this once
+    /// per loop pass. A batch the writer cannot take yet keeps gathering lines.
     pub fn flush(&mut self) {
         if self.batch.is_empty() {
             return;
         }
-        let (Some(to_writer), Some(returned)) = (self.to_writer.as_ref(), self.returned.as_ref()) else {
+        let Some(to_writer) = self.to_writer.as_ref() else {
             return;
         };
-        let spare = returned.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH + 1024));
-        let full = std::mem::replace(&mut self.batch, spare);
+        let full = std::mem::take(&mut self.batch);
         match to_writer.try_send(Message::Lines(full)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(Message::Lines(mut full))) => {
-                self.dropped += self.lines_in_batch;
-                self.dropped_batches += 1;
-                if self.dropped_batches.is_power_of_two() {
-                    warn!("access log writer is behind: {} lines dropped so far", self.dropped);
-                }
-                full.clear();
-                self.batch = full;
+            Ok(()) => {
+                let spare = self.returned.as_ref().and_then(|r| r.try_recv().ok());
+                self.batch = spare.unwrap_or_else(|| Vec::with_capacity(SPARE));
             }
+            Err(TrySendError::Full(Message::Lines(full))) => self.batch = full,
             Err(TrySendError::Full(Message::Reopen)) => {}
             Err(TrySendError::Disconnected(_)) => self.to_writer = None,
         }
-        self.lines_in_batch = 0;
     }
 
     /// Has the writer reopen a log file (after rotation); nothing for stdout.
@@ -270,6 +271,18 @@ impl AccessLog {
             if to_writer.try_send(Message::Reopen).is_err() {
                 warn!("access log writer is behind: the reopen is skipped");
             }
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    /// The last lines of a drain go out before the process exits: hand them over, close the
+    /// channel, and give the writer a bounded while to finish.
+    fn drop(&mut self) {
+        self.flush();
+        self.to_writer = None;
+        if let Some(finished) = self.finished.take() {
+            let _ = finished.recv_timeout(std::time::Duration::from_secs(2));
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct Target {
     probing: bool,
     /// The next probe's timer, when one is armed.
     probe_timer: Option<TimerId>,
+    /// Counts armed probe timers; a `ProbeDue` of an older round is stale and ignored.
+    probe_round: u32,
     /// A request to it timed out: probe it even while live.
     suspect: bool,
 }
@@ -173,6 +175,7 @@ impl Targets {
                     streak: Streak::default(),
                     probing: false,
                     probe_timer: None,
+                    probe_round: 0,
                     suspect: false,
                 }
             })
@@ -248,7 +251,7 @@ pub fn suspect(sh: &mut Shared, target: usize) {
     if let Some(id) = t.probe_timer.take() {
         sh.wheel.cancel(id);
     }
-    t.probe_timer = Some(sh.wheel.insert(sh.now, Timer::ProbeDue(target)));
+    arm_probe(sh, target, 0);
 }
 
 /// Arms `target`'s next probe, one jittered period from now, unless one is armed or running.
@@ -258,7 +261,13 @@ pub fn schedule_probe(sh: &mut Shared, target: usize) {
         return;
     }
     let delay = sh.targets.jitter.spread(sh.targets.period);
-    sh.targets.list[target].probe_timer = Some(sh.wheel.insert(sh.now + delay, Timer::ProbeDue(target)));
+    arm_probe(sh, target, delay);
+}
+
+fn arm_probe(sh: &mut Shared, target: usize, delay: u64) {
+    let t = &mut sh.targets.list[target];
+    t.probe_round = t.probe_round.wrapping_add(1);
+    t.probe_timer = Some(sh.wheel.insert(sh.now + delay, Timer::ProbeDue(target, t.probe_round)));
 }
 
 struct Probe {
@@ -297,9 +306,13 @@ impl Prober {
     }
 
     /// `target`'s probe time came: look its name up again, or probe its address.
-    pub fn due(&mut self, sh: &mut Shared, target: usize) {
+    pub fn due(&mut self, sh: &mut Shared, target: usize, round: u32) {
         let wanted = sh.targets.wants_probe(target);
         let t = &mut sh.targets.list[target];
+        if round != t.probe_round || t.probe_timer.is_none() {
+            // Replaced by a sooner probe after this one had already come due.
+            return;
+        }
         t.probe_timer = None;
         if t.probing || !wanted {
             return;
@@ -383,14 +396,20 @@ impl Prober {
 
     /// A probe of `target` ended: count it, and arm the next one if still wanted.
     fn finished(&mut self, sh: &mut Shared, target: usize, result: Result<(), &'static str>) {
-        let t = &mut sh.targets.list[target];
-        t.probing = false;
-        t.suspect = false;
+        sh.targets.list[target].probing = false;
         match result {
-            Ok(()) => succeeded(sh, target),
+            Ok(()) => {
+                sh.targets.list[target].suspect = false;
+                succeeded(sh, target);
+            }
             Err(why) => {
                 debug!("probe {}: {why}", sh.targets.url(target));
                 failed(sh, target, Failure::Probe(why));
+                // A suspect stays one, probed every period, until a probe clears it or it
+                // is down (and probed as a dropped target).
+                if !sh.targets.ring.is_live(target) {
+                    sh.targets.list[target].suspect = false;
+                }
             }
         }
         schedule_probe(sh, target);

@@ -478,7 +478,7 @@ impl<'b> Fields<'b> {
             }
         };
         let f = self;
-        let mut codings_seen = false;
+        let mut te_field = false;
         let mut unknown_coding = false;
         for (i, h) in headers.iter().enumerate() {
             let kind = Field::of(h.name);
@@ -492,6 +492,7 @@ impl<'b> Fields<'b> {
                     f.content_length = Some(n);
                 }
                 Field::TransferEncoding => {
+                    te_field = true;
                     for coding in list_items(h.value) {
                         if matches!(f.transfer_encoding, Some(Coding::Chunked)) {
                             return Err(bad("chunked is not the last transfer coding"));
@@ -499,7 +500,6 @@ impl<'b> Fields<'b> {
                         let class = classify_coding(coding);
                         unknown_coding |= matches!(class, Coding::Unknown);
                         f.transfer_encoding = Some(class);
-                        codings_seen = true;
                     }
                 }
                 Field::Host => f.host_count += 1,
@@ -521,7 +521,9 @@ impl<'b> Fields<'b> {
                 _ => {}
             }
         }
-        if f.transfer_encoding.is_none() && codings_seen {
+        // `Transfer-Encoding:` with no coding in it: some targets let its mere presence
+        // override Content-Length, so it is refused rather than ignored.
+        if f.transfer_encoding.is_none() && te_field {
             return Err(bad("empty Transfer-Encoding"));
         }
         if unknown_coding {
@@ -696,6 +698,8 @@ pub struct BodyFramer {
     state: Chunk,
     until_close: bool,
     held: u32,
+    /// Where in the held bytes the trailer section starts.
+    trailers_from: u32,
     limits: ChunkLimits,
 }
 
@@ -749,7 +753,9 @@ enum Ext {
 
 /// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing and connection control.
 /// Forwarded, a recipient that merges trailers into the head would reframe or reroute.
-const FORBIDDEN_TRAILERS: [&[u8]; 9] = [
+/// The `X-Forwarded-*` fields are the proxy's to write: in a trailer they would reach a merging
+/// recipient unchecked.
+const FORBIDDEN_TRAILERS: [&[u8]; 11] = [
     b"content-length",
     b"transfer-encoding",
     b"host",
@@ -759,6 +765,8 @@ const FORBIDDEN_TRAILERS: [&[u8]; 9] = [
     b"trailer",
     b"upgrade",
     b"proxy-connection",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
 ];
 
 /// The outcome of offering bytes to a `BodyFramer`.
@@ -797,7 +805,7 @@ impl BodyFramer {
             BodyKind::Chunked => Chunk::Size { value: 0, digits: 0 },
             BodyKind::UntilClose => Chunk::Data { left: u64::MAX, chunked: false },
         };
-        BodyFramer { state, until_close: kind == BodyKind::UntilClose, held: 0, limits }
+        BodyFramer { state, until_close: kind == BodyKind::UntilClose, held: 0, trailers_from: 0, limits }
     }
 
     pub fn is_done(&self) -> bool {
@@ -840,15 +848,16 @@ impl BodyFramer {
                 };
                 continue;
             }
+            let prev = self.state;
             self.state = self.step(data[used], bad)?;
             used += 1;
-            self.hold(bad)?;
+            self.hold(prev, bad)?;
         }
         Ok(Progress { used, done: self.state == Chunk::Done })
     }
 
     /// Counts one framing byte as held, or releases the line it completed.
-    fn hold(&mut self, bad: fn(&'static str) -> HttpError) -> Result<(), HttpError> {
+    fn hold(&mut self, prev: Chunk, bad: fn(&'static str) -> HttpError) -> Result<(), HttpError> {
         match self.state {
             // A size line ended (its data follows), the CRLF after a chunk's data, or the body.
             Chunk::Data { .. } | Chunk::DataLf | Chunk::Size { digits: 0, .. } | Chunk::Done => self.held = 0,
@@ -865,7 +874,11 @@ impl BodyFramer {
             | Chunk::TrailerLf
             | Chunk::LastLf => {
                 self.held += 1;
-                if self.held > self.limits.line.saturating_add(self.limits.trailers) {
+                if matches!(prev, Chunk::SizeLf { .. }) {
+                    // The last-chunk line ends here; the trailer section starts.
+                    self.trailers_from = self.held;
+                }
+                if self.held - self.trailers_from > self.limits.trailers {
                     return Err(bad("trailer section too large"));
                 }
             }
@@ -1090,6 +1103,8 @@ mod tests {
             ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
             ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus, chunked\r\n\r\n", 501),
             ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\nContent-Length: 1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
@@ -1271,6 +1286,7 @@ mod tests {
             "Content-Length: 5\r\n",
             "transfer-encoding: chunked\r\n",
             "HOST: elsewhere\r\n",
+            "X-Forwarded-For: 1.2.3.4\r\n",
             "X : 1\r\n",
             "X: a\u{1}b\r\n",
             "X: 1\n",
@@ -1283,8 +1299,17 @@ mod tests {
         let p = framer.advance(b"3\r\nabc\r\n0\r\nX-T: 1\r\n", HttpError::BadResponse).expect("valid so far");
         assert_eq!((p.used, framer.held()), (19, 11), "the last chunk and its trailers wait for the end");
         assert_eq!(framer.advance(b"\r\n", HttpError::BadResponse).map(|p| (p.done, framer.held())), Ok((true, 0)));
-        let mut framer = BodyFramer::with_limits(BodyKind::Chunked, ChunkLimits { line: 16, trailers: 32 });
-        let big = format!("0\r\n{}\r\n\r\n", "X: 0123456789\r\n".repeat(3));
+        let limits = ChunkLimits { line: 16, trailers: 32 };
+        let fits = format!("0\r\n{}\r\n", "X: 0123456789\r\n".repeat(2));
+        assert_eq!(fits.len() - 3, 32);
+        assert_eq!(
+            BodyFramer::with_limits(BodyKind::Chunked, limits)
+                .advance(fits.as_bytes(), HttpError::BadResponse)
+                .map(|p| p.done),
+            Ok(true)
+        );
+        let big = "0\r\nX: 0123456789\r\nX: 0123456789\r\nX: 1\r\n\r\n";
+        let mut framer = BodyFramer::with_limits(BodyKind::Chunked, limits);
         assert!(framer.advance(big.as_bytes(), HttpError::BadResponse).is_err(), "trailer section over its limit");
     }
 

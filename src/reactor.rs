@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 pub enum Timer {
     Session(usize),
     Probe(usize),
-    /// A target's next health probe is due.
-    ProbeDue(usize),
+    /// A target's next health probe is due: the target, and its probe round.
+    ProbeDue(usize, u32),
     AcceptRetry,
     DrainDeadline,
 }
@@ -323,7 +323,7 @@ impl Reactor {
                 }
             }
             Timer::Probe(key) => self.prober.on_timer(&mut self.sh, key),
-            Timer::ProbeDue(target) => self.prober.due(&mut self.sh, target),
+            Timer::ProbeDue(target, round) => self.prober.due(&mut self.sh, target, round),
             Timer::AcceptRetry => {
                 self.accept_paused = false;
                 self.accept();

@@ -133,7 +133,7 @@ struct Exchange {
 
 impl Exchange {
     fn request_sent(&self, uout_len: usize) -> bool {
-        self.head_sent == uout_len && self.req_body.is_done() && self.body_sent == self.body_ready
+        !self.upload_cut && self.head_sent == uout_len && self.req_body.is_done() && self.body_sent == self.body_ready
     }
 
     /// Request body bytes at the front of `cin` that may go upstream: classified, and not part
@@ -269,6 +269,8 @@ impl Session {
     /// Idle between requests: the first to go when the proxy drains.
     pub fn is_idle(&self) -> bool {
         self.ex.is_none()
+            && self.discard.is_none()
+            && !self.lingering
             && self.cin.as_ref().is_none_or(Buffer::is_empty)
             && self.cout.as_ref().is_none_or(Buffer::is_empty)
     }
@@ -397,15 +399,20 @@ impl Session {
         }
         match (&self.ex, &self.up) {
             (None, _) if self.discard.is_some() => Phase::Discard,
-            (None, _) if self.cin.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Header,
+            // An answer still going out comes first: a header timeout must not cut into it.
             (None, _) if self.cout.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Stream,
+            (None, _) if self.cin.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Header,
             // A new connection gets the header timeout from its first moment (slowloris).
             (None, _) if self.served == 0 => Phase::Header,
             (None, _) => Phase::Idle,
             (Some(_), Some(up)) if !up.connected => Phase::Connect,
-            (Some(ex), _) if !ex.req_body.is_done() && ex.body_sent >= ex.body_forwardable() => Phase::Body,
-            (Some(ex), _) if !ex.resp_started && matches!(ex.resp, Resp::Head) => Phase::Response,
-            (Some(_), _) => Phase::Stream,
+            // Once the target has answered, a stall is the transfer's, whichever side stalls.
+            (Some(ex), _) if matches!(ex.resp, Resp::Body(_)) => Phase::Stream,
+            // Everything the client sent is upstream: the client owes the next byte.
+            (Some(ex), _) if !ex.upload_cut && !ex.req_body.is_done() && ex.body_sent >= ex.body_forwardable() => {
+                Phase::Body
+            }
+            (Some(_), _) => Phase::Response,
         }
     }
 
@@ -473,7 +480,9 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 debug!("{}: the rest of a request body is malformed ({e}); closing", self.peer);
-                return Err(Closed);
+                self.discard = None;
+                self.close_after = true;
+                return Ok(true);
             }
         };
         cin.consume(progress.used);
@@ -758,6 +767,12 @@ impl Session {
             }
             Io::Blocked => Ok(false),
             Io::Retry => Ok(true),
+            // A reset may follow an answer already read (a target that closed with our request
+            // body unread): let `parse_response_head` look at what came before failing.
+            Io::Failed(_) if matches!(ex.resp, Resp::Head) && !uin.is_empty() => {
+                ex.upstream_eof = true;
+                Ok(true)
+            }
             Io::Failed(e) if matches!(ex.resp, Resp::Head) => self.attempt_failed(sh, Failure::Reset(e.kind())),
             Io::Failed(e) => {
                 let why = if e.kind() == io::ErrorKind::ConnectionReset {
@@ -776,6 +791,8 @@ impl Session {
             return Ok(false);
         };
         match &ex.resp {
+            // A head may still wait in `uin` behind a 1xx: `parse_response_head` decides.
+            Resp::Head if self.uin.as_ref().is_some_and(|b| !b.is_empty()) => Ok(true),
             Resp::Head => self.attempt_failed(sh, Failure::Eof),
             Resp::Body(framer) if framer.until_close() => Ok(true),
             Resp::Body(framer) if framer.is_done() => Ok(true),
@@ -787,8 +804,12 @@ impl Session {
         let (Some(ex), Some(uin)) = (self.ex.as_mut(), self.uin.as_mut()) else {
             return Ok(false);
         };
-        if !matches!(ex.resp, Resp::Head) || uin.is_empty() {
+        if !matches!(ex.resp, Resp::Head) {
             return Ok(false);
+        }
+        if uin.is_empty() {
+            // The target closed after an interim response, with no final one behind it.
+            return if ex.upstream_eof { self.attempt_failed(sh, Failure::Eof) } else { Ok(false) };
         }
         let cout = buffer::ensure(&mut self.cout, &mut sh.pool);
         if !cout.is_empty() {
@@ -801,6 +822,7 @@ impl Session {
         };
         let head = match http::parse_response(uin.data(), &ctx, cout.space()) {
             Ok(Some(head)) => head,
+            Ok(None) if ex.upstream_eof => return self.attempt_failed(sh, Failure::Eof),
             Ok(None) if uin.has_space() => return Ok(false),
             Ok(None) => return self.bad_gateway(sh, HttpError::BadResponse("head too large")),
             Err(e) => return self.bad_gateway(sh, e),

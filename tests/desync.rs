@@ -259,3 +259,23 @@ fn a_target_that_answers_garbage_gives_a_502_never_an_empty_reply() {
         proxy.proc.wait_line("-> 502", Duration::from_secs(2));
     }
 }
+
+#[test]
+fn a_final_answer_that_arrives_with_an_interim_one_and_a_close_is_forwarded() {
+    // One read brings a 103, the final 200 and the target's FIN: the FIN must not be taken
+    // for "closed without an answer" while the 200 still waits to be parsed.
+    let addr = common::raw_upstream(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let proxy = Proxy::with_config(&format!("{{\"ports\": [\"http://{addr}/\"], \"listen\": \"127.0.0.1:0\"}}"));
+    for _ in 0..5 {
+        let mut client = Client::connect(proxy.addr);
+        client.send(&post_head("/form", 3));
+        client.send(b"a=1");
+        let interim = client.read_response(false);
+        assert_eq!(interim.status, 103);
+        let r = client.read_response(false);
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    assert!(!proxy.proc.lines().iter().any(|l| l.contains(" down: ")), "{:#?}", proxy.proc.lines());
+}

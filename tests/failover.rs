@@ -246,17 +246,23 @@ fn a_timed_out_request_on_the_only_target_gets_504_not_all_servers_off() {
 }
 
 #[test]
-fn a_frozen_target_costs_a_get_one_timeout_and_a_failed_probe_takes_it_out() {
+fn a_frozen_target_costs_a_get_one_timeout_and_failed_probes_take_it_out() {
     let ts = targets(2);
-    let proxy = Proxy::start(&ts, "\"upstream_timeout\": 0.5, \"probe_timeout\": 0.3, \"sleeping\": 60");
+    // fall 2: one failed probe is not enough; the suspect is probed again every `sleeping`.
+    let proxy = Proxy::start(&ts, "\"upstream_timeout\": 0.5, \"probe_timeout\": 0.3, \"sleeping\": 0.2, \"fall\": 2");
     let frozen = Command::new("kill").args(["-STOP", &ts[0].pid().to_string()]).status().expect("kill");
     assert!(frozen.success());
     let mut client = Client::connect(proxy.addr);
-    for _ in 0..6 {
+    let r = client.request("GET", "/", &[], b"");
+    assert_eq!((r.status, r.target()), (200, "t2"), "the first GET found t1 frozen and went on to t2");
+    // Nobody asks t1 anything more: its probes alone take it out.
+    proxy.proc.wait_line("down: health probe", Duration::from_secs(5));
+    for _ in 0..4 {
+        let started = Instant::now();
         let r = client.request("GET", "/", &[], b"");
         assert_eq!((r.status, r.target()), (200, "t2"));
+        assert!(started.elapsed() < Duration::from_millis(400), "no request waits on the frozen target any more");
     }
-    proxy.proc.wait_line("down: health probe", Duration::from_secs(5));
     let thawed = Command::new("kill").args(["-CONT", &ts[0].pid().to_string()]).status().expect("kill");
     assert!(thawed.success());
 }
