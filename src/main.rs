@@ -3,7 +3,7 @@
 
 use log::{error, info, warn, LevelFilter};
 use ringproxy::config::Config;
-use ringproxy::reactor::Reactor;
+use ringproxy::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -91,8 +91,8 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         warn!("{}: {warning}", args.config.display());
     }
-    let mut reactor = match Reactor::new(&config) {
-        Ok(reactor) => reactor,
+    let mut server = match Server::new(&config) {
+        Ok(server) => server,
         Err(e) => {
             error!("cannot start on {}: {e}", config.listen);
             return ExitCode::from(1);
@@ -102,12 +102,12 @@ fn main() -> ExitCode {
     info!(
         "ringproxy {} listening on {}; {} targets: {}; probing dropped targets every {:?}",
         env!("CARGO_PKG_VERSION"),
-        reactor.local_addr(),
+        server.local_addr(),
         urls.len(),
         urls.join(" "),
         config.sleeping
     );
-    match reactor.run() {
+    match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("event loop failed: {e}");

@@ -5,7 +5,7 @@
 mod common;
 
 use ringproxy::config::Config;
-use ringproxy::reactor::Reactor;
+use ringproxy::server::Server;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
@@ -76,7 +76,7 @@ fn the_warm_keep_alive_path_allocates_nothing_per_request() {
     .expect("config");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut reactor = Reactor::new(&config).expect("reactor");
+        let mut reactor = Server::new(&config).expect("server");
         tx.send(reactor.local_addr()).expect("address");
         ON_REACTOR.with(|c| c.set(true));
         let _ = reactor.run();

@@ -8,7 +8,8 @@
 //! line allocates nothing. If the writer falls behind, a batch is dropped and its lines counted
 //! rather than waited for. SIGUSR1 reopens the file (`reopen`), for log rotation.
 
-use crate::config::AccessLog as Destination;
+use crate::balance::TargetId;
+use crate::config::LogDestination as Destination;
 use crate::health::Failure;
 use log::{error, warn};
 use std::fs::OpenOptions;
@@ -50,22 +51,22 @@ impl Outcome {
 /// The attempts of one request, on the stack; past `CAP` only the count grows.
 #[derive(Clone, Copy, Debug)]
 pub struct Trace {
-    items: [(u16, Outcome); Trace::CAP],
+    items: [(TargetId, Outcome); Trace::CAP],
     len: usize,
 }
 
 impl Default for Trace {
     fn default() -> Trace {
-        Trace { items: [(0, Outcome::Ok); Trace::CAP], len: 0 }
+        Trace { items: [(TargetId::first(0), Outcome::Ok); Trace::CAP], len: 0 }
     }
 }
 
 impl Trace {
     const CAP: usize = 8;
 
-    pub fn push(&mut self, target: usize, outcome: Outcome) {
+    pub fn push(&mut self, target: TargetId, outcome: Outcome) {
         if self.len < Trace::CAP {
-            self.items[self.len] = (target as u16, outcome);
+            self.items[self.len] = (target, outcome);
         }
         self.len += 1;
     }
@@ -128,7 +129,7 @@ pub fn format(e: &Entry<'_>, out: &mut Vec<u8>) {
     if e.trace.retried() {
         out.extend_from_slice(b" tried=");
         for (i, (target, outcome)) in e.trace.items[..e.trace.len.min(Trace::CAP)].iter().enumerate() {
-            let _ = write!(out, "{}t{}:{}", if i > 0 { "," } else { "" }, target + 1, outcome.name());
+            let _ = write!(out, "{}t{}:{}", if i > 0 { "," } else { "" }, target.slot() + 1, outcome.name());
         }
         if e.trace.len > Trace::CAP {
             let _ = write!(out, ",+{}", e.trace.len - Trace::CAP);
@@ -339,8 +340,8 @@ mod tests {
     #[test]
     fn a_retried_request_names_every_target_tried() {
         let mut trace = Trace::default();
-        trace.push(2, Outcome::Failed(Failure::Connect(io::ErrorKind::ConnectionRefused)));
-        trace.push(3, Outcome::Ok);
+        trace.push(TargetId::first(2), Outcome::Failed(Failure::Connect(io::ErrorKind::ConnectionRefused)));
+        trace.push(TargetId::first(3), Outcome::Ok);
         let mut out = Vec::new();
         format(
             &Entry {
@@ -365,7 +366,7 @@ mod tests {
     #[test]
     fn a_plain_request_has_no_trace_and_a_refused_one_has_no_target() {
         let mut ok = Trace::default();
-        ok.push(0, Outcome::Ok);
+        ok.push(TargetId::first(0), Outcome::Ok);
         let entry = |trace, status, target| Entry {
             client: "::1".parse().expect("ip"),
             time: UNIX_EPOCH,

@@ -2,99 +2,15 @@
 //! the validated form with parsed addresses and durations. Nothing outside this module sees the
 //! raw form. The prototype's file `{"ports": [...], "sleeping": 1}` stays valid as it is.
 
+mod raw;
+
 use crate::http::ChunkLimits;
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use raw::{Keys, RawConfig};
+use serde_json::Value;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
-
-/// The file as written, every key with its default filled in.
-struct RawConfig {
-    ports: Vec<String>,
-    sleeping: f64,
-    listen: String,
-    connect_timeout: f64,
-    client_header_timeout: f64,
-    keepalive_timeout: f64,
-    upstream_timeout: f64,
-    probe_timeout: f64,
-    shutdown_timeout: f64,
-    probe_path: String,
-    all_down_status: u16,
-    max_request_head: usize,
-    max_idle_upstream: usize,
-    fall: u32,
-    rise: u32,
-    check_live: bool,
-    /// Defaults to the number of targets.
-    retries: Option<usize>,
-    retry_timeout: f64,
-    all_down: String,
-    access_log: String,
-    client_body_timeout: f64,
-    /// 0: no limit.
-    max_body_size: u64,
-    max_connections: usize,
-    /// Defaults to the smaller of 4 KiB and a quarter of `max_request_head`.
-    max_chunk_line: Option<u32>,
-    /// Defaults to the smaller of 8 KiB and half of `max_request_head`.
-    max_trailer_size: Option<u32>,
-}
-
-/// The keys of a config object, taken one by one so that an error names its key.
-struct Keys(Map<String, Value>);
-
-impl Keys {
-    fn take<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
-        match self.0.remove(key) {
-            None => Ok(None),
-            Some(value) => serde_json::from_value(value).map(Some).map_err(|e| err(key, e.to_string())),
-        }
-    }
-
-    fn or<T: DeserializeOwned>(&mut self, key: &str, default: T) -> Result<T, ConfigError> {
-        Ok(self.take(key)?.unwrap_or(default))
-    }
-}
-
-impl RawConfig {
-    fn from_keys(mut k: Keys) -> Result<RawConfig, ConfigError> {
-        let raw = RawConfig {
-            ports: k.take("ports")?.ok_or_else(|| err("", "missing field `ports`"))?,
-            sleeping: k.or("sleeping", 1.0)?,
-            listen: k.or("listen", "0.0.0.0:8000".to_owned())?,
-            connect_timeout: k.or("connect_timeout", 2.0)?,
-            client_header_timeout: k.or("client_header_timeout", 10.0)?,
-            keepalive_timeout: k.or("keepalive_timeout", 60.0)?,
-            upstream_timeout: k.or("upstream_timeout", 30.0)?,
-            probe_timeout: k.or("probe_timeout", 1.0)?,
-            shutdown_timeout: k.or("shutdown_timeout", 5.0)?,
-            probe_path: k.or("probe_path", "/ping/".to_owned())?,
-            all_down_status: k.or("all_down_status", 500)?,
-            max_request_head: k.or("max_request_head", 16 * 1024)?,
-            max_idle_upstream: k.or("max_idle_upstream", 64)?,
-            fall: k.or("fall", 1)?,
-            rise: k.or("rise", 1)?,
-            check_live: k.or("check_live", false)?,
-            retries: k.take("retries")?,
-            // Long enough for one retry after a full `upstream_timeout`, as nginx retries on timeout.
-            retry_timeout: k.or("retry_timeout", 60.0)?,
-            all_down: k.or("all_down", "error".to_owned())?,
-            access_log: k.or("access_log", "off".to_owned())?,
-            client_body_timeout: k.or("client_body_timeout", 10.0)?,
-            max_body_size: k.or("max_body_size", 0)?,
-            max_connections: k.or("max_connections", 10_000)?,
-            max_chunk_line: k.take("max_chunk_line")?,
-            max_trailer_size: k.take("max_trailer_size")?,
-        };
-        if let Some(unknown) = k.0.keys().next() {
-            return Err(err("", format!("unknown field `{unknown}`")));
-        }
-        Ok(raw)
-    }
-}
 
 /// What to do when no target is live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +23,7 @@ pub enum AllDown {
 
 /// Where the access log goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AccessLog {
+pub enum LogDestination {
     Off,
     Stdout,
     File(std::path::PathBuf),
@@ -128,10 +44,14 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
+    /// The host without the brackets of an IPv6 literal: what a lookup or a parse takes.
+    pub fn bare_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+
     /// The address when the host is an IP literal, so no lookup is needed.
     pub fn literal_addr(&self) -> Option<SocketAddr> {
-        let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
+        self.bare_host().parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
     }
 }
 
@@ -161,7 +81,7 @@ pub struct Config {
     /// No retry starts later than this after the request arrived.
     pub retry_timeout: Duration,
     pub all_down: AllDown,
-    pub access_log: AccessLog,
+    pub access_log: LogDestination,
     /// Longest pause in a request body before 408.
     pub client_body_timeout: Duration,
     /// Largest request body accepted (413 beyond); `None`: no limit.
@@ -201,6 +121,11 @@ fn err(key: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// Prepended to every request path: the targets' common URL path (`""` for `/`).
+    pub fn path_prefix(&self) -> &str {
+        self.targets.first().map_or("", |t| t.path_prefix.as_str())
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
@@ -249,9 +174,9 @@ impl RawConfig {
             other => return Err(err("all_down", format!("must be \"error\" or \"try_all\", got {other:?}"))),
         };
         let access_log = match self.access_log.as_str() {
-            "off" | "" => AccessLog::Off,
-            "stdout" => AccessLog::Stdout,
-            path => AccessLog::File(path.into()),
+            "off" | "" => LogDestination::Off,
+            "stdout" => LogDestination::Stdout,
+            path => LogDestination::File(path.into()),
         };
         let prefix = &targets[0].path_prefix;
         if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
@@ -407,7 +332,7 @@ mod tests {
         assert_eq!(c.targets[0].literal_addr(), Some("127.0.0.1:9001".parse().expect("addr")));
         assert_eq!(c.targets[1].literal_addr(), None);
         assert_eq!((c.fall, c.rise, c.retries, c.all_down), (1, 1, 2, AllDown::Error));
-        assert_eq!(c.access_log, AccessLog::Off);
+        assert_eq!(c.access_log, LogDestination::Off);
     }
 
     #[test]

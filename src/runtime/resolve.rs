@@ -1,4 +1,4 @@
-//! Host name lookups off the reactor thread. `getaddrinfo` blocks (inside compose a stopped
+//! Host name lookups off the loop thread. `getaddrinfo` blocks (inside compose a stopped
 //! target's name stops resolving, and the lookup may take seconds), so lookups run on a helper
 //! thread and each answer comes back through a channel and a `mio::Waker`.
 
@@ -10,17 +10,18 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 
-type Answer = (usize, io::Result<SocketAddr>);
+/// An answer, with the tag its question was asked under.
+type Answer<T> = (T, io::Result<SocketAddr>);
 
-pub struct Resolver {
-    requests: Sender<(usize, String, u16)>,
-    answers: Receiver<Answer>,
+pub struct Resolver<T> {
+    requests: Sender<(T, String, u16)>,
+    answers: Receiver<Answer<T>>,
 }
 
-impl Resolver {
-    /// Starts the lookup thread; it wakes the reactor through `waker` after each answer.
-    pub fn start(waker: Arc<Waker>) -> io::Result<Resolver> {
-        let (requests, inbox) = channel::<(usize, String, u16)>();
+impl<T: Send + 'static> Resolver<T> {
+    /// Starts the lookup thread; it wakes the loop through `waker` after each answer.
+    pub fn start(waker: Arc<Waker>) -> io::Result<Resolver<T>> {
+        let (requests, inbox) = channel::<(T, String, u16)>();
         let (outbox, answers) = channel();
         thread::Builder::new().name("resolver".into()).spawn(move || {
             for (id, host, port) in inbox {
@@ -35,21 +36,22 @@ impl Resolver {
         Ok(Resolver { requests, answers })
     }
 
-    /// Queues a lookup; its answer arrives through `answer` after the waker fires.
-    pub fn lookup(&self, id: usize, host: &str, port: u16) {
+    /// Queues a lookup of a bare host name (no IPv6 brackets); its answer arrives through
+    /// `answer` after the waker fires.
+    pub fn lookup(&self, id: T, host: &str, port: u16) {
         if self.requests.send((id, host.to_owned(), port)).is_err() {
             error!("resolver thread is gone; {host} cannot be looked up");
         }
     }
 
-    pub fn answer(&self) -> Option<Answer> {
+    pub fn answer(&self) -> Option<Answer<T>> {
         self.answers.try_recv().ok()
     }
 }
 
-/// The first address `host` resolves to, IPv4 preferred (what `http://name/` usually means).
+/// The first address a bare `host` resolves to, IPv4 preferred (what `http://name/` usually
+/// means). Blocks: call it off the loop, or before the loop starts.
 pub fn lookup(host: &str, port: u16) -> io::Result<SocketAddr> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
     addrs
         .iter()

@@ -29,10 +29,6 @@ impl Buffer {
         self.start == self.end
     }
 
-    pub fn capacity(&self) -> usize {
-        self.mem.len()
-    }
-
     /// Free room after the data, moving the data to the front first when that gains room.
     pub fn space(&mut self) -> &mut [u8] {
         if self.end == self.mem.len() && self.start > 0 {
@@ -93,10 +89,6 @@ pub struct BufferPool {
 impl BufferPool {
     pub fn new(size: usize) -> BufferPool {
         BufferPool { size, free: Vec::new() }
-    }
-
-    pub fn buffer_size(&self) -> usize {
-        self.size
     }
 
     pub fn get(&mut self) -> Buffer {

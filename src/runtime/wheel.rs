@@ -17,7 +17,7 @@ const NIL: usize = usize::MAX;
 /// Names one armed timer; stale once it fired or was cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimerId {
-    key: usize,
+    key: u32,
     generation: u32,
 }
 
@@ -67,14 +67,16 @@ impl<T: Copy> Wheel<T> {
             next: NIL,
         });
         self.link(key);
-        TimerId { key, generation }
+        // More than 4 billion armed timers would exhaust memory long before this truncates.
+        TimerId { key: key as u32, generation }
     }
 
     /// Disarms a timer; a stale id (fired, cancelled) is ignored.
     pub fn cancel(&mut self, id: TimerId) {
-        if self.entries.get(id.key).is_some_and(|e| e.generation == id.generation) {
-            self.unlink(id.key);
-            self.entries.remove(id.key);
+        let key = id.key as usize;
+        if self.entries.get(key).is_some_and(|e| e.generation == id.generation) {
+            self.unlink(key);
+            self.entries.remove(key);
         }
     }
 

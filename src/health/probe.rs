@@ -1,0 +1,200 @@
+//! Health probes: a non-blocking `GET <probe_path>` to a target in this same loop, after a
+//! fresh lookup of its name on the resolver thread (never on the loop). A probe ends passed (a
+//! `HTTP/1.x 200` status line) or failed, with why; the caller counts the result (`Health`) and
+//! applies what it changed.
+
+use crate::balance::{TargetId, Targets};
+use crate::config::Config;
+use crate::runtime::clock::millis;
+use crate::runtime::ready::{Io, Ready};
+use crate::runtime::resolve::Resolver;
+use crate::runtime::timer::Timer;
+use crate::runtime::token::{token, Kind};
+use crate::runtime::wheel::{TimerId, Wheel};
+use log::debug;
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+use slab::Slab;
+use std::net::SocketAddr;
+
+/// How a probe of a target ended.
+pub type ProbeResult = (TargetId, Result<(), &'static str>);
+
+/// What a probe needs from the loop, borrowed for one call.
+pub struct ProbeCtx<'a> {
+    pub config: &'a Config,
+    pub targets: &'a mut Targets,
+    pub registry: &'a Registry,
+    pub wheel: &'a mut Wheel<Timer>,
+    pub now: u64,
+}
+
+struct Probe {
+    stream: TcpStream,
+    target: TargetId,
+    request: Vec<u8>,
+    ready: Ready,
+    connected: bool,
+    sent: usize,
+    got: [u8; 16],
+    got_len: usize,
+    timer: TimerId,
+}
+
+/// Where a probe in flight stands.
+enum Progress {
+    Pending,
+    Passed,
+    Failed(&'static str),
+}
+
+/// The probes in flight, at most one per target.
+pub struct Prober {
+    probes: Slab<Probe>,
+    resolver: Resolver<TargetId>,
+}
+
+impl Prober {
+    pub fn new(resolver: Resolver<TargetId>) -> Prober {
+        Prober { probes: Slab::new(), resolver }
+    }
+
+    /// Starts a probe of `id`: a lookup of its name first, or a connect to its literal address.
+    /// A probe that fails at once is its own result.
+    pub fn start(&mut self, id: TargetId, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
+        let target = cx.targets.get(id)?;
+        match target.spec.literal_addr() {
+            Some(addr) => self.connect(id, addr, cx),
+            None => {
+                self.resolver.lookup(id, target.spec.bare_host(), target.spec.port);
+                None
+            }
+        }
+    }
+
+    /// Takes the resolver's answers and probes the targets they are for.
+    pub fn resolved(&mut self, cx: &mut ProbeCtx<'_>, results: &mut Vec<ProbeResult>) {
+        while let Some((id, answer)) = self.resolver.answer() {
+            match answer {
+                Ok(addr) => {
+                    cx.targets.set_addr(id, addr);
+                    results.extend(self.connect(id, addr, cx));
+                }
+                Err(e) => {
+                    debug!("probe {}: lookup failed: {e}", cx.targets.url(id));
+                    results.push((id, Err("lookup failed")));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, id: TargetId, addr: SocketAddr, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
+        let entry = self.probes.vacant_entry();
+        let key = entry.key();
+        let connected = TcpStream::connect(addr).and_then(|mut stream| {
+            cx.registry.register(&mut stream, token(Kind::Probe(key)), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match connected {
+            Ok(stream) => {
+                let timer = cx.wheel.insert(cx.now + millis(cx.config.probe_timeout), Timer::Probe(key));
+                let host = cx.targets.get(id).map_or("", |t| t.spec.host.as_str());
+                entry.insert(Probe {
+                    stream,
+                    target: id,
+                    request: request(&cx.config.probe_path, host),
+                    ready: Ready::default(),
+                    connected: false,
+                    sent: 0,
+                    got: [0; 16],
+                    got_len: 0,
+                    timer,
+                });
+                None
+            }
+            Err(e) => {
+                debug!("probe {}: {e}", cx.targets.url(id));
+                Some((id, Err("connect failed")))
+            }
+        }
+    }
+
+    pub fn on_event(&mut self, key: usize, event: &mio::event::Event, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
+        let probe = self.probes.get_mut(key)?;
+        probe.ready.update(event);
+        let progress = drive(probe);
+        self.conclude(key, progress, cx)
+    }
+
+    pub fn on_timer(&mut self, key: usize, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
+        if !self.probes.contains(key) {
+            return None;
+        }
+        self.conclude(key, Progress::Failed("timed out"), cx)
+    }
+
+    fn conclude(&mut self, key: usize, progress: Progress, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
+        let result = match progress {
+            Progress::Pending => return None,
+            Progress::Passed => Ok(()),
+            Progress::Failed(why) => Err(why),
+        };
+        let probe = self.probes.remove(key);
+        cx.wheel.cancel(probe.timer);
+        if let Err(why) = result {
+            debug!("probe {}: {why}", cx.targets.url(probe.target));
+        }
+        Some((probe.target, result))
+    }
+}
+
+/// The probe request, made once per probe.
+fn request(path: &str, host: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringproxy-probe\r\nConnection: close\r\n\r\n")
+        .into_bytes()
+}
+
+/// Moves a probe as far as readiness allows: connect, send the request, read the status line.
+fn drive(probe: &mut Probe) -> Progress {
+    if !probe.connected {
+        if !(probe.ready.write || probe.ready.read) {
+            return Progress::Pending;
+        }
+        match probe.stream.take_error() {
+            Ok(None) if probe.stream.peer_addr().is_ok() => probe.connected = true,
+            Ok(None) => return Progress::Pending,
+            Ok(Some(_)) | Err(_) => return Progress::Failed("connect failed"),
+        }
+    }
+    while probe.sent < probe.request.len() {
+        match probe.ready.write(&mut probe.stream, &probe.request[probe.sent..], &[]) {
+            Io::Bytes(n) => probe.sent += n,
+            Io::Retry => {}
+            Io::Blocked | Io::Eof => break,
+            Io::Failed(_) => return Progress::Failed("send failed"),
+        }
+    }
+    let mut closed = false;
+    while probe.got_len < probe.got.len() && !closed {
+        match probe.ready.read(&mut probe.stream, &mut probe.got[probe.got_len..]) {
+            Io::Bytes(n) => probe.got_len += n,
+            Io::Retry => {}
+            Io::Eof => closed = true,
+            Io::Blocked => break,
+            Io::Failed(_) => return Progress::Failed("reset"),
+        }
+    }
+    // "HTTP/1.1 200 " is all a probe needs to see.
+    let got = &probe.got[..probe.got_len];
+    if got.len() >= 13 {
+        return if got.starts_with(b"HTTP/1.") && &got[8..12] == b" 200" && matches!(got[12], b' ' | b'\r') {
+            Progress::Passed
+        } else {
+            Progress::Failed("answered other than 200")
+        };
+    }
+    if closed {
+        return Progress::Failed("closed before answering");
+    }
+    Progress::Pending
+}

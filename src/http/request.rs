@@ -1,0 +1,163 @@
+//! Request heads: parse one, decide how its body is framed, write the head to forward.
+
+use super::fields::{trim, valid_host, Coding, Field, Fields};
+use super::writer::HeadWriter;
+use super::{BodyKind, HttpError, MAX_HEADERS, MAX_URI};
+use std::net::IpAddr;
+
+/// What the proxy learned from a request head it forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of input the head took.
+    pub head_len: usize,
+    /// Bytes of rewritten head written to the output.
+    pub out_len: usize,
+    pub body: BodyKind,
+    /// Whether the client wants the connection kept after this exchange.
+    pub keep_alive: bool,
+    /// HTTP/1.`minor`.
+    pub minor: u8,
+    pub is_head: bool,
+    /// Safe to send twice (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+    /// `Expect: 100-continue`: the client may hold the body back until it hears from the target.
+    pub expect_continue: bool,
+}
+
+/// What the proxy adds to each request it forwards.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    /// Prepended to the path (a target URL's path).
+    pub path_prefix: &'a str,
+}
+
+/// Parses a request head at the start of `input` and writes the head to forward into `out`.
+/// `Ok(None)`: the head is not complete yet.
+pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Result<Option<RequestHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        // A request line longer than any allowed URI will never end well (RFC 9112 §3).
+        Ok(httparse::Status::Partial) if input.len() > MAX_URI + 32 && !input.contains(&b'\n') => {
+            return Err(HttpError::UriTooLong)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(request_parse_error(e)),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HttpError::BadRequest("incomplete request line"));
+    };
+    let minor = minor.min(1);
+    if target.len() > MAX_URI {
+        return Err(HttpError::UriTooLong);
+    }
+    if method == "CONNECT" {
+        return Err(HttpError::NotImplemented("CONNECT"));
+    }
+    let (path, uri_authority) = split_target(target)?;
+    // Scanned in place: the struct is a few hundred bytes, and moving it costs more than the scan.
+    let mut fields = Fields::new();
+    fields.scan(req.headers, false)?;
+    if minor == 1 && fields.host_count != 1 {
+        return Err(HttpError::BadRequest("HTTP/1.1 needs exactly one Host field"));
+    }
+    if fields.host_count > 1 {
+        return Err(HttpError::BadRequest("more than one Host field"));
+    }
+    let host_ok = |(i, h): (usize, &httparse::Header<'_>)| fields.kinds[i] != Field::Host || valid_host(h.value);
+    if !req.headers.iter().enumerate().all(host_ok) || uri_authority.is_some_and(|a| !valid_host(a.as_bytes())) {
+        return Err(HttpError::BadRequest("invalid Host"));
+    }
+    let body = match (fields.transfer_encoding, fields.content_length) {
+        (Some(_), Some(_)) => return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding")),
+        (Some(_), None) if minor == 0 => return Err(HttpError::BadRequest("Transfer-Encoding in an HTTP/1.0 request")),
+        (Some(Coding::Chunked), None) => BodyKind::Chunked,
+        (Some(Coding::NotChunkedLast), None) => {
+            return Err(HttpError::BadRequest("Transfer-Encoding does not end in chunked"))
+        }
+        (Some(Coding::Unknown), None) => return Err(HttpError::NotImplemented("unknown transfer coding")),
+        (None, Some(0)) | (None, None) => BodyKind::None,
+        (None, Some(n)) => BodyKind::Length(n),
+    };
+    let keep_alive = if minor == 1 { !fields.close } else { fields.keep_alive && !fields.close };
+
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
+    w.put(method.as_bytes());
+    w.put(b" ");
+    if path != "*" {
+        w.put(fwd.path_prefix.as_bytes());
+    }
+    w.put(path.as_bytes());
+    w.put(if minor == 1 { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
+    // With an absolute-form target, the URI's authority is the Host (RFC 9112 §3.2.2).
+    if let Some(authority) = uri_authority {
+        w.field(b"Host", authority.as_bytes());
+    }
+    let mut length_written = false;
+    for (i, h) in req.headers.iter().enumerate() {
+        match fields.kinds[i] {
+            Field::XForwardedFor | Field::XForwardedProto => {}
+            Field::Host if uri_authority.is_some() => {}
+            Field::ContentLength => w.content_length(h.value, &mut length_written),
+            _ if fields.is_hop_by_hop(i, h.name) => {}
+            _ => w.field(h.name.as_bytes(), h.value),
+        }
+    }
+    // Earlier hops stay in order, joined into one field; this client comes last.
+    w.put(b"X-Forwarded-For: ");
+    for (i, h) in req.headers.iter().enumerate() {
+        if fields.kinds[i] == Field::XForwardedFor {
+            w.put(trim(h.value));
+            w.put(b", ");
+        }
+    }
+    w.ip(fwd.client_ip);
+    w.put(b"\r\nX-Forwarded-Proto: http\r\n");
+    if minor == 0 {
+        w.put(b"Connection: keep-alive\r\n");
+    }
+    w.put(b"\r\n");
+    let out_len = w.finish()?;
+    let is_head = method == "HEAD";
+    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
+    let expect_continue = fields.expect_continue && minor == 1;
+    Ok(Some(RequestHead { head_len, out_len, body, keep_alive, minor, is_head, idempotent, expect_continue }))
+}
+
+fn request_parse_error(e: httparse::Error) -> HttpError {
+    match e {
+        httparse::Error::Version => HttpError::Version,
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders,
+        httparse::Error::HeaderName => HttpError::BadRequest("invalid field name"),
+        httparse::Error::HeaderValue => HttpError::BadRequest("invalid field value"),
+        httparse::Error::Token => HttpError::BadRequest("invalid method"),
+        httparse::Error::NewLine => HttpError::BadRequest("invalid line ending"),
+        _ => HttpError::BadRequest("malformed request line"),
+    }
+}
+
+/// The path to send upstream, and for an absolute-form target its authority (RFC 9112 §3.2).
+fn split_target(target: &str) -> Result<(&str, Option<&str>), HttpError> {
+    if target.starts_with('/') || target == "*" {
+        return Ok((target, None));
+    }
+    let scheme_len = ["http://", "https://"]
+        .iter()
+        .find(|s| target.get(..s.len()).is_some_and(|t| t.eq_ignore_ascii_case(s)))
+        .map(|s| s.len())
+        .ok_or(HttpError::BadRequest("request-target is not origin- or absolute-form"))?;
+    let rest = &target[scheme_len..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') {
+        return Err(HttpError::BadRequest("absolute-form target without a plain authority"));
+    }
+    match path.as_bytes().first() {
+        None => Ok(("/", Some(authority))),
+        Some(b'/') => Ok((path, Some(authority))),
+        // "http://h?q" means "/?q", which cannot be forwarded without a copy: refuse it.
+        Some(_) => Err(HttpError::BadRequest("absolute-form target with a query but no path")),
+    }
+}

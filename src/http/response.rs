@@ -1,0 +1,109 @@
+//! Response heads: parse one from a target, decide its framing and what the connections on
+//! both sides may do after it, write the head to send the client; and the proxy's own answers.
+
+use super::fields::{Coding, Field, Fields};
+use super::writer::HeadWriter;
+use super::{reason, BodyKind, HttpError, MAX_HEADERS};
+
+/// What the proxy learned from a response head, and what may happen after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub out_len: usize,
+    pub status: u16,
+    pub body: BodyKind,
+    /// A 1xx: another head follows for the same request.
+    pub informational: bool,
+    /// The client connection may carry another request after this response.
+    pub client_keep_alive: bool,
+    /// The upstream connection may carry another request after this response.
+    pub upstream_reusable: bool,
+}
+
+/// What the response framing depends on from its request.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseContext {
+    pub request_is_head: bool,
+    pub client_minor: u8,
+    /// Whether the client connection may stay open as far as the request and proxy go.
+    pub client_keep_alive: bool,
+}
+
+/// Parses a response head at the start of `input` and writes the head to send the client.
+pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Result<Option<ResponseHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::BadResponse("too many header fields")),
+        Err(_) => return Err(HttpError::BadResponse("malformed head")),
+    };
+    let (Some(minor), Some(status)) = (resp.version, resp.code) else {
+        return Err(HttpError::BadResponse("incomplete status line"));
+    };
+    if !(100..=599).contains(&status) {
+        return Err(HttpError::BadResponse("status code out of range"));
+    }
+    if status == 101 {
+        return Err(HttpError::BadResponse("101 Switching Protocols was not asked for"));
+    }
+    let informational = status < 200;
+    let mut fields = Fields::new();
+    fields.scan(resp.headers, true)?;
+    let chunked_and_length = fields.transfer_encoding.is_some() && fields.content_length.is_some();
+    let body = if ctx.request_is_head || informational || status == 204 || status == 304 {
+        BodyKind::None
+    } else {
+        match (fields.transfer_encoding, fields.content_length) {
+            (Some(Coding::Chunked), _) => BodyKind::Chunked,
+            (Some(_), _) => BodyKind::UntilClose,
+            (None, Some(0)) => BodyKind::None,
+            (None, Some(n)) => BodyKind::Length(n),
+            (None, None) => BodyKind::UntilClose,
+        }
+    };
+    let upstream_keep_alive = if minor == 1 { !fields.close } else { fields.keep_alive };
+    let upstream_reusable = upstream_keep_alive && body != BodyKind::UntilClose && !chunked_and_length;
+    let client_keep_alive = ctx.client_keep_alive && body != BodyKind::UntilClose;
+
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::BadResponse("head too large") };
+    w.put(b"HTTP/1.1 ");
+    w.status(status);
+    w.put(b" ");
+    w.put(resp.reason.unwrap_or("").as_bytes());
+    w.put(b"\r\n");
+    let mut length_written = chunked_and_length;
+    for (i, h) in resp.headers.iter().enumerate() {
+        match fields.kinds[i] {
+            Field::ContentLength => w.content_length(h.value, &mut length_written),
+            _ if fields.is_hop_by_hop(i, h.name) => {}
+            _ => w.field(h.name.as_bytes(), h.value),
+        }
+    }
+    if !informational {
+        if !client_keep_alive {
+            w.put(b"Connection: close\r\n");
+        } else if ctx.client_minor == 0 {
+            w.put(b"Connection: keep-alive\r\n");
+        }
+    }
+    w.put(b"\r\n");
+    let out_len = w.finish()?;
+    Ok(Some(ResponseHead { head_len, out_len, status, body, informational, client_keep_alive, upstream_reusable }))
+}
+
+/// Writes a complete response made by the proxy itself (errors, the all-down answer).
+/// Returns the bytes written, or `None` if `out` is too small.
+pub fn write_local_response(out: &mut [u8], status: u16, body: &str, keep_alive: bool) -> Option<usize> {
+    let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
+    w.put(b"HTTP/1.1 ");
+    w.status(status);
+    w.put(b" ");
+    w.put(reason(status).as_bytes());
+    w.put(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
+    w.decimal(body.len() as u64);
+    w.put(if keep_alive { b"\r\n\r\n" } else { b"\r\nConnection: close\r\n\r\n" });
+    w.put(body.as_bytes());
+    w.finish().ok()
+}

@@ -1,0 +1,155 @@
+//! One request from its head to the last byte of its response: what was sent where, what came
+//! back, and every attempt made. The boxes exchanges live in are pooled, so a request allocates
+//! nothing.
+
+use crate::balance::{TargetId, TargetSet};
+use crate::http::{BodyFramer, ChunkLimits, RequestHead};
+use crate::observe::accesslog::Trace;
+
+/// Where the response stands.
+pub enum Resp {
+    /// No final response head yet (1xx heads may have passed).
+    Head,
+    Body(BodyFramer),
+}
+
+pub struct Exchange {
+    pub seq: u64,
+    /// When the head arrived (wheel ms).
+    pub started: u64,
+    /// When the final response head arrived.
+    pub answered: Option<u64>,
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    pub sent_bytes: u64,
+    pub trace: Trace,
+    pub head: RequestHead,
+    pub req_body: BodyFramer,
+    /// Bytes at the front of `cin` that belong to this request's body.
+    pub body_ready: usize,
+    /// Of those, bytes already written upstream (held for a retry).
+    pub body_sent: usize,
+    /// Bytes of `uout` (the rewritten head) already written upstream.
+    pub head_sent: usize,
+    /// Every byte of the request sent so far is still held.
+    pub replayable: bool,
+    pub tried: TargetSet,
+    pub target: TargetId,
+    pub attempts: usize,
+    /// Attempts that ended in a response timeout.
+    pub timeouts: u8,
+    /// Writing the request to the target failed: nothing more is sent on this attempt.
+    pub upload_cut: bool,
+    pub resp: Resp,
+    /// Bytes at the front of `uin` that belong to the response body.
+    pub resp_ready: usize,
+    /// Some byte of a final response reached the client: no retry is possible any more.
+    pub resp_started: bool,
+    /// Raw request body bytes seen so far, for `max_body_size`.
+    pub body_total: u64,
+    pub client_keep_alive: bool,
+    pub upstream_reusable: bool,
+    pub upstream_eof: bool,
+    /// After the exchange ended: bytes of its unfinished body that may still be dropped before
+    /// the connection is closed instead.
+    pub discard_budget: u64,
+}
+
+impl Exchange {
+    /// A request whose head has just been parsed.
+    pub fn new(seq: u64, now: u64, head: RequestHead, limits: ChunkLimits) -> Exchange {
+        Exchange {
+            seq,
+            started: now,
+            answered: None,
+            status: 0,
+            sent_bytes: 0,
+            trace: Trace::default(),
+            head,
+            req_body: BodyFramer::with_limits(head.body, limits),
+            body_ready: 0,
+            body_sent: 0,
+            head_sent: 0,
+            replayable: true,
+            tried: TargetSet::default(),
+            target: TargetId::first(0),
+            attempts: 0,
+            timeouts: 0,
+            upload_cut: false,
+            resp: Resp::Head,
+            resp_ready: 0,
+            resp_started: false,
+            body_total: 0,
+            client_keep_alive: head.keep_alive,
+            upstream_reusable: false,
+            upstream_eof: false,
+            discard_budget: 0,
+        }
+    }
+
+    /// The whole request, head and body, went to the target on this attempt.
+    pub fn request_sent(&self, uout_len: usize) -> bool {
+        !self.upload_cut && self.head_sent == uout_len && self.req_body.is_done() && self.body_sent == self.body_ready
+    }
+
+    /// Request body bytes at the front of `cin` that may go upstream: classified, and not part
+    /// of a chunk-size line or trailer section still being checked.
+    pub fn body_forwardable(&self) -> usize {
+        self.body_ready.saturating_sub(self.req_body.held())
+    }
+
+    /// Response body bytes at the front of `uin` that may go to the client.
+    pub fn resp_forwardable(&self) -> usize {
+        match &self.resp {
+            Resp::Head => 0,
+            Resp::Body(framer) => self.resp_ready.saturating_sub(framer.held()),
+        }
+    }
+
+    /// The request said `Expect: 100-continue` and no byte of its body has come: after a final
+    /// response, the client may send the body or the next request, and nobody can tell which.
+    pub fn body_withheld(&self) -> bool {
+        self.head.expect_continue && self.body_total == 0 && !self.req_body.is_done()
+    }
+
+    pub fn response_complete(&self) -> bool {
+        match &self.resp {
+            Resp::Head => false,
+            Resp::Body(framer) => {
+                self.resp_ready == 0 && (framer.is_done() || (framer.until_close() && self.upstream_eof))
+            }
+        }
+    }
+
+    /// Gets ready to send the request again, to another target or over a fresh connection.
+    pub fn rewind(&mut self) {
+        self.head_sent = 0;
+        self.body_sent = 0;
+        self.resp = Resp::Head;
+        self.resp_ready = 0;
+        self.upstream_eof = false;
+        self.upload_cut = false;
+    }
+}
+
+/// Spare exchange boxes: a request reuses one instead of allocating.
+#[derive(Default)]
+// The boxes themselves move between sessions and the pool; `Vec<Exchange>` would copy them.
+#[allow(clippy::vec_box)]
+pub struct ExchangePool(Vec<Box<Exchange>>);
+
+impl ExchangePool {
+    pub fn fill(&mut self, exchange: Exchange) -> Box<Exchange> {
+        match self.0.pop() {
+            Some(mut spare) => {
+                *spare = exchange;
+                spare
+            }
+            None => Box::new(exchange),
+        }
+    }
+
+    pub fn recycle(&mut self, exchange: Box<Exchange>) {
+        self.0.push(exchange);
+    }
+}

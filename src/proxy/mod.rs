@@ -1,0 +1,318 @@
+//! The proxy proper: client sessions, the exchanges they carry, the upstream pool, and the
+//! rules for retrying and answering locally.
+//!
+//! `Proxy` owns the sessions and what they share (`Resources`). `Env` is what the loop owns and
+//! lends out: the config snapshot, the clock, the targets and their health, the wheel, the log.
+//! `Ctx` is the two together, borrowed for one call into a session; it is also where health
+//! evidence is counted and applied (`Ctx::take_out`, `Ctx::bring_back`): the one place a target
+//! leaves or enters the rotation.
+
+pub mod client;
+pub mod exchange;
+pub mod local;
+pub mod retry;
+pub mod session;
+pub mod upstream;
+
+use crate::balance::{TargetId, Targets};
+use crate::config::Config;
+use crate::health::probe::{ProbeCtx, ProbeResult};
+use crate::health::{Change, Failure, Health};
+use crate::observe::accesslog::AccessLog;
+use crate::runtime::buffer::BufferPool;
+use crate::runtime::timer::Timer;
+use crate::runtime::token::{token, Kind};
+use crate::runtime::wheel::Wheel;
+use exchange::ExchangePool;
+use log::{error, info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+use session::Session;
+use slab::Slab;
+use std::net::SocketAddr;
+use upstream::{Owner, Upstreams};
+
+/// Extra room in every buffer beyond the longest request head, for the fields the proxy adds.
+const HEAD_SLACK: usize = 1024;
+
+/// What the loop owns and lends to the proxy and the prober.
+pub struct Env {
+    /// The configuration snapshot every part reads; a reload swaps it here, in one place.
+    pub config: Config,
+    /// Milliseconds since start, read once per loop pass.
+    pub now: u64,
+    pub draining: bool,
+    pub registry: Registry,
+    pub wheel: Wheel<Timer>,
+    pub targets: Targets,
+    pub health: Health,
+    pub log: AccessLog,
+}
+
+impl Env {
+    pub fn probe_cx(&mut self) -> ProbeCtx<'_> {
+        ProbeCtx {
+            config: &self.config,
+            targets: &mut self.targets,
+            registry: &self.registry,
+            wheel: &mut self.wheel,
+            now: self.now,
+        }
+    }
+}
+
+/// What the sessions share among themselves.
+pub struct Resources {
+    pub buffers: BufferPool,
+    pub upstreams: Upstreams,
+    pub exchanges: ExchangePool,
+    /// The next request's sequence number, for the ring.
+    pub seq: u64,
+}
+
+/// Everything a session may touch besides itself, for one call.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub now: u64,
+    pub draining: bool,
+    pub registry: &'a Registry,
+    pub wheel: &'a mut Wheel<Timer>,
+    pub targets: &'a mut Targets,
+    pub health: &'a mut Health,
+    pub log: &'a mut AccessLog,
+    pub buffers: &'a mut BufferPool,
+    pub upstreams: &'a mut Upstreams,
+    pub exchanges: &'a mut ExchangePool,
+    pub seq: &'a mut u64,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(env: &'a mut Env, res: &'a mut Resources) -> Ctx<'a> {
+        Ctx {
+            config: &env.config,
+            now: env.now,
+            draining: env.draining,
+            registry: &env.registry,
+            wheel: &mut env.wheel,
+            targets: &mut env.targets,
+            health: &mut env.health,
+            log: &mut env.log,
+            buffers: &mut res.buffers,
+            upstreams: &mut res.upstreams,
+            exchanges: &mut res.exchanges,
+            seq: &mut res.seq,
+        }
+    }
+
+    /// A failure that counts against `id`.
+    pub fn target_failed(&mut self, id: TargetId, why: Failure) {
+        if self.health.failed(id, self.targets.is_live(id), self.config) == Change::Down {
+            self.take_out(id, why);
+        }
+    }
+
+    /// `id` sent a response head, or passed a probe.
+    pub fn target_answered(&mut self, id: TargetId) {
+        if self.health.succeeded(id, self.targets.is_live(id), self.config) == Change::Up {
+            self.bring_back(id);
+        }
+    }
+
+    /// A request to `id` timed out: probe it now rather than count it.
+    pub fn target_suspect(&mut self, id: TargetId) {
+        if self.targets.is_live(id) {
+            self.health.suspect(id, self.wheel, self.now);
+        }
+    }
+
+    /// A probe of `id` ended: count it, and arm the next one if `id` still needs one.
+    pub fn probe_finished(&mut self, (id, result): ProbeResult) {
+        self.health.probe_finished(id);
+        match result {
+            Ok(()) => self.target_answered(id),
+            Err(why) => self.target_failed(id, Failure::Probe(why)),
+        }
+        let live = self.targets.is_live(id);
+        if result.is_ok() || !live {
+            self.health.clear_suspect(id);
+        }
+        self.health.schedule_probe(id, live, self.config, self.wheel, self.now);
+    }
+
+    /// Takes `id` out of the rotation: its idle connections go, its probes start, one line.
+    fn take_out(&mut self, id: TargetId, why: Failure) {
+        self.targets.mark_down(id);
+        let fails = self.health.fails(id);
+        let (live, all) = (self.targets.live_count(), self.targets.len());
+        warn!("target {} down: {why} ({fails} in a row; {live} of {all} live)", self.targets.url(id));
+        self.upstreams.drop_idle(id);
+        self.health.schedule_probe(id, false, self.config, self.wheel, self.now);
+    }
+
+    /// Puts `id` back into the rotation, with one line.
+    fn bring_back(&mut self, id: TargetId) {
+        self.targets.mark_up(id);
+        let (live, all) = (self.targets.live_count(), self.targets.len());
+        info!("target {} up ({live} of {all} live)", self.targets.url(id));
+    }
+}
+
+/// What the loop should do with a session after pumping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Open,
+    Close,
+    /// Still has work but gave up its turn so others get theirs: pump again soon.
+    Requeue,
+}
+
+/// The client sessions and what they share.
+pub struct Proxy {
+    sessions: Slab<Session>,
+    res: Resources,
+    /// Sessions that used up their turn and must be pumped again, and a spare list to swap
+    /// with while pumping them.
+    requeued: Vec<usize>,
+    spare: Vec<usize>,
+    /// Connections turned away over `max_connections`, and when that was last logged.
+    turned_away: u64,
+    turned_away_logged: Option<u64>,
+}
+
+impl Proxy {
+    pub fn new(config: &Config) -> Proxy {
+        Proxy {
+            sessions: Slab::new(),
+            res: Resources {
+                buffers: BufferPool::new(config.max_request_head + HEAD_SLACK),
+                upstreams: Upstreams::new(config.targets.len()),
+                exchanges: ExchangePool::default(),
+                seq: 0,
+            },
+            requeued: Vec::new(),
+            spare: Vec::new(),
+            turned_away: 0,
+            turned_away_logged: None,
+        }
+    }
+
+    /// Client connections open.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Takes a new client connection, or turns it away over `max_connections`.
+    pub fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, env: &mut Env) {
+        if self.sessions.len() >= env.config.max_connections {
+            return self.turn_away(stream, env);
+        }
+        let entry = self.sessions.vacant_entry();
+        let key = entry.key();
+        let registered =
+            env.registry.register(&mut stream, token(Kind::Client(key)), Interest::READABLE | Interest::WRITABLE);
+        if let Err(e) = registered {
+            error!("cannot register client {peer}: {e}");
+            return;
+        }
+        // Best effort: a failure here only costs latency.
+        let _ = stream.set_nodelay(true);
+        entry.insert(Session::new(key, stream, peer));
+    }
+
+    /// A best-effort 503 and a close, so the client is told and the loop spends one write on
+    /// it. Logged at most once a second.
+    fn turn_away(&mut self, mut stream: TcpStream, env: &Env) {
+        let mut answer = [0u8; 160];
+        let n = local::busy(&mut answer);
+        let _ = std::io::Write::write(&mut stream, &answer[..n]);
+        self.turned_away += 1;
+        if self.turned_away_logged.is_none_or(|at| env.now >= at + 1000) {
+            let max = env.config.max_connections;
+            warn!("max_connections ({max}) reached: refused {} connections so far", self.turned_away);
+            self.turned_away_logged = Some(env.now);
+        }
+    }
+
+    pub fn client_event(&mut self, key: usize, event: &mio::event::Event, env: &mut Env) {
+        if let Some(session) = self.sessions.get_mut(key) {
+            session.client_event(event);
+            self.pump(key, env);
+        }
+    }
+
+    pub fn upstream_event(&mut self, slot: usize, event: &mio::event::Event, env: &mut Env) {
+        match self.res.upstreams.owner(slot) {
+            Some(Owner::Session(key)) => {
+                if let Some(session) = self.sessions.get_mut(key) {
+                    session.upstream_event(slot, event);
+                    self.pump(key, env);
+                }
+            }
+            // An idle connection has nothing to say: data, a FIN or a reset all end it.
+            Some(Owner::Pool) => self.res.upstreams.close_idle(slot),
+            None => {}
+        }
+    }
+
+    /// A session's timer fired.
+    pub fn on_timer(&mut self, key: usize, env: &mut Env) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let verdict = session.on_timer(&mut Ctx::new(env, &mut self.res));
+        self.obey(key, verdict, env);
+    }
+
+    /// Pumps the sessions that gave up their turn last pass.
+    pub fn pump_requeued(&mut self, env: &mut Env) {
+        if self.requeued.is_empty() {
+            return;
+        }
+        let mut keys = std::mem::replace(&mut self.requeued, std::mem::take(&mut self.spare));
+        for key in keys.drain(..) {
+            self.pump(key, env);
+        }
+        self.spare = keys;
+    }
+
+    pub fn has_requeued(&self) -> bool {
+        !self.requeued.is_empty()
+    }
+
+    /// The loop began to drain: every session gets a pump, and the idle ones close.
+    pub fn drain(&mut self, env: &mut Env) {
+        let keys: Vec<usize> = self.sessions.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.pump(key, env);
+        }
+    }
+
+    /// Counts a probe's result and applies what it changed.
+    pub fn probe_finished(&mut self, result: ProbeResult, env: &mut Env) {
+        Ctx::new(env, &mut self.res).probe_finished(result);
+    }
+
+    fn pump(&mut self, key: usize, env: &mut Env) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let verdict = session.pump(&mut Ctx::new(env, &mut self.res));
+        self.obey(key, verdict, env);
+    }
+
+    fn obey(&mut self, key: usize, verdict: Verdict, env: &mut Env) {
+        match verdict {
+            Verdict::Open => {}
+            Verdict::Requeue => self.requeued.push(key),
+            Verdict::Close => {
+                if let Some(mut session) = self.sessions.try_remove(key) {
+                    session.teardown(&mut Ctx::new(env, &mut self.res));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1015 @@
+//! A client connection and, while a request is in flight, the upstream connection serving it.
+//!
+//! `pump` makes every move the sockets' readiness allows: read the client, parse a head, pick a
+//! target, connect, send the head and body, read the response, send it back. It returns a
+//! `Verdict` for the loop. What the session is doing is its `Mode`; which timeout guards it is
+//! its `Phase`, derived from the mode in one place (`phase`). Bytes flow through four pooled
+//! buffers, held only while there is something in them:
+//!
+//! - `cin`: raw bytes from the client; the current request's body sits at its front (`body_ready`
+//!   bytes, of which `body_sent` were written upstream and are still held for a retry), then any
+//!   pipelined requests.
+//! - `uout`: the rewritten request head, kept whole until the response starts so a failed
+//!   attempt can be replayed on another target.
+//! - `uin`: raw bytes from the upstream; the response body's classified bytes at its front.
+//! - `cout`: the rewritten response head, or a response the proxy made itself.
+//!
+//! Every exchange ends in `end_exchange`, whatever ends it: it releases the upstream connection
+//! (to the pool or closed), settles the request body bytes the client still owes, and records
+//! the outcome. `docs/ARCHITECTURE.md` walks a request through these steps.
+
+use super::client::Client;
+use super::exchange::{Exchange, Resp};
+use super::local;
+use super::retry::{self, Attempt, Budget, Decision};
+use super::upstream::UpstreamConn;
+use super::{Ctx, Verdict};
+use crate::config::AllDown;
+use crate::health::Failure;
+use crate::http::{self, BodyFramer, BodyKind, Forwarding, HttpError, ResponseContext};
+use crate::observe::accesslog::{Entry, Outcome, Trace};
+use crate::runtime::buffer::{self, Buffer};
+use crate::runtime::clock::millis;
+use crate::runtime::ready::Io;
+use crate::runtime::timer::Timer;
+use crate::runtime::wheel::TimerId;
+use log::{debug, warn};
+use mio::net::TcpStream;
+use std::io;
+use std::net::SocketAddr;
+
+/// The session must be closed now (the reason was logged where it was found).
+struct Closed;
+
+/// Whether a step moved any byte or changed any state; when none does, the session waits for
+/// readiness or a timer.
+type Moved = bool;
+
+type Step = Result<Moved, Closed>;
+
+/// Steps in one `pump` before the session yields to others.
+const TURN: usize = 32;
+
+/// Most bytes of an unfinished request body read and dropped after its exchange ended (the
+/// target answered early), so that the connection can carry the next request. A longer rest
+/// closes the connection instead.
+pub const DISCARD_LIMIT: u64 = 16 << 20;
+
+/// How long a closing connection keeps reading what its client still sends, so that our close
+/// does not become a reset that destroys a response the client has not read yet.
+const LINGER_MS: u64 = 5_000;
+
+/// What the client side of the connection is doing.
+enum Mode {
+    /// Between requests: waiting for, or reading, the next request head.
+    Waiting,
+    /// One request in flight, from its head to the last byte of its response.
+    Exchange(Box<Exchange>),
+    /// The last exchange ended before its request body did: the rest is read and dropped, so
+    /// that the bytes after it are parsed as the next request and never before. The exchange's
+    /// box is kept for its body framer until then.
+    Discard(Box<Exchange>),
+    /// Our side is shut: what the client still sends is read and dropped until it closes.
+    Linger,
+}
+
+/// Which timeout applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Between requests on a kept-alive connection.
+    Idle,
+    /// Waiting for a request head, on a new connection or part-way through one.
+    Header,
+    Connect,
+    /// Waiting for more of the request body from the client.
+    Body,
+    Response,
+    Stream,
+    Discard,
+    Linger,
+}
+
+impl Phase {
+    fn timeout(self, ctx: &Ctx<'_>) -> u64 {
+        let c = ctx.config;
+        match self {
+            Phase::Idle => millis(c.keepalive_timeout),
+            Phase::Header => millis(c.client_header_timeout),
+            Phase::Body | Phase::Discard => millis(c.client_body_timeout),
+            Phase::Connect => millis(c.connect_timeout),
+            Phase::Response | Phase::Stream => millis(c.upstream_timeout),
+            Phase::Linger => LINGER_MS,
+        }
+    }
+
+    /// Phases whose timeout is a limit on silence: any movement restarts it.
+    fn is_idle_limit(self) -> bool {
+        matches!(self, Phase::Stream | Phase::Body | Phase::Discard)
+    }
+}
+
+/// The session's one timer: the phase it guards (with the attempt it belongs to, so that a new
+/// attempt in the same phase starts a fresh timeout), when that phase times out, and the wheel
+/// entry, which may fire early.
+#[derive(Default)]
+struct Deadline {
+    guards: Option<(Phase, u32)>,
+    at: u64,
+    entry: Option<(TimerId, u64)>,
+}
+
+pub struct Session {
+    key: usize,
+    client: Client,
+    mode: Mode,
+    cin: Option<Buffer>,
+    uout: Option<Buffer>,
+    uin: Option<Buffer>,
+    cout: Option<Buffer>,
+    up: Option<UpstreamConn>,
+    /// Close once `cout` is flushed.
+    close_after: bool,
+    /// An exchange ended before its request body did: the client may still be sending.
+    owes_body: bool,
+    /// Requests answered on this connection; before the first, the header timeout applies.
+    served: u32,
+    deadline: Deadline,
+}
+
+impl Session {
+    pub fn new(key: usize, stream: TcpStream, peer: SocketAddr) -> Session {
+        Session {
+            key,
+            client: Client::new(stream, peer),
+            mode: Mode::Waiting,
+            cin: None,
+            uout: None,
+            uin: None,
+            cout: None,
+            up: None,
+            close_after: false,
+            owes_body: false,
+            served: 0,
+            deadline: Deadline::default(),
+        }
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.client.peer()
+    }
+
+    pub fn client_event(&mut self, event: &mio::event::Event) {
+        self.client.event(event);
+    }
+
+    /// Records readiness of the upstream socket in `slot`, if it is still this session's.
+    pub fn upstream_event(&mut self, slot: usize, event: &mio::event::Event) {
+        if let Some(up) = self.up.as_mut().filter(|up| up.slot == slot) {
+            up.ready.update(event);
+        }
+    }
+
+    /// Idle between requests: the first to go when the proxy drains.
+    fn is_idle(&self) -> bool {
+        matches!(self.mode, Mode::Waiting)
+            && self.cin.as_ref().is_none_or(Buffer::is_empty)
+            && self.cout.as_ref().is_none_or(Buffer::is_empty)
+    }
+
+    /// Makes every move readiness allows, up to one turn.
+    pub fn pump(&mut self, cx: &mut Ctx<'_>) -> Verdict {
+        let mut moved = false;
+        for _ in 0..TURN {
+            match self.step(cx) {
+                Ok(true) => moved = true,
+                Ok(false) => return self.settle(cx, moved),
+                Err(Closed) => return Verdict::Close,
+            }
+        }
+        match self.settle(cx, true) {
+            Verdict::Open => Verdict::Requeue,
+            other => other,
+        }
+    }
+
+    /// The session's timer fired.
+    pub fn on_timer(&mut self, cx: &mut Ctx<'_>) -> Verdict {
+        self.deadline.entry = None;
+        if cx.now < self.deadline.at {
+            self.arm_timer(cx);
+            return Verdict::Open;
+        }
+        let peer = self.peer();
+        let outcome = match self.deadline.guards.map(|(phase, _)| phase) {
+            Some(Phase::Idle | Phase::Linger) | None => Err(Closed),
+            Some(Phase::Discard) => {
+                debug!("{peer}: the rest of a request body stalled; closing");
+                Err(Closed)
+            }
+            // Nothing sent at all: close quietly, as nginx and HAProxy do.
+            Some(Phase::Header) if self.cin.as_ref().is_none_or(Buffer::is_empty) => Err(Closed),
+            Some(Phase::Header) => {
+                debug!("{peer}: request head not received in time");
+                self.respond_local(cx, 408, http::reason(408), false);
+                Ok(true)
+            }
+            Some(Phase::Connect) => self.attempt_failed(cx, Failure::ConnectTimeout),
+            Some(Phase::Body) => {
+                debug!("{peer}: request body stalled past client_body_timeout");
+                self.refuse_exchange(cx, 408, "request body stalled")
+            }
+            Some(Phase::Response) => self.attempt_failed(cx, Failure::ResponseTimeout),
+            Some(Phase::Stream) => {
+                warn!("{peer}: transfer stalled past the timeout, closing");
+                Err(Closed)
+            }
+        };
+        match outcome {
+            Err(Closed) => Verdict::Close,
+            Ok(_) => self.pump(cx),
+        }
+    }
+
+    /// Releases everything the session holds. The client socket closes when the session drops.
+    pub fn teardown(&mut self, cx: &mut Ctx<'_>) {
+        self.end_exchange(cx, None, false);
+        if let Mode::Discard(ex) = std::mem::replace(&mut self.mode, Mode::Waiting) {
+            cx.exchanges.recycle(ex);
+        }
+        if let Some((id, _)) = self.deadline.entry.take() {
+            cx.wheel.cancel(id);
+        }
+        if let Some(up) = self.up.take() {
+            cx.upstreams.close(up);
+        }
+        for slot in [&mut self.cin, &mut self.uout, &mut self.uin, &mut self.cout] {
+            buffer::release(slot, cx.buffers);
+        }
+    }
+
+    fn step(&mut self, cx: &mut Ctx<'_>) -> Step {
+        if matches!(self.mode, Mode::Linger) {
+            return self.linger(cx);
+        }
+        let mut moved = self.read_client(cx)?;
+        match self.mode {
+            Mode::Discard(_) => moved |= self.discard_body(cx)?,
+            Mode::Waiting => moved |= self.start_request(cx)?,
+            Mode::Exchange(_) | Mode::Linger => {}
+        }
+        if matches!(self.mode, Mode::Exchange(_)) {
+            moved |= self.classify_request_body(cx)?;
+            moved |= self.check_connect(cx)?;
+            moved |= self.write_upstream(cx)?;
+            moved |= self.read_upstream(cx)?;
+            moved |= self.parse_response_head(cx)?;
+            moved |= self.classify_response_body(cx)?;
+        }
+        moved |= self.write_client()?;
+        if matches!(self.mode, Mode::Exchange(_)) {
+            moved |= self.finish_if_complete(cx)?;
+        } else if self.cout.as_ref().is_none_or(Buffer::is_empty) {
+            if self.close_after || (self.client.eof && self.cin.as_ref().is_none_or(Buffer::is_empty)) {
+                return self.close_or_linger();
+            }
+            if cx.draining && self.is_idle() {
+                return Err(Closed);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// After a pump: give idle buffers back and keep the phase timer right.
+    fn settle(&mut self, cx: &mut Ctx<'_>, moved: Moved) -> Verdict {
+        if !matches!(self.mode, Mode::Exchange(_)) {
+            for slot in [&mut self.cin, &mut self.uout, &mut self.uin, &mut self.cout] {
+                buffer::release_if_empty(slot, cx.buffers);
+            }
+        }
+        let phase = self.phase();
+        let attempt = match &self.mode {
+            Mode::Exchange(ex) => ex.attempts as u32,
+            _ => 0,
+        };
+        if self.deadline.guards != Some((phase, attempt)) || (moved && phase.is_idle_limit()) {
+            self.deadline.guards = Some((phase, attempt));
+            self.deadline.at = cx.now + phase.timeout(cx);
+        }
+        self.arm_timer(cx);
+        Verdict::Open
+    }
+
+    /// Which timeout applies now, from what the session is doing.
+    fn phase(&self) -> Phase {
+        let cout_pending = self.cout.as_ref().is_some_and(|b| !b.is_empty());
+        match &self.mode {
+            Mode::Linger => Phase::Linger,
+            Mode::Discard(_) => Phase::Discard,
+            // An answer still going out comes first: a header timeout must not cut into it.
+            Mode::Waiting if cout_pending => Phase::Stream,
+            Mode::Waiting if self.cin.as_ref().is_some_and(|b| !b.is_empty()) => Phase::Header,
+            // A new connection gets the header timeout from its first moment (slowloris).
+            Mode::Waiting if self.served == 0 => Phase::Header,
+            Mode::Waiting => Phase::Idle,
+            Mode::Exchange(_) if self.up.as_ref().is_some_and(|up| !up.connected) => Phase::Connect,
+            // Once the target has answered, a stall is the transfer's, whichever side stalls.
+            Mode::Exchange(ex) if matches!(ex.resp, Resp::Body(_)) => Phase::Stream,
+            // Everything the client sent is upstream: the client owes the next byte.
+            Mode::Exchange(ex) if !ex.upload_cut && !ex.req_body.is_done() && ex.body_sent >= ex.body_forwardable() => {
+                Phase::Body
+            }
+            Mode::Exchange(_) => Phase::Response,
+        }
+    }
+
+    /// Keeps one wheel entry no later than the deadline; a later deadline is caught lazily
+    /// when the early entry fires.
+    fn arm_timer(&mut self, cx: &mut Ctx<'_>) {
+        let at = self.deadline.at;
+        if let Some((id, when)) = self.deadline.entry {
+            if when <= at {
+                return;
+            }
+            cx.wheel.cancel(id);
+        }
+        let id = cx.wheel.insert(at, Timer::Session(self.key));
+        self.deadline.entry = Some((id, at));
+    }
+
+    fn read_client(&mut self, cx: &mut Ctx<'_>) -> Step {
+        if !self.client.readable() || self.client.eof || self.close_after {
+            return Ok(false);
+        }
+        let cin = buffer::ensure(&mut self.cin, cx.buffers);
+        if !cin.has_space() {
+            // Full: only body bytes already sent can make room, at the price of a retry.
+            let Mode::Exchange(ex) = &mut self.mode else {
+                return Ok(false);
+            };
+            if ex.body_sent == 0 {
+                return Ok(false);
+            }
+            cin.consume(ex.body_sent);
+            ex.body_ready -= ex.body_sent;
+            ex.body_sent = 0;
+            ex.replayable = false;
+        }
+        match self.client.read(cin.space()) {
+            Io::Bytes(n) => {
+                cin.fill(n);
+                Ok(true)
+            }
+            Io::Eof => {
+                self.client.eof = true;
+                if matches!(&self.mode, Mode::Exchange(ex) if !ex.req_body.is_done()) {
+                    debug!("{}: client closed in the middle of a request body", self.peer());
+                    return Err(Closed);
+                }
+                Ok(true)
+            }
+            Io::Blocked => Ok(false),
+            Io::Retry => Ok(true),
+            Io::Failed(e) => {
+                debug!("{}: client read failed: {e}", self.peer());
+                Err(Closed)
+            }
+        }
+    }
+
+    /// Drops the rest of a request body whose exchange ended before it (the target answered
+    /// early), so that it is never taken for a request; past `DISCARD_LIMIT` the connection
+    /// closes instead.
+    fn discard_body(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let (Mode::Discard(ex), Some(cin)) = (&mut self.mode, self.cin.as_mut()) else {
+            return Ok(false);
+        };
+        if cin.is_empty() {
+            return Ok(false);
+        }
+        let progress = ex.req_body.advance(cin.data(), HttpError::BadRequest);
+        let used = progress.map_or(0, |p| p.used);
+        cin.consume(used);
+        let over = used as u64 > ex.discard_budget;
+        ex.discard_budget = ex.discard_budget.saturating_sub(used as u64);
+        let peer = self.client.peer();
+        match progress {
+            Ok(p) if p.done => self.owes_body = false,
+            Ok(_) if !over => return Ok(used > 0),
+            Ok(_) => debug!("{peer}: more than {DISCARD_LIMIT} bytes of an unread request body; closing"),
+            Err(e) => debug!("{peer}: the rest of a request body is malformed ({e}); closing"),
+        }
+        self.close_after |= self.owes_body;
+        if let Mode::Discard(ex) = std::mem::replace(&mut self.mode, Mode::Waiting) {
+            cx.exchanges.recycle(ex);
+        }
+        Ok(true)
+    }
+
+    /// The connection is to close. If the client may still be sending (an unfinished body,
+    /// unread bytes), shut our side first and read until the client closes or `LINGER_MS`
+    /// pass: closing with unread data sends a reset, which can destroy the response in the
+    /// client's receive buffer before it reads it (nginx's lingering close).
+    fn close_or_linger(&mut self) -> Step {
+        let unread = self.owes_body || self.client.readable() || self.cin.as_ref().is_some_and(|b| !b.is_empty());
+        if self.client.eof || !unread || self.client.shutdown_write().is_err() {
+            return Err(Closed);
+        }
+        self.mode = Mode::Linger;
+        if let Some(cin) = self.cin.as_mut() {
+            cin.clear();
+        }
+        Ok(true)
+    }
+
+    /// Reads and drops what a lingering client sends; its close ends the session.
+    fn linger(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let cin = buffer::ensure(&mut self.cin, cx.buffers);
+        match self.client.read(cin.space()) {
+            Io::Bytes(_) | Io::Retry => Ok(true),
+            Io::Blocked => Ok(false),
+            Io::Eof | Io::Failed(_) => Err(Closed),
+        }
+    }
+
+    /// Parses the next request head in `cin`, if a whole one is there, and sends it on its way.
+    fn start_request(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let Some(cin) = self.cin.as_mut().filter(|b| !b.is_empty()) else {
+            return Ok(false);
+        };
+        if self.close_after || self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Ok(false);
+        }
+        let uout = buffer::ensure(&mut self.uout, cx.buffers);
+        uout.clear();
+        let fwd = Forwarding { client_ip: self.client.peer().ip(), path_prefix: cx.config.path_prefix() };
+        let max_head = cx.config.max_request_head;
+        let limit = cin.len().min(max_head);
+        let head = match http::parse_request(&cin.data()[..limit], &fwd, uout.space()) {
+            Ok(Some(head)) => head,
+            Ok(None) if limit < max_head && !self.client.eof => return Ok(false),
+            Ok(None) if self.client.eof => {
+                debug!("{}: client closed in the middle of a request head", self.client.peer());
+                return Err(Closed);
+            }
+            Ok(None) => return Ok(self.reject(cx, HttpError::HeadTooLarge)),
+            Err(e) => return Ok(self.reject(cx, e)),
+        };
+        if let (BodyKind::Length(n), Some(max)) = (head.body, cx.config.max_body_size) {
+            if n > max {
+                return Ok(self.reject(cx, HttpError::BodyTooLarge));
+            }
+        }
+        cin.consume(head.head_len);
+        uout.fill(head.out_len);
+        let seq = *cx.seq;
+        *cx.seq += 1;
+        let exchange = Exchange::new(seq, cx.now, head, cx.config.chunk_limits);
+        self.mode = Mode::Exchange(cx.exchanges.fill(exchange));
+        self.send_to_target(cx, false)?;
+        Ok(true)
+    }
+
+    /// Answers a request the proxy will not forward, and closes after: what follows it cannot
+    /// be trusted.
+    fn reject(&mut self, cx: &mut Ctx<'_>, e: HttpError) -> Moved {
+        warn!("{}: {e} -> {}", self.peer(), e.status());
+        self.respond_local(cx, e.status(), http::reason(e.status()), false);
+        true
+    }
+
+    /// Sends the exchange to a target: the same one again over a fresh connection after a
+    /// stale pooled one, otherwise the balancer's pick among live targets not tried yet. A
+    /// target that fails before any packet leaves (no address, a socket error) is counted and
+    /// the next one tried, within the retry budget.
+    fn send_to_target(&mut self, cx: &mut Ctx<'_>, mut same_target: bool) -> Result<(), Closed> {
+        loop {
+            let Mode::Exchange(ex) = &mut self.mode else {
+                return Ok(());
+            };
+            let fail_open = cx.config.all_down == AllDown::TryAll;
+            let picked = if same_target { Some(ex.target) } else { cx.targets.pick(ex.seq, &ex.tried, fail_open) };
+            let Some(target) = picked else {
+                let keep = ex.client_keep_alive;
+                if ex.timeouts > 0 {
+                    // A target is slow, not gone: that is a timeout, not the all-down answer.
+                    let (peer, seq) = (self.client.peer(), ex.seq);
+                    warn!("{peer}: request #{seq} timed out and no other live target is left -> 504");
+                    self.respond_local(cx, 504, http::reason(504), keep);
+                } else {
+                    warn!("{}: no live target left for request #{}", self.client.peer(), ex.seq);
+                    self.respond_local(cx, cx.config.all_down_status, local::ALL_DOWN, keep);
+                }
+                return Ok(());
+            };
+            ex.target = target;
+            ex.attempts += 1;
+            if !same_target {
+                if let Some(conn) = cx.upstreams.checkout(target, self.key) {
+                    self.up = Some(conn);
+                    return Ok(());
+                }
+            }
+            let failure = match cx.targets.addr(target) {
+                None => Failure::Unresolved,
+                Some(addr) => match cx.upstreams.connect(cx.registry, target, addr, self.key) {
+                    Ok(conn) => {
+                        self.up = Some(conn);
+                        return Ok(());
+                    }
+                    Err(e) => Failure::Connect(e.kind()),
+                },
+            };
+            ex.tried.insert(target);
+            ex.trace.push(target, Outcome::Failed(failure));
+            cx.target_failed(target, failure);
+            if !budget(cx).allows(ex.attempts, cx.now.saturating_sub(ex.started)) {
+                warn!("{}: target {} {failure}; retry budget spent -> 502", self.client.peer(), cx.targets.url(target));
+                self.respond_local(cx, 502, http::reason(502), false);
+                return Ok(());
+            }
+            same_target = false;
+        }
+    }
+
+    /// A non-blocking connect finished, one way or the other.
+    fn check_connect(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let Some(up) = self.up.as_mut().filter(|up| !up.connected && (up.ready.write || up.ready.read)) else {
+            return Ok(false);
+        };
+        let outcome = match up.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => up.stream.peer_addr().map(|_| ()),
+        };
+        match outcome {
+            Ok(()) => {
+                up.connected = true;
+                // Best effort: a failure here only costs latency.
+                let _ = up.stream.set_nodelay(true);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                up.ready.write = false;
+                up.ready.read = false;
+                Ok(false)
+            }
+            Err(e) => self.attempt_failed(cx, Failure::Connect(e.kind())),
+        }
+    }
+
+    fn classify_request_body(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let (Mode::Exchange(ex), Some(cin)) = (&mut self.mode, self.cin.as_mut()) else {
+            return Ok(false);
+        };
+        let mut moved = false;
+        if ex.upload_cut && matches!(ex.resp, Resp::Body(_)) && ex.body_ready > 0 {
+            // The target stopped reading and has answered: the rest of the body goes nowhere,
+            // and the client must not stall on it while its response streams.
+            cin.consume(ex.body_ready);
+            ex.body_ready = 0;
+            ex.body_sent = 0;
+            moved = true;
+        }
+        if ex.req_body.is_done() || cin.len() == ex.body_ready {
+            return Ok(moved);
+        }
+        let progress = match ex.req_body.advance(&cin.data()[ex.body_ready..], HttpError::BadRequest) {
+            Ok(p) => p,
+            Err(e) => return self.refuse_exchange(cx, e.status(), &e.to_string()),
+        };
+        ex.body_ready += progress.used;
+        ex.body_total += progress.used as u64;
+        if cx.config.max_body_size.is_some_and(|max| ex.body_total > max) {
+            return self.refuse_exchange(cx, 413, "request body too large");
+        }
+        Ok(moved || progress.used > 0 || progress.done)
+    }
+
+    /// Ends an exchange the client got wrong: its status if the client has seen nothing of a
+    /// response yet, otherwise a close. Either way the connection closes after.
+    fn refuse_exchange(&mut self, cx: &mut Ctx<'_>, status: u16, why: &str) -> Step {
+        warn!("{}: {why} -> {status}", self.peer());
+        if matches!(&self.mode, Mode::Exchange(ex) if ex.resp_started) {
+            return Err(Closed);
+        }
+        self.respond_local(cx, status, http::reason(status), false);
+        Ok(true)
+    }
+
+    fn write_upstream(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let (Mode::Exchange(ex), Some(up), Some(uout)) = (&mut self.mode, self.up.as_mut(), self.uout.as_ref()) else {
+            return Ok(false);
+        };
+        if !up.connected || ex.upload_cut {
+            return Ok(false);
+        }
+        let head = &uout.data()[ex.head_sent..];
+        let forwardable = ex.body_forwardable();
+        let body = self.cin.as_ref().map_or(&[][..], |cin| &cin.data()[ex.body_sent.min(forwardable)..forwardable]);
+        match up.ready.write(&mut up.stream, head, body) {
+            Io::Bytes(n) => {
+                let from_head = n.min(head.len());
+                ex.head_sent += from_head;
+                ex.body_sent += n - from_head;
+                Ok(true)
+            }
+            Io::Blocked | Io::Eof => Ok(false),
+            Io::Retry => Ok(true),
+            Io::Failed(e) => {
+                // The target stopped reading: it may have answered already (an early 413 or
+                // 401) and closed. Its answer is in our receive buffer, so read before judging:
+                // a response is forwarded; a reset or close without one fails the attempt.
+                debug!("{}: target {} stopped reading the request: {e}", self.client.peer(), cx.targets.url(up.target));
+                ex.upload_cut = true;
+                up.ready.read = true;
+                Ok(true)
+            }
+        }
+    }
+
+    fn read_upstream(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let (Mode::Exchange(ex), Some(up)) = (&mut self.mode, self.up.as_mut()) else {
+            return Ok(false);
+        };
+        if !up.connected || !up.ready.read || ex.upstream_eof {
+            return Ok(false);
+        }
+        let uin = buffer::ensure(&mut self.uin, cx.buffers);
+        match up.ready.read(&mut up.stream, uin.space()) {
+            Io::Bytes(n) => {
+                uin.fill(n);
+                Ok(true)
+            }
+            Io::Eof => {
+                ex.upstream_eof = true;
+                self.upstream_closed(cx)
+            }
+            Io::Blocked => Ok(false),
+            Io::Retry => Ok(true),
+            // A reset may follow an answer already read (a target that closed with our request
+            // body unread): let `parse_response_head` look at what came before failing.
+            Io::Failed(_) if matches!(ex.resp, Resp::Head) && !uin.is_empty() => {
+                ex.upstream_eof = true;
+                Ok(true)
+            }
+            Io::Failed(e) if matches!(ex.resp, Resp::Head) => self.attempt_failed(cx, Failure::Reset(e.kind())),
+            Io::Failed(e) => {
+                let why = if e.kind() == io::ErrorKind::ConnectionReset {
+                    "reset mid-response"
+                } else {
+                    "failed mid-response"
+                };
+                self.broken_response(cx, why)
+            }
+        }
+    }
+
+    /// The target closed its side: the end of a close-delimited body, or a failure.
+    fn upstream_closed(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let Mode::Exchange(ex) = &self.mode else {
+            return Ok(false);
+        };
+        match &ex.resp {
+            // A head may still wait in `uin` behind a 1xx: `parse_response_head` decides.
+            Resp::Head if self.uin.as_ref().is_some_and(|b| !b.is_empty()) => Ok(true),
+            Resp::Head => self.attempt_failed(cx, Failure::Eof),
+            Resp::Body(framer) if framer.until_close() || framer.is_done() => Ok(true),
+            Resp::Body(_) => self.broken_response(cx, "closed before the response body ended"),
+        }
+    }
+
+    fn parse_response_head(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let (Mode::Exchange(ex), Some(uin)) = (&mut self.mode, self.uin.as_mut()) else {
+            return Ok(false);
+        };
+        if !matches!(ex.resp, Resp::Head) {
+            return Ok(false);
+        }
+        if uin.is_empty() {
+            // The target closed after an interim response, with no final one behind it.
+            return if ex.upstream_eof { self.attempt_failed(cx, Failure::Eof) } else { Ok(false) };
+        }
+        let cout = buffer::ensure(&mut self.cout, cx.buffers);
+        if !cout.is_empty() {
+            return Ok(false);
+        }
+        let ctx = ResponseContext {
+            request_is_head: ex.head.is_head,
+            client_minor: ex.head.minor,
+            client_keep_alive: ex.client_keep_alive && !cx.draining && !self.client.eof && !ex.body_withheld(),
+        };
+        let head = match http::parse_response(uin.data(), &ctx, cout.space()) {
+            Ok(Some(head)) => head,
+            Ok(None) if ex.upstream_eof => return self.attempt_failed(cx, Failure::Eof),
+            Ok(None) if uin.has_space() => return Ok(false),
+            Ok(None) => return self.bad_gateway(cx, HttpError::BadResponse("head too large")),
+            Err(e) => return self.bad_gateway(cx, e),
+        };
+        uin.consume(head.head_len);
+        if head.informational {
+            // HTTP/1.0 clients do not expect interim responses (RFC 9110 §15.2).
+            if ex.head.minor == 1 {
+                cout.fill(head.out_len);
+            }
+            return Ok(true);
+        }
+        cout.fill(head.out_len);
+        ex.resp = Resp::Body(BodyFramer::with_limits(head.body, cx.config.chunk_limits));
+        ex.client_keep_alive = head.client_keep_alive;
+        ex.upstream_reusable = head.upstream_reusable;
+        // The response has begun: the request will not be replayed, so its bytes can go.
+        if let Some(cin) = self.cin.as_mut() {
+            cin.consume(ex.body_sent);
+        }
+        ex.body_ready -= ex.body_sent;
+        ex.body_sent = 0;
+        ex.replayable = false;
+        ex.status = head.status;
+        ex.answered = Some(cx.now);
+        ex.trace.push(ex.target, Outcome::Ok);
+        cx.target_answered(ex.target);
+        Ok(true)
+    }
+
+    /// The target's response cannot be forwarded: 502 if the client has seen nothing yet.
+    fn bad_gateway(&mut self, cx: &mut Ctx<'_>, e: HttpError) -> Step {
+        let Mode::Exchange(ex) = &mut self.mode else {
+            return Err(Closed);
+        };
+        warn!("{}: target {}: {e} -> 502", self.client.peer(), cx.targets.url(ex.target));
+        ex.trace.push(ex.target, Outcome::BadResponse);
+        if ex.resp_started {
+            return Err(Closed);
+        }
+        self.respond_local(cx, 502, http::reason(502), false);
+        Ok(true)
+    }
+
+    /// The target's response broke after its head arrived: a 502 if the client has seen none of
+    /// it yet, otherwise a close, which shows a framed response to the client as cut short.
+    fn broken_response(&mut self, cx: &mut Ctx<'_>, why: impl std::fmt::Display) -> Step {
+        let Mode::Exchange(ex) = &mut self.mode else {
+            return Err(Closed);
+        };
+        let url = cx.targets.url(ex.target);
+        if ex.resp_started {
+            warn!("{}: target {url} {why}; closing", self.client.peer());
+            return Err(Closed);
+        }
+        warn!("{}: target {url} {why} -> 502", self.client.peer());
+        ex.trace.set_last(Outcome::BadResponse);
+        self.respond_local(cx, 502, http::reason(502), false);
+        Ok(true)
+    }
+
+    fn classify_response_body(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let (Mode::Exchange(ex), Some(uin)) = (&mut self.mode, self.uin.as_ref()) else {
+            return Ok(false);
+        };
+        let Resp::Body(framer) = &mut ex.resp else {
+            return Ok(false);
+        };
+        if framer.is_done() || uin.len() == ex.resp_ready {
+            return Ok(false);
+        }
+        match framer.advance(&uin.data()[ex.resp_ready..], HttpError::BadResponse) {
+            Ok(p) => {
+                ex.resp_ready += p.used;
+                Ok(p.used > 0 || p.done)
+            }
+            Err(e) => self.broken_response(cx, e),
+        }
+    }
+
+    fn write_client(&mut self) -> Step {
+        let head = self.cout.as_ref().map_or(&[][..], Buffer::data);
+        let ready = match &self.mode {
+            Mode::Exchange(ex) => ex.resp_forwardable(),
+            _ => 0,
+        };
+        let body = self.uin.as_ref().map_or(&[][..], |uin| &uin.data()[..ready]);
+        match self.client.write(head, body) {
+            Io::Bytes(n) => {
+                let from_head = n.min(head.len());
+                if let Some(cout) = self.cout.as_mut() {
+                    cout.consume(from_head);
+                }
+                if let Mode::Exchange(ex) = &mut self.mode {
+                    if let Some(uin) = self.uin.as_mut() {
+                        uin.consume(n - from_head);
+                        ex.resp_ready -= n - from_head;
+                        ex.sent_bytes += (n - from_head) as u64;
+                    }
+                    if matches!(ex.resp, Resp::Body(_)) {
+                        ex.resp_started = true;
+                    }
+                }
+                Ok(true)
+            }
+            Io::Blocked | Io::Eof => Ok(false),
+            Io::Retry => Ok(true),
+            Io::Failed(e) => {
+                debug!("{}: client write failed: {e}", self.peer());
+                Err(Closed)
+            }
+        }
+    }
+
+    /// Ends the exchange once its response is fully delivered.
+    fn finish_if_complete(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let Mode::Exchange(ex) = &self.mode else {
+            return Ok(false);
+        };
+        if !ex.response_complete() || self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Ok(false);
+        }
+        let keep_alive = ex.client_keep_alive;
+        self.end_exchange(cx, None, keep_alive);
+        Ok(true)
+    }
+
+    /// The one exit of every exchange, whatever ends it. It logs the outcome and releases the
+    /// upstream connection: back to the pool when its response was completely framed, the
+    /// whole request went out and nothing followed, closed otherwise. Its buffers' contents go,
+    /// so that `settle` can return them to the pool (an idle keep-alive connection holds no
+    /// buffer), and so do its request body bytes at the front of `cin`. A body the client has
+    /// not finished sending is then read and dropped (`Mode::Discard`) or the connection
+    /// closes: it never becomes a request. `status` replaces the exchange's own (a local
+    /// answer); `keep_alive` says whether the client connection may carry another request.
+    fn end_exchange(&mut self, cx: &mut Ctx<'_>, status: Option<u16>, keep_alive: bool) {
+        let Mode::Exchange(ex) = std::mem::replace(&mut self.mode, Mode::Waiting) else {
+            return;
+        };
+        self.served += 1;
+        if let Some(up) = self.up.take() {
+            let request_sent = ex.request_sent(self.uout.as_ref().map_or(0, Buffer::len));
+            let uin_clean = self.uin.as_ref().is_none_or(Buffer::is_empty);
+            let reusable = status.is_none()
+                && ex.response_complete()
+                && ex.upstream_reusable
+                && request_sent
+                && uin_clean
+                && !ex.upstream_eof;
+            if reusable {
+                cx.upstreams.checkin(up, cx.config.max_idle_upstream);
+            } else {
+                cx.upstreams.close(up);
+            }
+        }
+        self.log_access(cx, &ex, status.unwrap_or(ex.status));
+        for held in [self.uout.as_mut(), self.uin.as_mut()].into_iter().flatten() {
+            held.clear();
+        }
+        if let Some(cin) = self.cin.as_mut() {
+            cin.consume(ex.body_ready.min(cin.len()));
+        }
+        self.close_after |= !keep_alive || ex.body_withheld();
+        if !ex.req_body.is_done() {
+            self.owes_body = true;
+            let fits = ex.req_body.length_left().is_none_or(|left| left <= DISCARD_LIMIT);
+            if !self.close_after && fits {
+                let mut ex = ex;
+                ex.discard_budget = DISCARD_LIMIT;
+                self.mode = Mode::Discard(ex);
+                return;
+            }
+            self.close_after = true;
+        }
+        cx.exchanges.recycle(ex);
+    }
+
+    /// A connection attempt or an exchange with a target failed before the client saw any of
+    /// the response: count it, then replay elsewhere or answer, as `retry::decide` says.
+    fn attempt_failed(&mut self, cx: &mut Ctx<'_>, failure: Failure) -> Step {
+        let (Mode::Exchange(ex), Some(up)) = (&mut self.mode, self.up.take()) else {
+            return Err(Closed);
+        };
+        let stale_pooled = up.reused && matches!(failure, Failure::Eof | Failure::Reset(_));
+        let nothing_sent = !up.connected || (ex.head_sent == 0 && ex.body_sent == 0);
+        cx.upstreams.close(up);
+        if failure == Failure::ResponseTimeout {
+            ex.timeouts = ex.timeouts.saturating_add(1);
+        }
+        let attempt = Attempt {
+            failure,
+            stale_pooled,
+            nothing_sent,
+            idempotent: ex.head.idempotent,
+            replayable: ex.replayable,
+            response_started: ex.resp_started,
+            attempts: ex.attempts,
+            timeouts: ex.timeouts,
+            elapsed_ms: cx.now.saturating_sub(ex.started),
+        };
+        let decision = retry::decide(&attempt, budget(cx));
+        let url = cx.targets.url(ex.target);
+        if decision == Decision::Close {
+            warn!("{}: target {url} failed mid-response ({failure}); closing", self.client.peer());
+            return Err(Closed);
+        }
+        if stale_pooled {
+            ex.trace.push(ex.target, Outcome::Stale);
+        } else {
+            ex.tried.insert(ex.target);
+            ex.trace.push(ex.target, Outcome::Failed(failure));
+            if failure == Failure::ResponseTimeout {
+                // One slow request says little about its target: a probe decides.
+                cx.target_suspect(ex.target);
+            } else {
+                cx.target_failed(ex.target, failure);
+            }
+        }
+        match decision {
+            Decision::Retry { same_target } => {
+                debug!("{}: request #{} retried after {failure}", self.client.peer(), ex.seq);
+                ex.rewind();
+                if let Some(uin) = self.uin.as_mut() {
+                    uin.clear();
+                }
+                self.send_to_target(cx, same_target)?;
+            }
+            Decision::Answer { status, why } => {
+                warn!("{}: target {} {failure}; {why} -> {status}", self.client.peer(), cx.targets.url(ex.target));
+                self.respond_local(cx, status, http::reason(status), false);
+            }
+            Decision::Close => return Err(Closed),
+        }
+        Ok(true)
+    }
+
+    /// Replaces whatever the exchange was doing with a response made by the proxy. Interim
+    /// (1xx) heads already queued for the client stay in front of it: each is whole.
+    fn respond_local(&mut self, cx: &mut Ctx<'_>, status: u16, body: &str, keep_alive: bool) {
+        let interim_queued = matches!(&self.mode, Mode::Exchange(ex) if matches!(ex.resp, Resp::Head));
+        let keep_alive = keep_alive && !cx.draining;
+        if matches!(self.mode, Mode::Exchange(_)) {
+            self.end_exchange(cx, Some(status), keep_alive);
+        } else {
+            self.served += 1;
+            self.log_refused(cx, status);
+            self.close_after |= !keep_alive;
+        }
+        let cout = buffer::ensure(&mut self.cout, cx.buffers);
+        if !interim_queued {
+            cout.clear();
+        }
+        match http::write_local_response(cout.space(), status, body, !self.close_after) {
+            Some(n) => cout.fill(n),
+            None => self.close_after = true,
+        }
+    }
+
+    fn log_access(&self, cx: &mut Ctx<'_>, ex: &Exchange, status: u16) {
+        if !cx.log.enabled() {
+            return;
+        }
+        let head = self.uout.as_ref().map_or(&[][..], Buffer::data);
+        let request_line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+        let answered = ex.answered.is_some();
+        cx.log.write(&Entry {
+            client: self.peer().ip(),
+            time: std::time::SystemTime::now(),
+            request_line,
+            status,
+            body_bytes: ex.sent_bytes,
+            target: answered.then(|| cx.targets.url(ex.target)),
+            upstream_ms: ex.answered.map(|t| t - ex.started),
+            trace: &ex.trace,
+        });
+    }
+
+    /// A request refused before it became an exchange (malformed, too large, too slow).
+    fn log_refused(&self, cx: &mut Ctx<'_>, status: u16) {
+        if !cx.log.enabled() {
+            return;
+        }
+        cx.log.write(&Entry {
+            client: self.peer().ip(),
+            time: std::time::SystemTime::now(),
+            request_line: b"-",
+            status,
+            body_bytes: 0,
+            target: None,
+            upstream_ms: None,
+            trace: &Trace::default(),
+        });
+    }
+}
+
+/// The retry budget, from the config.
+fn budget(cx: &Ctx<'_>) -> Budget {
+    Budget { retries: cx.config.retries, timeout_ms: millis(cx.config.retry_timeout) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_session_is_small() {
+        // An idle keep-alive connection costs its Session in the slab and nothing else; the
+        // benchmark target is 512 bytes of RSS per idle connection.
+        let size = std::mem::size_of::<Session>();
+        println!("Session: {size} bytes");
+        assert!(size <= 320, "Session is {size} bytes");
+    }
+}

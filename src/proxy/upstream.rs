@@ -1,0 +1,126 @@
+//! Upstream connections and the keep-alive pool.
+//!
+//! Each upstream socket owns a slot whose key is its token, for its whole life, so moving a
+//! connection between a session and the idle pool costs no `epoll_ctl`. The slot says who the
+//! socket belongs to right now: a session (events go to it) or the pool (any event means the
+//! target closed or misbehaved, so the connection is closed at once).
+
+use crate::balance::TargetId;
+use crate::runtime::ready::Ready;
+use crate::runtime::token::{token, Kind};
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+use slab::Slab;
+use std::io;
+use std::net::SocketAddr;
+
+pub struct UpstreamConn {
+    pub stream: TcpStream,
+    pub slot: usize,
+    pub target: TargetId,
+    pub ready: Ready,
+    pub connected: bool,
+    /// Taken from the pool: it may have been closed by the target while idle.
+    pub reused: bool,
+}
+
+enum Slot {
+    Active { session: usize },
+    Idle { target: TargetId },
+}
+
+/// Who an upstream socket's event is for.
+pub enum Owner {
+    Session(usize),
+    /// It idles in the pool, where an event means it is no use any more.
+    Pool,
+}
+
+pub struct Upstreams {
+    slots: Slab<Slot>,
+    /// Idle connections by target slot; a connection whose target is gone is dropped on sight.
+    idle: Vec<Vec<UpstreamConn>>,
+}
+
+impl Upstreams {
+    pub fn new(targets: usize) -> Upstreams {
+        Upstreams { slots: Slab::new(), idle: (0..targets).map(|_| Vec::new()).collect() }
+    }
+
+    /// Starts a non-blocking connect to `addr` on behalf of `session`.
+    pub fn connect(
+        &mut self,
+        registry: &Registry,
+        target: TargetId,
+        addr: SocketAddr,
+        session: usize,
+    ) -> io::Result<UpstreamConn> {
+        let mut stream = TcpStream::connect(addr)?;
+        let entry = self.slots.vacant_entry();
+        let slot = entry.key();
+        registry.register(&mut stream, token(Kind::Upstream(slot)), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(Slot::Active { session });
+        Ok(UpstreamConn { stream, slot, target, ready: Ready::default(), connected: false, reused: false })
+    }
+
+    /// The most recently parked connection to `target`, now owned by `session`.
+    pub fn checkout(&mut self, target: TargetId, session: usize) -> Option<UpstreamConn> {
+        let idle = self.idle.get_mut(target.slot())?;
+        while let Some(mut conn) = idle.pop() {
+            if conn.target != target {
+                self.slots.try_remove(conn.slot);
+                continue;
+            }
+            self.slots[conn.slot] = Slot::Active { session };
+            conn.reused = true;
+            conn.ready = Ready { read: false, write: true, hup: false };
+            return Some(conn);
+        }
+        None
+    }
+
+    /// Parks a connection whose last response was completely framed, or closes it when the
+    /// pool for its target holds `max_idle` already.
+    pub fn checkin(&mut self, conn: UpstreamConn, max_idle: usize) {
+        let Some(idle) = self.idle.get_mut(conn.target.slot()).filter(|idle| idle.len() < max_idle) else {
+            return self.close(conn);
+        };
+        self.slots[conn.slot] = Slot::Idle { target: conn.target };
+        idle.push(conn);
+    }
+
+    /// Closing the socket removes it from epoll; only the slot needs freeing.
+    pub fn close(&mut self, conn: UpstreamConn) {
+        self.slots.try_remove(conn.slot);
+    }
+
+    /// Drops every idle connection to `target` (it was found dead).
+    pub fn drop_idle(&mut self, target: TargetId) {
+        if let Some(idle) = self.idle.get_mut(target.slot()) {
+            for conn in std::mem::take(idle) {
+                self.slots.try_remove(conn.slot);
+            }
+        }
+    }
+
+    /// Who an event on `slot` is for; `None` for a slot already freed.
+    pub fn owner(&self, slot: usize) -> Option<Owner> {
+        match *self.slots.get(slot)? {
+            Slot::Active { session } => Some(Owner::Session(session)),
+            Slot::Idle { .. } => Some(Owner::Pool),
+        }
+    }
+
+    /// Closes the idle connection in `slot`: the target closed it or sent what nobody asked for.
+    pub fn close_idle(&mut self, slot: usize) {
+        let Some(&Slot::Idle { target }) = self.slots.get(slot) else {
+            return;
+        };
+        if let Some(idle) = self.idle.get_mut(target.slot()) {
+            if let Some(at) = idle.iter().position(|c| c.slot == slot) {
+                let conn = idle.swap_remove(at);
+                self.close(conn);
+            }
+        }
+    }
+}

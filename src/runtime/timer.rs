@@ -1,0 +1,16 @@
+//! What a timer in the wheel is for. One wheel serves the whole loop, so that its next deadline
+//! is the poll timeout.
+
+use crate::balance::TargetId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// A session's phase timeout: key into the session slab.
+    Session(usize),
+    /// A probe in flight timed out: key into the probe slab.
+    Probe(usize),
+    /// A target's next probe is due, in its probe round (a replaced timer's round is stale).
+    ProbeDue(TargetId, u32),
+    AcceptRetry,
+    DrainDeadline,
+}

@@ -1,0 +1,278 @@
+//! The event loop: poll, hand each event to the owner of its token, run the timers that came
+//! due, act on signals. It holds no protocol logic: the proxy's sessions and the prober do the
+//! work, and what they share lives in `proxy::Env`.
+//!
+//! Events are hints: every handler confirms with the syscall itself (`WouldBlock`,
+//! `take_error`), so an event that arrives for a slab slot freed and reused within the same batch
+//! costs at most one wasted syscall, never a wrong action.
+
+use crate::balance::Targets;
+use crate::config::Config;
+use crate::health::probe::{ProbeResult, Prober};
+use crate::health::Health;
+use crate::observe::accesslog::AccessLog;
+use crate::proxy::{Env, Proxy};
+use crate::runtime::clock::{millis, Clock};
+use crate::runtime::resolve::{self, Resolver};
+use crate::runtime::signals::{self, Action};
+use crate::runtime::timer::Timer;
+use crate::runtime::token::{decode, token, Kind};
+use crate::runtime::wheel::Wheel;
+use log::{error, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Waker};
+use signal_hook_mio::v1_0::Signals;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The proxy's listener number in its token.
+const PROXY_LISTENER: usize = 0;
+
+/// Whether the loop goes on after handling something.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Signals,
+    clock: Clock,
+    accept_paused: bool,
+    prober: Prober,
+    proxy: Proxy,
+    env: Env,
+    /// Probe results waiting to be applied, reused between passes.
+    probe_results: Vec<ProbeResult>,
+}
+
+impl Server {
+    /// Binds the listener and looks up every target once. Blocking here is fine: the loop has
+    /// not started.
+    pub fn new(config: &Config) -> io::Result<Server> {
+        let config = config.clone();
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let mut listener = TcpListener::bind(config.listen)?;
+        let local_addr = listener.local_addr()?;
+        registry.register(&mut listener, token(Kind::Listener(PROXY_LISTENER)), Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(&registry, token(Kind::Waker))?);
+        let mut signals = Signals::new(signals::HANDLED)?;
+        registry.register(&mut signals, token(Kind::Signals), Interest::READABLE)?;
+
+        let addrs = config
+            .targets
+            .iter()
+            .map(|t| match t.literal_addr() {
+                Some(addr) => Some(addr),
+                None => resolve::lookup(t.bare_host(), t.port)
+                    .map_err(|e| warn!("target {} down: {e} (probing every {:?})", t.url, config.sleeping))
+                    .ok(),
+            })
+            .collect();
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id());
+        let targets = Targets::new(&config, addrs);
+        let health = Health::new(&targets, seed);
+        let mut env = Env {
+            log: AccessLog::start(&config.access_log)?,
+            now: 0,
+            draining: false,
+            registry,
+            wheel: Wheel::new(0),
+            targets,
+            health,
+            config,
+        };
+        let ids: Vec<_> = env.targets.ids().collect();
+        for id in ids {
+            let live = env.targets.is_live(id);
+            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, 0);
+        }
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals,
+            clock: Clock::start(),
+            accept_paused: false,
+            prober: Prober::new(Resolver::start(waker)?),
+            proxy: Proxy::new(&env.config),
+            env,
+            probe_results: Vec::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs until a signal's drain completes.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut fired = Vec::new();
+        loop {
+            let timeout = if self.proxy.has_requeued() {
+                Some(Duration::ZERO)
+            } else {
+                self.env.wheel.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(self.env.now)))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.env.now = self.clock.now();
+            let mut flow = Flow::Go;
+            for event in events.iter() {
+                flow = self.on_event(event);
+                if flow == Flow::Stop {
+                    break;
+                }
+            }
+            if flow == Flow::Go {
+                self.proxy.pump_requeued(&mut self.env);
+                self.env.wheel.poll(self.env.now, &mut fired);
+                for timer in fired.drain(..) {
+                    flow = self.on_timer(timer);
+                    if flow == Flow::Stop {
+                        break;
+                    }
+                }
+            }
+            self.env.log.flush();
+            if flow == Flow::Stop {
+                return Ok(());
+            }
+            if self.env.draining && self.proxy.is_empty() {
+                info!("drained; exiting");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands one event to its owner.
+    fn on_event(&mut self, event: &mio::event::Event) -> Flow {
+        match decode(event.token()) {
+            Some(Kind::Listener(_)) => self.accept(),
+            Some(Kind::Client(key)) => self.proxy.client_event(key, event, &mut self.env),
+            Some(Kind::Upstream(slot)) => self.proxy.upstream_event(slot, event, &mut self.env),
+            Some(Kind::Probe(key)) => {
+                let result = self.prober.on_event(key, event, &mut self.env.probe_cx());
+                self.apply_probes(result);
+            }
+            Some(Kind::Waker) => {
+                let mut results = std::mem::take(&mut self.probe_results);
+                self.prober.resolved(&mut self.env.probe_cx(), &mut results);
+                for result in results.drain(..) {
+                    self.proxy.probe_finished(result, &mut self.env);
+                }
+                self.probe_results = results;
+            }
+            Some(Kind::Signals) => return self.on_signals(),
+            None => {}
+        }
+        Flow::Go
+    }
+
+    fn apply_probes(&mut self, result: Option<ProbeResult>) {
+        if let Some(result) = result {
+            self.proxy.probe_finished(result, &mut self.env);
+        }
+    }
+
+    /// Accepts until the backlog is empty (edge-triggered: nothing will remind us).
+    fn accept(&mut self) {
+        while let Some(listener) = self.listener.as_ref().filter(|_| !self.accept_paused) {
+            match listener.accept() {
+                Ok((stream, peer)) => self.proxy.accept(stream, peer, &mut self.env),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    error!("accept failed: {e}; pausing accepts for 100 ms");
+                    self.accept_paused = true;
+                    self.env.wheel.insert(self.env.now + 100, Timer::AcceptRetry);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer) -> Flow {
+        match timer {
+            Timer::Session(key) => self.proxy.on_timer(key, &mut self.env),
+            Timer::Probe(key) => {
+                let result = self.prober.on_timer(key, &mut self.env.probe_cx());
+                self.apply_probes(result);
+            }
+            Timer::ProbeDue(id, round) => {
+                let live = self.env.targets.is_live(id);
+                if self.env.health.probe_due(id, round, live, &self.env.config) {
+                    let result = self.prober.start(id, &mut self.env.probe_cx());
+                    self.apply_probes(result);
+                }
+            }
+            Timer::AcceptRetry => {
+                self.accept_paused = false;
+                self.accept();
+            }
+            Timer::DrainDeadline => {
+                warn!("shutdown timeout: cutting {} connections still in flight", self.proxy.len());
+                return Flow::Stop;
+            }
+        }
+        Flow::Go
+    }
+
+    /// Acts on the signals that came (`runtime::signals` says what each means).
+    fn on_signals(&mut self) -> Flow {
+        let mut drain = None;
+        for signal in self.signals.pending() {
+            let name = signals::name(signal);
+            match signals::action(signal) {
+                Action::Drain => drain = Some(name),
+                Action::ReopenLog => {
+                    info!("{name}: reopening the access log");
+                    self.env.log.reopen();
+                }
+                Action::Reload => {
+                    warn!("{name}: reloading the config is not supported yet; carrying on with the current one")
+                }
+                Action::Ignore => warn!("{name}: ignored"),
+            }
+        }
+        match drain {
+            Some(name) => self.drain(name),
+            None => Flow::Go,
+        }
+    }
+
+    /// Stops accepting and lets requests in flight finish; a second signal stops at once.
+    fn drain(&mut self, signal: &str) -> Flow {
+        if self.env.draining {
+            warn!("{signal} again: exiting now");
+            return Flow::Stop;
+        }
+        let shutdown = millis(self.env.config.shutdown_timeout);
+        info!("{signal}: draining {} connections (at most {shutdown} ms), no longer accepting", self.proxy.len());
+        if let Some(mut listener) = self.listener.take() {
+            if let Err(e) = self.env.registry.deregister(&mut listener) {
+                warn!("deregistering the listener: {e}");
+            }
+        }
+        self.env.draining = true;
+        self.env.wheel.insert(self.env.now + shutdown, Timer::DrainDeadline);
+        self.proxy.drain(&mut self.env);
+        Flow::Go
+    }
+}
+
+/// The name the loop had before the redesign, for code written against it.
+pub type Reactor = Server;
