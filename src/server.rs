@@ -102,7 +102,7 @@ impl Server {
             signals,
             clock: Clock::start(),
             accept_paused: false,
-            prober: Prober::new(Resolver::start(waker)?),
+            prober: Prober::new(Resolver::start(waker)?, &env.config, &env.targets),
             proxy: Proxy::new(&env.config),
             env,
             probe_results: Vec::new(),

@@ -296,3 +296,17 @@ fn connect_failures_stop_at_the_retry_budget() {
     assert!(line.contains("attempts=2 "), "retries: 1 allows two attempts: {line}");
     let _ = std::fs::remove_file(log);
 }
+
+#[test]
+fn a_pipelined_request_gets_a_response_timeout_of_its_own() {
+    // The second request starts where the first ended, in the same phase: it must not inherit
+    // what is left of the first one's timeout.
+    let ts = targets(1);
+    let proxy = Proxy::start(&ts, "\"upstream_timeout\": 1");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /sleep/700 HTTP/1.1\r\nHost: t\r\n\r\nGET /sleep/600 HTTP/1.1\r\nHost: t\r\n\r\n");
+    for _ in 0..2 {
+        let r = client.read_response(false);
+        assert_eq!((r.status, r.text().as_str()), (200, "Hello, world!"));
+    }
+}

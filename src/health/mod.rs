@@ -189,13 +189,13 @@ impl Health {
     /// Arms `id`'s next probe, one jittered period from now, unless one is armed or running or
     /// the target needs none (live, not a suspect, no `check_live`).
     pub fn schedule_probe(&mut self, id: TargetId, live: bool, config: &Config, wheel: &mut Wheel<Timer>, now: u64) {
-        let delay = self.jitter.spread(millis(config.sleeping));
-        let Some(s) = self.state(id) else {
+        let Some(s) = self.states.get_mut(id.slot()).filter(|s| s.id == id) else {
             return;
         };
         if s.probe_timer.is_some() || s.probing || !wants_probe(s, live, config) {
             return;
         }
+        let delay = self.jitter.spread(millis(config.sleeping));
         arm(s, wheel, now + delay);
     }
 

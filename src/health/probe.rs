@@ -32,7 +32,6 @@ pub struct ProbeCtx<'a> {
 struct Probe {
     stream: TcpStream,
     target: TargetId,
-    request: Vec<u8>,
     ready: Ready,
     connected: bool,
     sent: usize,
@@ -52,17 +51,23 @@ enum Progress {
 pub struct Prober {
     probes: Slab<Probe>,
     resolver: Resolver<TargetId>,
+    /// Each target's probe request, by slot, made once.
+    requests: Vec<Vec<u8>>,
 }
 
 impl Prober {
-    pub fn new(resolver: Resolver<TargetId>) -> Prober {
-        Prober { probes: Slab::new(), resolver }
+    pub fn new(resolver: Resolver<TargetId>, config: &Config, targets: &Targets) -> Prober {
+        let requests =
+            targets.ids().filter_map(|id| targets.get(id)).map(|t| request(&config.probe_path, &t.spec.host));
+        Prober { probes: Slab::new(), resolver, requests: requests.collect() }
     }
 
     /// Starts a probe of `id`: a lookup of its name first, or a connect to its literal address.
     /// A probe that fails at once is its own result.
     pub fn start(&mut self, id: TargetId, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
-        let target = cx.targets.get(id)?;
+        let Some(target) = cx.targets.get(id) else {
+            return Some((id, Err("target is gone")));
+        };
         match target.spec.literal_addr() {
             Some(addr) => self.connect(id, addr, cx),
             None => {
@@ -98,11 +103,9 @@ impl Prober {
         match connected {
             Ok(stream) => {
                 let timer = cx.wheel.insert(cx.now + millis(cx.config.probe_timeout), Timer::Probe(key));
-                let host = cx.targets.get(id).map_or("", |t| t.spec.host.as_str());
                 entry.insert(Probe {
                     stream,
                     target: id,
-                    request: request(&cx.config.probe_path, host),
                     ready: Ready::default(),
                     connected: false,
                     sent: 0,
@@ -122,7 +125,8 @@ impl Prober {
     pub fn on_event(&mut self, key: usize, event: &mio::event::Event, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
         let probe = self.probes.get_mut(key)?;
         probe.ready.update(event);
-        let progress = drive(probe);
+        let request = self.requests.get(probe.target.slot()).map_or(&[][..], Vec::as_slice);
+        let progress = drive(probe, request);
         self.conclude(key, progress, cx)
     }
 
@@ -148,14 +152,14 @@ impl Prober {
     }
 }
 
-/// The probe request, made once per probe.
+/// A target's probe request.
 fn request(path: &str, host: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringproxy-probe\r\nConnection: close\r\n\r\n")
         .into_bytes()
 }
 
 /// Moves a probe as far as readiness allows: connect, send the request, read the status line.
-fn drive(probe: &mut Probe) -> Progress {
+fn drive(probe: &mut Probe, request: &[u8]) -> Progress {
     if !probe.connected {
         if !(probe.ready.write || probe.ready.read) {
             return Progress::Pending;
@@ -166,8 +170,8 @@ fn drive(probe: &mut Probe) -> Progress {
             Ok(Some(_)) | Err(_) => return Progress::Failed("connect failed"),
         }
     }
-    while probe.sent < probe.request.len() {
-        match probe.ready.write(&mut probe.stream, &probe.request[probe.sent..], &[]) {
+    while probe.sent < request.len() {
+        match probe.ready.write(&mut probe.stream, &request[probe.sent..], &[]) {
             Io::Bytes(n) => probe.sent += n,
             Io::Retry => {}
             Io::Blocked | Io::Eof => break,

@@ -181,11 +181,15 @@ pub struct AccessLog {
     /// Disconnects when the writer thread ends, so that `drop` can wait for the last lines.
     finished: Option<Receiver<()>>,
     batch: Vec<u8>,
+    /// A free batch taken back from the writer but not used yet.
+    spare: Option<Vec<u8>>,
     dropped: u64,
 }
 
 /// Batches that may wait for the writer.
 const BACKLOG: usize = 64;
+/// Batches in circulation between the loop and the writer.
+const BATCHES: usize = 8;
 /// A batch is handed over early once it holds this much.
 const BATCH: usize = 64 * 1024;
 /// Room for a batch: `BATCH` and the longest line (a request line is at most 8 KiB of URI).
@@ -196,7 +200,7 @@ const MOST: usize = 4 << 20;
 
 impl AccessLog {
     pub fn off() -> AccessLog {
-        AccessLog { to_writer: None, returned: None, finished: None, batch: Vec::new(), dropped: 0 }
+        AccessLog { to_writer: None, returned: None, finished: None, batch: Vec::new(), spare: None, dropped: 0 }
     }
 
     /// Opens the destination and starts the writer thread.
@@ -208,6 +212,10 @@ impl AccessLog {
         };
         let (to_writer, inbox) = sync_channel(BACKLOG);
         let (give_back, returned) = sync_channel(BACKLOG);
+        for _ in 1..BATCHES {
+            // Free batches wait where the writer returns them: nothing is allocated later.
+            let _ = give_back.try_send(Vec::with_capacity(SPARE));
+        }
         let (done, finished) = sync_channel(0);
         std::thread::Builder::new().name("access-log".into()).spawn(move || {
             write_lines(inbox, give_back, sink);
@@ -218,6 +226,7 @@ impl AccessLog {
             returned: Some(returned),
             finished: Some(finished),
             batch: Vec::with_capacity(SPARE),
+            spare: None,
             dropped: 0,
         })
     }
@@ -253,13 +262,16 @@ impl AccessLog {
         let Some(to_writer) = self.to_writer.as_ref() else {
             return;
         };
-        let full = std::mem::take(&mut self.batch);
+        // A fixed set of batches circulates; with none free, lines keep gathering here.
+        let Some(spare) = self.spare.take().or_else(|| self.returned.as_ref()?.try_recv().ok()) else {
+            return;
+        };
+        let full = std::mem::replace(&mut self.batch, spare);
         match to_writer.try_send(Message::Lines(full)) {
-            Ok(()) => {
-                let spare = self.returned.as_ref().and_then(|r| r.try_recv().ok());
-                self.batch = spare.unwrap_or_else(|| Vec::with_capacity(SPARE));
+            Ok(()) => {}
+            Err(TrySendError::Full(Message::Lines(full))) => {
+                self.spare = Some(std::mem::replace(&mut self.batch, full))
             }
-            Err(TrySendError::Full(Message::Lines(full))) => self.batch = full,
             Err(TrySendError::Full(Message::Reopen)) => {}
             Err(TrySendError::Disconnected(_)) => self.to_writer = None,
         }
@@ -280,7 +292,9 @@ impl Drop for AccessLog {
     /// The last lines of a drain go out before the process exits: hand them over, close the
     /// channel, and give the writer a bounded while to finish.
     fn drop(&mut self) {
-        self.flush();
+        if let Some(to_writer) = self.to_writer.take().filter(|_| !self.batch.is_empty()) {
+            let _ = to_writer.try_send(Message::Lines(std::mem::take(&mut self.batch)));
+        }
         self.to_writer = None;
         if let Some(finished) = self.finished.take() {
             let _ = finished.recv_timeout(std::time::Duration::from_secs(2));

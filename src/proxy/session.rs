@@ -108,12 +108,12 @@ impl Phase {
     }
 }
 
-/// The session's one timer: the phase it guards (with the attempt it belongs to, so that a new
-/// attempt in the same phase starts a fresh timeout), when that phase times out, and the wheel
-/// entry, which may fire early.
+/// The session's one timer: the phase it guards (with the request and attempt it belongs to,
+/// so that a new request or attempt in the same phase starts a fresh timeout), when that phase
+/// times out, and the wheel entry, which may fire early.
 #[derive(Default)]
 struct Deadline {
-    guards: Option<(Phase, u32)>,
+    guards: Option<(Phase, u64)>,
     at: u64,
     entry: Option<(TimerId, u64)>,
 }
@@ -232,15 +232,16 @@ impl Session {
 
     /// Releases everything the session holds. The client socket closes when the session drops.
     pub fn teardown(&mut self, cx: &mut Ctx<'_>) {
+        // Closed first: a session torn down mid-exchange never hands its connection to the pool.
+        if let Some(up) = self.up.take() {
+            cx.upstreams.close(up);
+        }
         self.end_exchange(cx, None, false);
         if let Mode::Discard(ex) = std::mem::replace(&mut self.mode, Mode::Waiting) {
             cx.exchanges.recycle(ex);
         }
         if let Some((id, _)) = self.deadline.entry.take() {
             cx.wheel.cancel(id);
-        }
-        if let Some(up) = self.up.take() {
-            cx.upstreams.close(up);
         }
         for slot in [&mut self.cin, &mut self.uout, &mut self.uin, &mut self.cout] {
             buffer::release(slot, cx.buffers);
@@ -270,7 +271,7 @@ impl Session {
             moved |= self.finish_if_complete(cx)?;
         } else if self.cout.as_ref().is_none_or(Buffer::is_empty) {
             if self.close_after || (self.client.eof && self.cin.as_ref().is_none_or(Buffer::is_empty)) {
-                return self.close_or_linger();
+                return self.close_or_linger(cx);
             }
             if cx.draining && self.is_idle() {
                 return Err(Closed);
@@ -287,8 +288,9 @@ impl Session {
             }
         }
         let phase = self.phase();
+        // Attempts never exceed `retries` + 1, at most one more than the targets (256).
         let attempt = match &self.mode {
-            Mode::Exchange(ex) => ex.attempts as u32,
+            Mode::Exchange(ex) => ex.seq.wrapping_mul(512).wrapping_add(ex.attempts as u64 + 1),
             _ => 0,
         };
         if self.deadline.guards != Some((phase, attempt)) || (moved && phase.is_idle_limit()) {
@@ -409,12 +411,14 @@ impl Session {
     /// unread bytes), shut our side first and read until the client closes or `LINGER_MS`
     /// pass: closing with unread data sends a reset, which can destroy the response in the
     /// client's receive buffer before it reads it (nginx's lingering close).
-    fn close_or_linger(&mut self) -> Step {
+    fn close_or_linger(&mut self, cx: &mut Ctx<'_>) -> Step {
         let unread = self.owes_body || self.client.readable() || self.cin.as_ref().is_some_and(|b| !b.is_empty());
         if self.client.eof || !unread || self.client.shutdown_write().is_err() {
             return Err(Closed);
         }
-        self.mode = Mode::Linger;
+        if let Mode::Discard(ex) = std::mem::replace(&mut self.mode, Mode::Linger) {
+            cx.exchanges.recycle(ex);
+        }
         if let Some(cin) = self.cin.as_mut() {
             cin.clear();
         }
@@ -880,7 +884,10 @@ impl Session {
     /// A connection attempt or an exchange with a target failed before the client saw any of
     /// the response: count it, then replay elsewhere or answer, as `retry::decide` says.
     fn attempt_failed(&mut self, cx: &mut Ctx<'_>, failure: Failure) -> Step {
-        let (Mode::Exchange(ex), Some(up)) = (&mut self.mode, self.up.take()) else {
+        let Mode::Exchange(ex) = &mut self.mode else {
+            return Err(Closed);
+        };
+        let Some(up) = self.up.take() else {
             return Err(Closed);
         };
         let stale_pooled = up.reused && matches!(failure, Failure::Eof | Failure::Reset(_));
