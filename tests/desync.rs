@@ -279,3 +279,133 @@ fn a_final_answer_that_arrives_with_an_interim_one_and_a_close_is_forwarded() {
     }
     assert!(!proxy.proc.lines().iter().any(|l| l.contains(" down: ")), "{:#?}", proxy.proc.lines());
 }
+
+#[test]
+fn loose_transfer_encoding_lists_reach_the_target_as_one_plain_field() {
+    // A target that reads only the first field, or compares the last item literally, must see
+    // the framing the proxy saw.
+    let target = Recorder::start(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", Then::Listen);
+    let proxy = proxy_for(&target.url(), "");
+    let variants = [
+        "Transfer-Encoding: chunked,\r\n",
+        "Transfer-Encoding: , CHUNKED ,\r\n",
+        "Transfer-Encoding:\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n",
+    ];
+    for te in variants {
+        let mut client = Client::connect(proxy.addr);
+        client.send(format!("POST / HTTP/1.1\r\nHost: t\r\n{te}\r\n5\r\nhello\r\n0\r\n\r\n").as_bytes());
+        assert_eq!(client.read_response(false).status, 200, "{te:?}");
+    }
+    let heads = target.heads();
+    assert_eq!(heads.len(), variants.len());
+    for head in &heads[..3] {
+        assert_eq!(head.matches("Transfer-Encoding").count(), 1, "{head}");
+        assert!(head.contains("\r\nTransfer-Encoding: chunked\r\n"), "{head}");
+    }
+    assert!(heads[3].contains("\r\nTransfer-Encoding: gzip, chunked\r\n"), "{}", heads[3]);
+}
+
+#[test]
+fn a_loose_transfer_encoding_from_a_target_reaches_the_client_as_one_plain_field() {
+    let addr = common::raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nTransfer-Encoding: Chunked,\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    );
+    let proxy = proxy_for(&format!("http://{addr}/"), "");
+    let r = proxy.get("/");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let te: Vec<_> = r.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")).collect();
+    assert_eq!(te.len(), 1, "{:?}", r.headers);
+    assert_eq!(te[0].1, "chunked");
+}
+
+#[test]
+fn an_http10_client_never_gets_chunked_framing() {
+    // RFC 9112 §6.1: chunked is HTTP/1.1. A target that chunks anyway gets its client a 502,
+    // not a body with chunk framing inside it; target-svc answers an HTTP/1.0 request plainly.
+    let addr = serve_raw(|mut conn: TcpStream| {
+        while common::read_head(&mut conn) {
+            let reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+            if conn.write_all(reply).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&format!("http://{addr}/"), "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 502);
+    let ts = targets(1);
+    let proxy = Proxy::start(&ts, "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /chunked/5 HTTP/1.0\r\n\r\n");
+    let r = client.read_response(false);
+    assert_eq!((r.status, r.text().as_str(), r.header("transfer-encoding")), (200, "abcde", None));
+    // An HTTP/1.0 response with Transfer-Encoding has faulty framing.
+    let addr = common::raw_upstream(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+    let proxy = proxy_for(&format!("http://{addr}/"), "");
+    assert_eq!(proxy.get("/").status, 502);
+}
+
+#[test]
+fn framing_fields_spelled_with_underscores_never_reach_the_target() {
+    // CGI-style servers read Content_Length as HTTP_CONTENT_LENGTH, the field it imitates.
+    let target = Recorder::start(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Then::Listen);
+    let proxy = proxy_for(&target.url(), "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent_Length: 5\r\nTransfer_Encoding: chunked\r\nX_Forwarded_For: 6.6.6.6\r\n\
+          X_Custom_Thing: kept\r\n\r\n",
+    );
+    assert_eq!(client.read_response(false).status, 200);
+    let head = target.heads().remove(0);
+    for gone in ["Content_Length", "Transfer_Encoding", "X_Forwarded_For", "6.6.6.6"] {
+        assert!(!head.contains(gone), "{gone} reached the target: {head}");
+    }
+    assert!(head.contains("X_Custom_Thing: kept"), "{head}");
+}
+
+#[test]
+fn a_second_unsolicited_answer_is_caught_while_its_connection_idles() {
+    // Each answer names its request; now and then the target sends a second, unsolicited one.
+    // The pool must catch it while the connection idles, not hand it to the next request.
+    let addr = serve_raw(|mut conn: TcpStream| {
+        let _ = conn.set_nodelay(true);
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            got.clear();
+            while !got.ends_with(b"\r\n\r\n") {
+                match conn.read(&mut byte) {
+                    Ok(1) => got.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let line = String::from_utf8_lossy(&got).lines().next().unwrap_or("").to_string();
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{line}", line.len());
+            if conn.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+            if line.contains("push") {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL");
+            }
+        }
+    });
+    let proxy = proxy_for(&format!("http://{addr}/"), "");
+    let mut client = Client::connect(proxy.addr);
+    let (mut wrong, mut pushes) = (Vec::new(), 0);
+    for i in 0..300 {
+        let path = if i % 10 == 3 { format!("/push-{i}") } else { format!("/n-{i}") };
+        pushes += usize::from(path.contains("push"));
+        let r = client.request("GET", &path, &[], b"");
+        assert_eq!(r.status, 200);
+        if r.text() != format!("GET {path} HTTP/1.1") {
+            wrong.push(i);
+        }
+    }
+    // A stray that arrives just as the next request goes out cannot be told from its answer
+    // (nginx and HAProxy alike); it must never put the connection one answer behind for good.
+    println!("{} of 300 answers were strays, after {pushes} of them: {wrong:?}", wrong.len());
+    assert!(wrong.len() <= pushes, "{} strays answered requests after {pushes}: {wrong:?}", wrong.len());
+    assert!(wrong.iter().all(|i| i % 10 == 4), "only the request right after a stray may get it: {wrong:?}");
+}

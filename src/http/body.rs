@@ -71,6 +71,8 @@ enum Chunk {
 enum Ext {
     /// After the size or a complete extension: whitespace, `;` or the CR.
     Next,
+    /// Whitespace after the size or an extension: more of it, or a `;`.
+    Space,
     BeforeName,
     Name,
     AfterName,
@@ -227,7 +229,7 @@ impl BodyFramer {
             (Chunk::Size { digits: 0, .. }, _) => return Err(bad("chunk size is not hex")),
             (Chunk::Size { value, .. }, b'\r') => Chunk::SizeLf { value },
             (Chunk::Size { value, .. }, b';') => Chunk::Ext { value, at: Ext::BeforeName },
-            (Chunk::Size { value, .. }, b) if is_ws(b) => Chunk::Ext { value, at: Ext::Next },
+            (Chunk::Size { value, .. }, b) if is_ws(b) => Chunk::Ext { value, at: Ext::Space },
             (Chunk::Size { .. }, _) => return Err(bad("chunk size is not hex")),
             (Chunk::Ext { value, at }, b) => match extension_step(at, b) {
                 Some(Ext::Next) if b == b'\r' => Chunk::SizeLf { value },
@@ -273,20 +275,14 @@ impl BodyFramer {
 
 /// One byte of a chunk extension; `None` if the grammar does not allow it there. A CR ends the
 /// line wherever a complete extension (or none) stands, and comes back as `Ext::Next`.
+/// Whitespace is `BWS`: only before a `;` or `=`, never before the CR.
 fn extension_step(at: Ext, b: u8) -> Option<Ext> {
-    let ends = |b: u8| b == b'\r';
     Some(match at {
-        Ext::Next | Ext::AfterName if is_ws(b) => at,
-        Ext::Next | Ext::AfterName | Ext::Name | Ext::Token if ends(b) => Ext::Next,
-        Ext::Next | Ext::AfterName | Ext::Name | Ext::Token if b == b';' => Ext::BeforeName,
-        Ext::AfterName | Ext::Name if b == b'=' => Ext::BeforeValue,
-        Ext::Name | Ext::Token if is_ws(b) => {
-            if at == Ext::Name {
-                Ext::AfterName
-            } else {
-                Ext::Next
-            }
-        }
+        Ext::Next | Ext::Name | Ext::Token if b == b'\r' => Ext::Next,
+        Ext::Next | Ext::Space | Ext::Name | Ext::AfterName | Ext::Token if b == b';' => Ext::BeforeName,
+        Ext::Next | Ext::Space | Ext::Token if is_ws(b) => Ext::Space,
+        Ext::Name | Ext::AfterName if is_ws(b) => Ext::AfterName,
+        Ext::Name | Ext::AfterName if b == b'=' => Ext::BeforeValue,
         Ext::Name if is_tchar(b) => Ext::Name,
         Ext::Token if is_tchar(b) => Ext::Token,
         Ext::BeforeName if is_ws(b) => Ext::BeforeName,

@@ -17,12 +17,33 @@ pub(super) enum Field {
     XForwardedProto,
     /// Describes one connection only and is never forwarded (RFC 9110 §7.6.1).
     HopByHop,
+    /// One of the fields above spelled with `_` for `-` (`Content_Length`). The proxy does not
+    /// act on it, but servers behind CGI-style gateways read it as the field it imitates
+    /// (`HTTP_CONTENT_LENGTH`), so it is never forwarded, as nginx drops it.
+    Underscored,
 }
 
 impl Field {
     pub(super) fn of(name: &str) -> Field {
-        let is = |known: &str| name.eq_ignore_ascii_case(known);
-        match name.len() {
+        match Field::named(name.len(), |known| name.eq_ignore_ascii_case(known)) {
+            // The slow path, only for names as long as a known one, with an underscore.
+            Field::Other if KNOWN_LENGTHS & (1 << name.len().min(31)) != 0 && name.bytes().any(|b| b == b'_') => {
+                let alias = |known: &str| {
+                    name.bytes().zip(known.bytes()).all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'_' && b == b'-'))
+                };
+                match Field::named(name.len(), alias) {
+                    Field::Other | Field::Expect => Field::Other,
+                    _ => Field::Underscored,
+                }
+            }
+            field => field,
+        }
+    }
+
+    /// The field whose name is `len` bytes long and matches by `is` (`KNOWN_LENGTHS` has a bit
+    /// for each length below).
+    fn named(len: usize, is: impl Fn(&str) -> bool) -> Field {
+        match len {
             2 if is("te") => Field::HopByHop,
             4 if is("host") => Field::Host,
             6 if is("expect") => Field::Expect,
@@ -53,6 +74,9 @@ impl Field {
         )
     }
 }
+
+/// Bit `n` is set when a field `Field::named` knows is `n` bytes long.
+const KNOWN_LENGTHS: u32 = 1 << 2 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 14 | 1 << 15 | 1 << 16 | 1 << 17;
 
 /// Most field names one message's `Connection` fields may list besides `close` and `keep-alive`.
 const MAX_CONNECTION_OPTIONS: usize = 8;
@@ -195,10 +219,23 @@ impl<'b> Fields<'b> {
         Ok(())
     }
 
+    /// Every transfer coding the message's Transfer-Encoding fields list, in order, across
+    /// fields, without empty list items.
+    pub(super) fn transfer_codings<'h>(
+        &'h self,
+        headers: &'h [httparse::Header<'b>],
+    ) -> impl Iterator<Item = &'b [u8]> + 'h {
+        headers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.kinds[*i] == Field::TransferEncoding)
+            .flat_map(|(_, h)| list_items(h.value))
+    }
+
     /// Whether header `i`, named `name`, stays on this side of the proxy.
     pub(super) fn is_hop_by_hop(&self, i: usize, name: &str) -> bool {
         match self.kinds[i] {
-            Field::HopByHop | Field::Connection => true,
+            Field::HopByHop | Field::Connection | Field::Underscored => true,
             kind if kind.immune_to_connection() => false,
             _ => self.options[..self.option_count].iter().any(|option| option.eq_ignore_ascii_case(name.as_bytes())),
         }

@@ -96,11 +96,13 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
         w.field(b"Host", authority.as_bytes());
     }
     let mut length_written = false;
+    let mut te_written = false;
     for (i, h) in req.headers.iter().enumerate() {
         match fields.kinds[i] {
             Field::XForwardedFor | Field::XForwardedProto => {}
             Field::Host if uri_authority.is_some() => {}
             Field::ContentLength => w.content_length(h.value, &mut length_written),
+            Field::TransferEncoding => w.transfer_encoding(fields.transfer_codings(req.headers), &mut te_written),
             _ if fields.is_hop_by_hop(i, h.name) => {}
             _ => w.field(h.name.as_bytes(), h.value),
         }

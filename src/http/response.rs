@@ -51,6 +51,10 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
     let informational = status < 200;
     let mut fields = Fields::new();
     fields.scan(resp.headers, true)?;
+    if fields.transfer_encoding.is_some() && minor == 0 {
+        // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        return Err(HttpError::BadResponse("Transfer-Encoding in an HTTP/1.0 response"));
+    }
     let chunked_and_length = fields.transfer_encoding.is_some() && fields.content_length.is_some();
     let body = if ctx.request_is_head || informational || status == 204 || status == 304 {
         BodyKind::None
@@ -63,6 +67,10 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
             (None, None) => BodyKind::UntilClose,
         }
     };
+    if body == BodyKind::Chunked && ctx.client_minor == 0 {
+        // The request went out as HTTP/1.0, and its client cannot read chunked framing.
+        return Err(HttpError::BadResponse("chunked answer to an HTTP/1.0 request"));
+    }
     let upstream_keep_alive = if minor == 1 { !fields.close } else { fields.keep_alive };
     let upstream_reusable = upstream_keep_alive && body != BodyKind::UntilClose && !chunked_and_length;
     let client_keep_alive = ctx.client_keep_alive && body != BodyKind::UntilClose;
@@ -74,9 +82,11 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
     w.put(resp.reason.unwrap_or("").as_bytes());
     w.put(b"\r\n");
     let mut length_written = chunked_and_length;
+    let mut te_written = false;
     for (i, h) in resp.headers.iter().enumerate() {
         match fields.kinds[i] {
             Field::ContentLength => w.content_length(h.value, &mut length_written),
+            Field::TransferEncoding => w.transfer_encoding(fields.transfer_codings(resp.headers), &mut te_written),
             _ if fields.is_hop_by_hop(i, h.name) => {}
             _ => w.field(h.name.as_bytes(), h.value),
         }

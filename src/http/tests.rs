@@ -263,13 +263,27 @@ fn malformed_chunks_are_refused() {
 
 #[test]
 fn chunk_extensions_follow_the_grammar() {
-    for good in ["5;a\r\n", "5;a=b\r\n", "5 ; a = b ; c\r\n", "5;a=\"q \\\" ;x\"\r\n", "5;a=b;c=\"\"\r\n", "5 \r\n"] {
+    let good = ["5;a\r\n", "5;a=b\r\n", "5 ; a = b ; c\r\n", "5;a=\"q \\\" ;x\"\r\n", "5;a=b;c=\"\"\r\n", "5\t;a\r\n"];
+    for good in good {
         let body = format!("{good}hello\r\n0\r\n\r\n");
         assert_eq!(frame_all(BodyKind::Chunked, body.as_bytes(), &[]), Ok((body.len(), true)), "{good:?}");
     }
-    for bad in
-        ["5;\r\n", "5;=b\r\n", "5;a=\r\n", "5;a b\r\n", "5;a=b c\r\n", "5;a=\"x\r\n", "5;a=\"x\"y\r\n", "5;a\0\r\n"]
-    {
+    let bad = [
+        "5;\r\n",
+        "5;=b\r\n",
+        "5;a=\r\n",
+        "5;a b\r\n",
+        "5;a=b c\r\n",
+        "5;a=\"x\r\n",
+        "5;a=\"x\"y\r\n",
+        "5;a\0\r\n",
+        // Whitespace is only allowed before a `;` or `=` (BWS), never before the CR.
+        "5 \r\n",
+        "5\t\r\n",
+        "5;a \r\n",
+        "5;a=b \r\n",
+    ];
+    for bad in bad {
         let body = format!("{bad}hello\r\n0\r\n\r\n");
         assert!(frame_all(BodyKind::Chunked, body.as_bytes(), &[]).is_err(), "{bad:?}");
     }

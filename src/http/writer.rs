@@ -43,6 +43,25 @@ impl HeadWriter<'_> {
         *written = true;
     }
 
+    /// One `Transfer-Encoding` field listing `codings`, however many fields and empty list
+    /// items they came in, with `chunked` spelled one way: no recipient can then read the
+    /// framing differently from the proxy (one that reads only the first field, or compares
+    /// the last item literally). `written` says whether it is out already.
+    pub(super) fn transfer_encoding<'c>(&mut self, codings: impl Iterator<Item = &'c [u8]>, written: &mut bool) {
+        if *written {
+            return;
+        }
+        self.put(b"Transfer-Encoding: ");
+        for (i, coding) in codings.enumerate() {
+            if i > 0 {
+                self.put(b", ");
+            }
+            self.put(if coding.eq_ignore_ascii_case(b"chunked") { b"chunked" } else { coding });
+        }
+        self.put(b"\r\n");
+        *written = true;
+    }
+
     pub(super) fn ip(&mut self, ip: IpAddr) {
         // IPv4 by hand: `write!` through `core::fmt` cost some 700 instructions per request.
         if let IpAddr::V4(v4) = ip {

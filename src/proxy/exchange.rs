@@ -49,6 +49,9 @@ pub struct Exchange {
     pub body_total: u64,
     pub client_keep_alive: bool,
     pub upstream_reusable: bool,
+    /// The final response head came before the whole request went out: whatever the target
+    /// made of the rest, its connection is not trusted with another request.
+    pub answered_early: bool,
     pub upstream_eof: bool,
     /// After the exchange ended: bytes of its unfinished body that may still be dropped before
     /// the connection is closed instead.
@@ -82,6 +85,7 @@ impl Exchange {
             body_total: 0,
             client_keep_alive: head.keep_alive,
             upstream_reusable: false,
+            answered_early: false,
             upstream_eof: false,
             discard_budget: 0,
         }

@@ -21,7 +21,7 @@ use crate::health::{Change, Failure, Health};
 use crate::observe::accesslog::AccessLog;
 use crate::runtime::buffer::BufferPool;
 use crate::runtime::timer::Timer;
-use crate::runtime::token::{token, Kind};
+use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
 use exchange::ExchangePool;
 use log::{error, info, warn};
@@ -255,6 +255,18 @@ impl Proxy {
             // An idle connection has nothing to say: data, a FIN or a reset all end it.
             Some(Owner::Pool) => self.res.upstreams.close_idle(slot),
             None => {}
+        }
+    }
+
+    /// Closes the idle connections that have something to say in this batch of events, before
+    /// any session can take one: a target's stray bytes must not answer the next request.
+    pub fn sweep_idle(&mut self, events: &mio::Events) {
+        for event in events.iter() {
+            if let Some(Kind::Upstream(slot)) = decode(event.token()) {
+                if let Some(Owner::Pool) = self.res.upstreams.owner(slot) {
+                    self.res.upstreams.close_idle(slot);
+                }
+            }
         }
     }
 

@@ -720,6 +720,7 @@ impl Session {
         ex.resp = Resp::Body(BodyFramer::with_limits(head.body, cx.config.chunk_limits));
         ex.client_keep_alive = head.client_keep_alive;
         ex.upstream_reusable = head.upstream_reusable;
+        ex.answered_early = !ex.request_sent(self.uout.as_ref().map_or(0, Buffer::len));
         // The response has begun: the request will not be replayed, so its bytes can go.
         if let Some(cin) = self.cin.as_mut() {
             cin.consume(ex.body_sent);
@@ -850,6 +851,7 @@ impl Session {
             let reusable = status.is_none()
                 && ex.response_complete()
                 && ex.upstream_reusable
+                && !ex.answered_early
                 && request_sent
                 && uin_clean
                 && !ex.upstream_eof;

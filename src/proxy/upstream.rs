@@ -4,6 +4,14 @@
 //! connection between a session and the idle pool costs no `epoll_ctl`. The slot says who the
 //! socket belongs to right now: a session (events go to it) or the pool (any event means the
 //! target closed or misbehaved, so the connection is closed at once).
+//!
+//! A target that sends bytes nobody asked for (a second response to one request) must be caught
+//! while its connection idles: handed out, those bytes would answer the next request, and every
+//! request after it on that connection would get the answer before its own. So the pool hands
+//! out the connection that has idled longest, and the loop closes idle connections that have
+//! something to say before anything else in its batch can take them (`Proxy::sweep_idle`).
+//! Bytes that arrive after a connection was handed out cannot be told from its answer: under
+//! load, nginx and HAProxy pass them on alike.
 
 use crate::balance::TargetId;
 use crate::runtime::ready::Ready;
@@ -11,6 +19,7 @@ use crate::runtime::token::{token, Kind};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 
@@ -38,13 +47,14 @@ pub enum Owner {
 
 pub struct Upstreams {
     slots: Slab<Slot>,
-    /// Idle connections by target slot; a connection whose target is gone is dropped on sight.
-    idle: Vec<Vec<UpstreamConn>>,
+    /// Idle connections by target slot, oldest first; a connection whose target is gone is
+    /// dropped on sight.
+    idle: Vec<VecDeque<UpstreamConn>>,
 }
 
 impl Upstreams {
     pub fn new(targets: usize) -> Upstreams {
-        Upstreams { slots: Slab::new(), idle: (0..targets).map(|_| Vec::new()).collect() }
+        Upstreams { slots: Slab::new(), idle: (0..targets).map(|_| VecDeque::new()).collect() }
     }
 
     /// Starts a non-blocking connect to `addr` on behalf of `session`.
@@ -63,10 +73,10 @@ impl Upstreams {
         Ok(UpstreamConn { stream, slot, target, ready: Ready::default(), connected: false, reused: false })
     }
 
-    /// The most recently parked connection to `target`, now owned by `session`.
+    /// The connection to `target` that has idled longest, now owned by `session`.
     pub fn checkout(&mut self, target: TargetId, session: usize) -> Option<UpstreamConn> {
         let idle = self.idle.get_mut(target.slot())?;
-        while let Some(mut conn) = idle.pop() {
+        while let Some(mut conn) = idle.pop_front() {
             if conn.target != target {
                 self.slots.try_remove(conn.slot);
                 continue;
@@ -86,7 +96,7 @@ impl Upstreams {
             return self.close(conn);
         };
         self.slots[conn.slot] = Slot::Idle { target: conn.target };
-        idle.push(conn);
+        idle.push_back(conn);
     }
 
     /// Closing the socket removes it from epoll; only the slot needs freeing.
@@ -117,8 +127,7 @@ impl Upstreams {
             return;
         };
         if let Some(idle) = self.idle.get_mut(target.slot()) {
-            if let Some(at) = idle.iter().position(|c| c.slot == slot) {
-                let conn = idle.swap_remove(at);
+            if let Some(conn) = idle.iter().position(|c| c.slot == slot).and_then(|at| idle.remove(at)) {
                 self.close(conn);
             }
         }

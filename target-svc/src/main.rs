@@ -139,6 +139,7 @@ struct Request {
     path: String,
     body: BodyKind,
     close: bool,
+    http10: bool,
     expect_continue: bool,
     raw_head: Vec<u8>,
 }
@@ -174,6 +175,7 @@ fn read_head(input: &mut Input) -> io::Result<Option<Request>> {
                 path: parsed.path.unwrap_or("/").to_owned(),
                 body: BodyKind::None,
                 close: parsed.version == Some(0),
+                http10: parsed.version == Some(0),
                 expect_continue: false,
                 raw_head: input.pending()[..len].to_vec(),
             };
@@ -234,6 +236,14 @@ fn respond(req: &Request, input: &mut Input, out: &mut impl Write, name: &str) -
             if !head {
                 pattern(out, size(), None)?;
             }
+        }
+        // HTTP/1.0 has no chunked framing (RFC 9112 §6.1): its clients get the bytes until close.
+        "chunked" if req.http10 => {
+            write!(out, "HTTP/1.1 200 OK\r\nX-Target: {name}\r\nConnection: close\r\n\r\n")?;
+            if !head {
+                pattern(out, size(), None)?;
+            }
+            return Ok(true);
         }
         "chunked" => {
             write!(out, "HTTP/1.1 200 OK\r\nX-Target: {name}\r\nTransfer-Encoding: chunked\r\n\r\n")?;
