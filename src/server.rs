@@ -129,7 +129,7 @@ impl Server {
                 }
             }
             self.env.now = self.clock.now();
-            self.proxy.sweep_idle(&events);
+            self.proxy.sweep_idle(&events, &self.env);
             let mut flow = Flow::Go;
             for event in events.iter() {
                 flow = self.on_event(event);

@@ -393,19 +393,18 @@ fn a_second_unsolicited_answer_is_caught_while_its_connection_idles() {
     });
     let proxy = proxy_for(&format!("http://{addr}/"), "");
     let mut client = Client::connect(proxy.addr);
-    let (mut wrong, mut pushes) = (Vec::new(), 0);
-    for i in 0..300 {
-        let path = if i % 10 == 3 { format!("/push-{i}") } else { format!("/n-{i}") };
-        pushes += usize::from(path.contains("push"));
-        let r = client.request("GET", &path, &[], b"");
-        assert_eq!(r.status, 200);
-        if r.text() != format!("GET {path} HTTP/1.1") {
-            wrong.push(i);
+    for round in 0..5 {
+        let push = format!("/push-{round}");
+        assert_eq!(client.request("GET", &push, &[], b"").text(), format!("GET {push} HTTP/1.1"));
+        // The stray comes with the answer or while the connection idles, and is reported and
+        // dropped there: waiting for that line keeps the test out of the race no proxy wins.
+        common::eventually(Duration::from_secs(5), "the stray to be caught", || {
+            let caught = proxy.proc.lines().iter().filter(|l| l.contains("sent bytes nobody asked for")).count();
+            (caught > round).then_some(())
+        });
+        for i in 0..3 {
+            let path = format!("/n-{round}-{i}");
+            assert_eq!(client.request("GET", &path, &[], b"").text(), format!("GET {path} HTTP/1.1"));
         }
     }
-    // A stray that arrives just as the next request goes out cannot be told from its answer
-    // (nginx and HAProxy alike); it must never put the connection one answer behind for good.
-    println!("{} of 300 answers were strays, after {pushes} of them: {wrong:?}", wrong.len());
-    assert!(wrong.len() <= pushes, "{} strays answered requests after {pushes}: {wrong:?}", wrong.len());
-    assert!(wrong.iter().all(|i| i % 10 == 4), "only the request right after a stray may get it: {wrong:?}");
 }

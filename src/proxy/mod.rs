@@ -253,20 +253,28 @@ impl Proxy {
                 }
             }
             // An idle connection has nothing to say: data, a FIN or a reset all end it.
-            Some(Owner::Pool) => self.res.upstreams.close_idle(slot),
+            Some(Owner::Pool) => self.close_idle(slot, env),
             None => {}
         }
     }
 
     /// Closes the idle connections that have something to say in this batch of events, before
     /// any session can take one: a target's stray bytes must not answer the next request.
-    pub fn sweep_idle(&mut self, events: &mio::Events) {
+    pub fn sweep_idle(&mut self, events: &mio::Events, env: &Env) {
         for event in events.iter() {
             if let Some(Kind::Upstream(slot)) = decode(event.token()) {
                 if let Some(Owner::Pool) = self.res.upstreams.owner(slot) {
-                    self.res.upstreams.close_idle(slot);
+                    self.close_idle(slot, env);
                 }
             }
+        }
+    }
+
+    /// Closes an idle upstream connection that had an event, with a line if the target sent
+    /// bytes nobody asked for (a second answer to one request).
+    fn close_idle(&mut self, slot: usize, env: &Env) {
+        if let Some(target) = self.res.upstreams.close_idle(slot) {
+            warn!("target {} sent bytes nobody asked for, on an idle connection; closed it", env.targets.url(target));
         }
     }
 

@@ -858,6 +858,10 @@ impl Session {
             if reusable {
                 cx.upstreams.checkin(up, cx.config.max_idle_upstream);
             } else {
+                if status.is_none() && !uin_clean {
+                    let url = cx.targets.url(ex.target);
+                    warn!("target {url} sent bytes nobody asked for, after its response; closed the connection");
+                }
                 cx.upstreams.close(up);
             }
         }

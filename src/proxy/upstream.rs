@@ -122,14 +122,16 @@ impl Upstreams {
     }
 
     /// Closes the idle connection in `slot`: the target closed it or sent what nobody asked for.
-    pub fn close_idle(&mut self, slot: usize) {
+    /// Returns the target when it sent bytes nobody asked for, rather than just closing.
+    pub fn close_idle(&mut self, slot: usize) -> Option<TargetId> {
         let Some(&Slot::Idle { target }) = self.slots.get(slot) else {
-            return;
+            return None;
         };
-        if let Some(idle) = self.idle.get_mut(target.slot()) {
-            if let Some(conn) = idle.iter().position(|c| c.slot == slot).and_then(|at| idle.remove(at)) {
-                self.close(conn);
-            }
-        }
+        let idle = self.idle.get_mut(target.slot())?;
+        let mut conn = idle.iter().position(|c| c.slot == slot).and_then(|at| idle.remove(at))?;
+        // One read tells a target's close (EOF, a reset) from stray bytes; idle events are rare.
+        let stray = matches!(io::Read::read(&mut conn.stream, &mut [0u8; 64]), Ok(n) if n > 0);
+        self.close(conn);
+        stray.then_some(target)
     }
 }
