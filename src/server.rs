@@ -171,9 +171,7 @@ impl Server {
             Some(Kind::Waker) => {
                 let mut results = std::mem::take(&mut self.probe_results);
                 self.prober.resolved(&mut self.env.probe_cx(), &mut results);
-                for result in results.drain(..) {
-                    self.proxy.probe_finished(result, &mut self.env);
-                }
+                self.apply_probes(results.drain(..));
                 self.probe_results = results;
             }
             Some(Kind::Signals) => return self.on_signals(),
@@ -182,8 +180,9 @@ impl Server {
         Flow::Go
     }
 
-    fn apply_probes(&mut self, result: Option<ProbeResult>) {
-        if let Some(result) = result {
+    /// Counts finished probes and applies what they changed.
+    fn apply_probes(&mut self, results: impl IntoIterator<Item = ProbeResult>) {
+        for result in results {
             self.proxy.probe_finished(result, &mut self.env);
         }
     }

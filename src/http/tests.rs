@@ -8,7 +8,7 @@ use super::*;
 use std::net::IpAddr;
 
 const FWD: Forwarding<'static> =
-    Forwarding { client_ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)), path_prefix: "" };
+    Forwarding { client_ip: IpAddr::V4(std::net::Ipv4Addr::new(127, 1, 2, 3)), path_prefix: "" };
 
 fn request(raw: &str) -> Result<(RequestHead, String), HttpError> {
     let mut out = [0u8; 4096];
@@ -28,7 +28,7 @@ fn a_simple_get_gains_forwarding_fields() {
     let (head, out) = request("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").expect("valid");
     assert_eq!(head.body, BodyKind::None);
     assert!(head.keep_alive && head.idempotent && !head.is_head);
-    assert_eq!(out, "GET /a?b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n");
+    assert_eq!(out, "GET /a?b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n");
 }
 
 #[test]
@@ -45,16 +45,16 @@ fn hop_by_hop_fields_and_those_connection_names_are_dropped() {
 
 #[test]
 fn x_forwarded_for_is_appended_and_proto_replaced() {
-    let raw = "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\
+    let raw = "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.1.1\r\nX-Forwarded-For: 127.0.2.2\r\n\
                X-Forwarded-Proto: https\r\n\r\n";
     let (_, out) = request(raw).expect("valid");
-    assert!(out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\n"), "{out}");
+    assert!(out.contains("X-Forwarded-For: 127.0.1.1, 127.0.2.2, 127.1.2.3\r\n"), "{out}");
     assert!(out.contains("X-Forwarded-Proto: http\r\n") && !out.contains("https"));
 }
 
 #[test]
 fn client_addresses_are_written_as_std_writes_them() {
-    for ip in ["0.0.0.0", "1.2.3.4", "10.0.100.255", "255.255.255.255", "192.168.9.10", "::1", "fe80::1:2"] {
+    for ip in ["0.0.0.0", "127.0.3.4", "127.0.100.255", "127.255.255.255", "127.168.9.10", "::1", "fe80::1:2"] {
         let ip: IpAddr = ip.parse().expect("ip");
         let mut out = [0u8; 64];
         let mut w = HeadWriter { out: &mut out, len: 0, overflow: HttpError::HeadTooLarge };
@@ -66,11 +66,11 @@ fn client_addresses_are_written_as_std_writes_them() {
 
 #[test]
 fn x_forwarded_for_in_the_middle_of_the_head_keeps_every_line_whole() {
-    let raw = "GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: x\r\nX-After: 1\r\n\r\n";
+    let raw = "GET / HTTP/1.1\r\nX-Forwarded-For: 127.0.1.1\r\nHost: x\r\nX-After: 1\r\n\r\n";
     let (_, out) = request(raw).expect("valid");
     assert_eq!(
         out,
-        "GET / HTTP/1.1\r\nHost: x\r\nX-After: 1\r\nX-Forwarded-For: 1.1.1.1, 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: x\r\nX-After: 1\r\nX-Forwarded-For: 127.0.1.1, 127.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
     );
 }
 
@@ -315,7 +315,7 @@ fn trailers_are_checked_and_held_until_the_body_ends() {
         "Content-Length: 5\r\n",
         "transfer-encoding: chunked\r\n",
         "HOST: elsewhere\r\n",
-        "X-Forwarded-For: 1.2.3.4\r\n",
+        "X-Forwarded-For: 127.0.3.4\r\n",
         "X : 1\r\n",
         "X: a\u{1}b\r\n",
         "X: 1\n",
@@ -415,7 +415,7 @@ const PIPELINE: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
     POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world\
     POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: X-Y\r\nX-Y: 1\r\n\r\n\
     3;e=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n\
-    HEAD /d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n\
+    HEAD /d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.3.4\r\n\r\n\
     GET /e HTTP/1.0\r\n\r\n";
 
 /// xorshift64: deterministic randomness for the property tests.

@@ -53,7 +53,7 @@ const TURN: usize = 32;
 /// Most bytes of an unfinished request body read and dropped after its exchange ended (the
 /// target answered early), so that the connection can carry the next request. A longer rest
 /// closes the connection instead.
-pub const DISCARD_LIMIT: u64 = 16 << 20;
+const DISCARD_LIMIT: u64 = 16 << 20;
 
 /// How long a closing connection keeps reading what its client still sends, so that our close
 /// does not become a reset that destroys a response the client has not read yet.
