@@ -1,6 +1,7 @@
 //! ringproxy: an HTTP/1.1 load-balancing reverse proxy on one hand-written mio reactor.
 //! `docs/ARCHITECTURE.md` says what each module owns and walks one request through them.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod health;

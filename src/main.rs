@@ -1,5 +1,7 @@
 //! `ringproxy [--config PATH] [--check] [--log-level LEVEL]`: loads the config, starts the
 //! reactor, exits 0 after a clean drain, 1 on a bad config or a fatal error, 2 on bad usage.
+//! `ringproxy --probe URL` is a health check for images without a shell: 0 when URL answers
+//! 2xx, 1 otherwise.
 
 use log::{error, info, warn, LevelFilter};
 use ringproxy::config::Config;
@@ -7,21 +9,30 @@ use ringproxy::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod healthcheck;
+
 const USAGE: &str = "\
 ringproxy: a load-balancing HTTP/1.1 reverse proxy
 
 Usage: ringproxy [--config PATH] [--check] [--log-level LEVEL]
+       ringproxy --probe URL
 
 Options:
   -c, --config PATH      config file (default: config/appsettings.json)
   -t, --check            validate the config and exit: 0 if valid, 1 if not
   -l, --log-level LEVEL  error, warn, info, debug or trace (default: info, or RUST_LOG)
+      --probe URL        GET http://HOST:PORT/PATH and exit 0 on a 2xx answer within
+                         2 s, 1 otherwise (a healthcheck for the FROM scratch image)
   -h, --help             print this help
   -V, --version          print the version
 
+Admin endpoints (\"admin\" in the config, default 127.0.0.1:9000): /metrics,
+/status, /status.json, /livez, /readyz.
+
 Signals: SIGTERM, SIGINT or SIGQUIT stops accepting, lets requests in flight
 finish (up to shutdown_timeout) and exits 0; a second one exits at once.
-SIGUSR1 reopens the access log file. SIGHUP and SIGUSR2 are logged and ignored.";
+SIGHUP reloads the config file (an invalid one keeps the running config).
+SIGUSR1 reopens the access log file. SIGUSR2 is logged and ignored.";
 
 struct Args {
     config: PathBuf,
@@ -47,6 +58,10 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed, String> 
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(Parsed::Exit(ExitCode::SUCCESS));
+            }
+            "--probe" => {
+                let url = argv.next().ok_or("--probe needs a URL")?;
+                return Ok(Parsed::Exit(healthcheck::run(&url)));
             }
             "-V" | "--version" => {
                 println!("ringproxy {}", env!("CARGO_PKG_VERSION"));
@@ -98,6 +113,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    server.reload_from(args.config.clone());
     let urls: Vec<&str> = config.targets.iter().map(|t| t.url.as_str()).collect();
     info!(
         "ringproxy {} listening on {}; {} targets: {}; probing dropped targets every {:?}",
@@ -107,6 +123,10 @@ fn main() -> ExitCode {
         urls.join(" "),
         config.sleeping
     );
+    match server.admin_addr() {
+        Some(addr) => info!("admin endpoints on {addr}: /metrics /status /livez /readyz"),
+        None => info!("admin endpoints off"),
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,11 +6,13 @@
 //! `take_error`), so an event that arrives for a slab slot freed and reused within the same batch
 //! costs at most one wasted syscall, never a wrong action.
 
+use crate::admin::{self, Admin, View};
 use crate::balance::Targets;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::health::probe::{ProbeResult, Prober};
 use crate::health::Health;
 use crate::observe::accesslog::AccessLog;
+use crate::observe::metrics::Metrics;
 use crate::proxy::{Env, Proxy};
 use crate::runtime::clock::{millis, Clock};
 use crate::runtime::resolve::{self, Resolver};
@@ -24,6 +26,8 @@ use mio::{Events, Interest, Poll, Waker};
 use signal_hook_mio::v1_0::Signals;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +53,27 @@ pub struct Server {
     env: Env,
     /// Probe results waiting to be applied, reused between passes.
     probe_results: Vec<ProbeResult>,
+    admin: Option<Admin>,
+    reload: Reload,
+}
+
+/// A config file read and checked off the loop, with the access log it names opened if that
+/// changed.
+struct Loaded {
+    config: Config,
+    log: Option<AccessLog>,
+}
+
+/// Reloads on SIGHUP: the file is read, validated and its access log opened on a helper
+/// thread, and the result comes back through a channel and the loop's waker.
+struct Reload {
+    path: Option<PathBuf>,
+    waker: Arc<Waker>,
+    done: Sender<Result<Loaded, ConfigError>>,
+    results: Receiver<Result<Loaded, ConfigError>>,
+    /// A reload is being read; another SIGHUP meanwhile asks for one more after it.
+    running: bool,
+    again: bool,
 }
 
 impl Server {
@@ -62,6 +87,8 @@ impl Server {
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, token(Kind::Listener(PROXY_LISTENER)), Interest::READABLE)?;
         let waker = Arc::new(Waker::new(&registry, token(Kind::Waker))?);
+        let (done, results) = channel();
+        let reload = Reload { path: None, waker: Arc::clone(&waker), done, results, running: false, again: false };
         let mut signals = Signals::new(signals::HANDLED)?;
         registry.register(&mut signals, token(Kind::Signals), Interest::READABLE)?;
 
@@ -75,22 +102,30 @@ impl Server {
                     .ok(),
             })
             .collect();
-        let seed =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-                ^ u64::from(std::process::id());
+        let seed = crate::proxy::random_seed();
         let targets = Targets::new(&config, addrs);
         let health = Health::new(&targets, seed);
         let mut env = Env {
-            log: AccessLog::start(&config.access_log)?,
+            log: AccessLog::start(&config.access_log, config.access_log_format)?,
             now: 0,
             draining: false,
             registry,
             wheel: Wheel::new(0),
             targets,
             health,
+            metrics: Metrics::default(),
             config,
         };
         let ids: Vec<_> = env.targets.ids().collect();
+        for &id in &ids {
+            env.metrics.target_added(id);
+        }
+        let admin = match env.config.admin {
+            Some(addr) => {
+                Some(Admin::bind(addr, &env).map_err(|e| io::Error::new(e.kind(), format!("admin {addr}: {e}")))?)
+            }
+            None => None,
+        };
         for id in ids {
             let live = env.targets.is_live(id);
             env.health.schedule_probe(id, live, &env.config, &mut env.wheel, 0);
@@ -106,11 +141,23 @@ impl Server {
             proxy: Proxy::new(&env.config),
             env,
             probe_results: Vec::new(),
+            admin,
+            reload,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the admin endpoints answer, when they are on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
+    }
+
+    /// The file SIGHUP reloads; without one, SIGHUP is logged and ignored.
+    pub fn reload_from(&mut self, path: PathBuf) {
+        self.reload.path = Some(path);
     }
 
     /// Runs until a signal's drain completes.
@@ -161,7 +208,18 @@ impl Server {
     /// Hands one event to its owner.
     fn on_event(&mut self, event: &mio::event::Event) -> Flow {
         match decode(event.token()) {
+            Some(Kind::Listener(admin::ADMIN_LISTENER)) => {
+                if let Some(admin) = self.admin.as_mut() {
+                    admin.accept(&mut self.env);
+                }
+            }
             Some(Kind::Listener(_)) => self.accept(),
+            Some(Kind::Admin(key)) => {
+                if let Some(admin) = self.admin.as_mut() {
+                    let touched = admin.on_event(key, event, &View { env: &self.env, proxy: &self.proxy });
+                    admin.rearm(touched, &mut self.env);
+                }
+            }
             Some(Kind::Client(key)) => self.proxy.client_event(key, event, &mut self.env),
             Some(Kind::Upstream(slot)) => self.proxy.upstream_event(slot, event, &mut self.env),
             Some(Kind::Probe(key)) => {
@@ -169,6 +227,7 @@ impl Server {
                 self.apply_probes(result);
             }
             Some(Kind::Waker) => {
+                self.take_reload();
                 let mut results = std::mem::take(&mut self.probe_results);
                 self.prober.resolved(&mut self.env.probe_cx(), &mut results);
                 self.apply_probes(results.drain(..));
@@ -219,6 +278,11 @@ impl Server {
                     self.apply_probes(result);
                 }
             }
+            Timer::Admin(key) => {
+                if let Some(admin) = self.admin.as_mut() {
+                    admin.on_timer(key);
+                }
+            }
             Timer::AcceptRetry => {
                 self.accept_paused = false;
                 self.accept();
@@ -242,9 +306,7 @@ impl Server {
                     info!("{name}: reopening the access log");
                     self.env.log.reopen();
                 }
-                Action::Reload => {
-                    warn!("{name}: reloading the config is not supported yet; carrying on with the current one")
-                }
+                Action::Reload => self.start_reload(name),
                 Action::Ignore => warn!("{name}: ignored"),
             }
         }
@@ -252,6 +314,135 @@ impl Server {
             Some(name) => self.drain(name),
             None => Flow::Go,
         }
+    }
+
+    /// SIGHUP: reads the config file again, off the loop; `take_reload` applies it.
+    fn start_reload(&mut self, signal: &str) {
+        let Some(path) = self.reload.path.clone() else {
+            warn!("{signal}: no config file to reload; ignored");
+            return;
+        };
+        if self.env.draining {
+            warn!("{signal}: draining; reload ignored");
+            return;
+        }
+        if self.reload.running {
+            self.reload.again = true;
+            return;
+        }
+        info!("{signal}: reloading {}", path.display());
+        let (done, waker) = (self.reload.done.clone(), Arc::clone(&self.reload.waker));
+        let running_log = self.env.config.access_log.clone();
+        let spawned = std::thread::Builder::new().name("reload".into()).spawn(move || {
+            let loaded = Config::load(&path).and_then(|config| {
+                let log =
+                    match config.access_log == running_log {
+                        true => None,
+                        false => Some(AccessLog::start(&config.access_log, config.access_log_format).map_err(|e| {
+                            ConfigError { key: "access_log".into(), problem: format!("cannot open: {e}") }
+                        })?),
+                    };
+                Ok(Loaded { config, log })
+            });
+            let _ = done.send(loaded);
+            let _ = waker.wake();
+        });
+        match spawned {
+            Ok(_) => self.reload.running = true,
+            Err(e) => error!("{signal}: cannot start reading the config: {e}"),
+        }
+    }
+
+    /// Applies a config read by `start_reload`, or keeps the running one if it was invalid.
+    fn take_reload(&mut self) {
+        while let Ok(result) = self.reload.results.try_recv() {
+            self.reload.running = false;
+            match result {
+                Ok(loaded) => self.apply_config(loaded),
+                Err(e) => {
+                    let path = self.reload.path.as_deref().unwrap_or(std::path::Path::new("-")).display();
+                    error!("reload failed: {path}: {e}; keeping the running config");
+                    self.env.metrics.reloaded(false);
+                }
+            }
+            if std::mem::take(&mut self.reload.again) {
+                self.start_reload("SIGHUP");
+            }
+        }
+    }
+
+    /// Swaps a new config in. Requests in flight finish on the target they were sent to; a
+    /// removed target's idle connections close now. What cannot change without dropping
+    /// connections (the listen address, the buffer size) keeps its running value, with a line.
+    fn apply_config(&mut self, Loaded { mut config, log }: Loaded) {
+        let old = &self.env.config;
+        for warning in &config.warnings {
+            warn!("reload: {warning}");
+        }
+        if config.listen != old.listen {
+            let running = self.local_addr;
+            warn!("reload: `listen` changed to {}: that needs a restart; still listening on {running}", config.listen);
+            config.listen = old.listen;
+        }
+        if config.max_request_head != old.max_request_head || config.chunk_limits != old.chunk_limits {
+            warn!("reload: `max_request_head`, `max_chunk_line` and `max_trailer_size` size the buffers and need a restart; keeping the running values");
+            (config.max_request_head, config.chunk_limits) = (old.max_request_head, old.chunk_limits);
+        }
+        if config.admin != old.admin {
+            config.admin = self.move_admin(config.admin);
+        }
+        if let Some(log) = log {
+            self.env.log.replace(log);
+        }
+        self.env.log.set_format(config.access_log_format);
+        let env = &mut self.env;
+        let changes = env.targets.reconcile(&config.targets);
+        for &id in &changes.removed {
+            env.health.target_removed(id, &mut env.wheel);
+            env.metrics.target_removed(id);
+        }
+        for &id in &changes.added {
+            env.health.target_added(id);
+            env.metrics.target_added(id);
+            if !env.targets.is_live(id) {
+                env.health.probe_now(id, &mut env.wheel, env.now);
+            }
+        }
+        self.proxy.targets_changed(&changes.added, &changes.removed);
+        env.config = config;
+        self.prober.reconfigure(&env.config, &env.targets);
+        let ids: Vec<_> = env.targets.ids().collect();
+        for id in ids {
+            let live = env.targets.is_live(id);
+            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, env.now);
+        }
+        env.metrics.reloaded(true);
+        let (live, all) = (env.targets.live_count(), env.targets.len());
+        let (added, removed) = (changes.added.len(), changes.removed.len());
+        info!("reloaded the config: {all} targets ({added} added, {removed} removed), {live} live");
+    }
+
+    /// Moves the admin listener to `to`; the address it ends up on.
+    fn move_admin(&mut self, to: Option<SocketAddr>) -> Option<SocketAddr> {
+        let from = self.env.config.admin;
+        let bound = match to {
+            Some(addr) => match Admin::bind(addr, &self.env) {
+                Ok(admin) => Some(admin),
+                Err(e) => {
+                    error!("reload: cannot move the admin listener to {addr}: {e}; it stays where it was");
+                    return from;
+                }
+            },
+            None => None,
+        };
+        if let Some(old) = std::mem::replace(&mut self.admin, bound) {
+            old.close(&mut self.env);
+        }
+        match self.admin_addr() {
+            Some(addr) => info!("admin endpoints on {addr}"),
+            None => info!("admin endpoints off"),
+        }
+        to
     }
 
     /// Stops accepting and lets requests in flight finish; a second signal stops at once.

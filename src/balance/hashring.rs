@@ -5,14 +5,15 @@
 use super::{TargetId, TargetSet};
 
 pub struct HashRing {
-    /// Live targets in table order.
-    live: Vec<TargetId>,
+    /// Live targets with their place in the config's `ports`, in that order.
+    live: Vec<(usize, TargetId)>,
 }
 
 impl HashRing {
-    pub fn new(live: impl IntoIterator<Item = TargetId>) -> HashRing {
-        let mut live: Vec<TargetId> = live.into_iter().collect();
-        live.sort_by_key(|id| id.slot());
+    /// The ring over `live`, each target with its place in the config.
+    pub fn new(live: impl IntoIterator<Item = (usize, TargetId)>) -> HashRing {
+        let mut live: Vec<(usize, TargetId)> = live.into_iter().collect();
+        live.sort_by_key(|&(rank, _)| rank);
         HashRing { live }
     }
 
@@ -24,19 +25,19 @@ impl HashRing {
             return None;
         }
         let first = (seq % n as u64) as usize;
-        (0..n).map(|k| self.live[(first + k) % n]).find(|&t| !tried.contains(t))
+        (0..n).map(|k| self.live[(first + k) % n].1).find(|&t| !tried.contains(t))
     }
 
     /// Takes `id` out of the rotation.
     pub fn remove(&mut self, id: TargetId) {
-        self.live.retain(|&t| t != id);
+        self.live.retain(|&(_, t)| t != id);
     }
 
-    /// Puts `id` back into the rotation, in table order.
-    pub fn insert(&mut self, id: TargetId) {
-        if !self.live.contains(&id) {
-            let at = self.live.partition_point(|t| t.slot() < id.slot());
-            self.live.insert(at, id);
+    /// Puts `id`, `rank`th in the config, back into the rotation in config order.
+    pub fn insert(&mut self, id: TargetId, rank: usize) {
+        if !self.live.iter().any(|&(_, t)| t == id) {
+            let at = self.live.partition_point(|&(r, _)| r < rank);
+            self.live.insert(at, (rank, id));
         }
     }
 
@@ -57,9 +58,13 @@ mod tests {
         (0..n).map(TargetId::first).collect()
     }
 
+    fn ranked(ids: &[TargetId]) -> Vec<(usize, TargetId)> {
+        ids.iter().map(|&id| (id.slot(), id)).collect()
+    }
+
     #[test]
     fn fifty_requests_over_five_targets_give_ten_each() {
-        let ring = HashRing::new(ids(5));
+        let ring = HashRing::new(ranked(&ids(5)));
         let mut counts = [0; 5];
         for seq in 0..50 {
             counts[ring.pick(seq, &TargetSet::default()).expect("live").slot()] += 1;
@@ -70,15 +75,15 @@ mod tests {
     #[test]
     fn a_removed_target_gets_nothing_and_returns_in_order() {
         let t = ids(5);
-        let mut ring = HashRing::new(t.clone());
+        let mut ring = HashRing::new(ranked(&t));
         ring.remove(t[2]);
         let mut counts = [0; 5];
         for seq in 0..40 {
             counts[ring.pick(seq, &TargetSet::default()).expect("live").slot()] += 1;
         }
         assert_eq!(counts, [10, 10, 0, 10, 10]);
-        ring.insert(t[2]);
-        ring.insert(t[2]);
+        ring.insert(t[2], 2);
+        ring.insert(t[2], 2);
         assert_eq!(ring.pick(2, &TargetSet::default()), Some(t[2]));
         assert_eq!(ring.len(), 5);
     }
@@ -86,7 +91,7 @@ mod tests {
     #[test]
     fn pick_skips_tried_targets_and_gives_up_when_all_are_tried() {
         let t = ids(3);
-        let ring = HashRing::new(t.clone());
+        let ring = HashRing::new(ranked(&t));
         let mut tried = TargetSet::default();
         tried.insert(t[1]);
         assert_eq!(ring.pick(1, &tried), Some(t[2]));

@@ -49,12 +49,24 @@ pub struct Target {
     pub spec: TargetSpec,
     /// Where it is, once its name resolved (at once for an IP literal).
     pub addr: Option<SocketAddr>,
+    /// Its place in the config's `ports`: the ring keeps live targets in this order.
+    rank: usize,
     live: bool,
+}
+
+/// What a reload changed in the table.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    pub added: Vec<TargetId>,
+    pub removed: Vec<TargetId>,
 }
 
 /// The targets, and which of them are in the rotation.
 pub struct Targets {
-    slots: Vec<Target>,
+    /// By slot; a slot emptied by a reload waits for the next target added.
+    slots: Vec<Option<Target>>,
+    /// The generation the next target in each slot gets.
+    next_generation: Vec<u16>,
     ring: HashRing,
 }
 
@@ -62,23 +74,78 @@ impl Targets {
     /// The config's targets; `addrs[i]` is target i's address if known at start, and a target
     /// without one starts out of the rotation.
     pub fn new(config: &Config, addrs: Vec<Option<SocketAddr>>) -> Targets {
-        let slots: Vec<Target> = config
+        let slots: Vec<Option<Target>> = config
             .targets
             .iter()
             .zip(addrs)
             .enumerate()
-            .map(|(i, (spec, addr))| Target { id: TargetId::first(i), spec: spec.clone(), live: addr.is_some(), addr })
+            .map(|(i, (spec, addr))| {
+                Some(Target { id: TargetId::first(i), spec: spec.clone(), live: addr.is_some(), addr, rank: i })
+            })
             .collect();
-        let ring = HashRing::new(slots.iter().filter(|t| t.live).map(|t| t.id));
-        Targets { slots, ring }
+        let next_generation = vec![1; slots.len()];
+        let mut targets = Targets { slots, next_generation, ring: HashRing::new([]) };
+        targets.rebuild_ring();
+        targets
+    }
+
+    fn rebuild_ring(&mut self) {
+        self.ring = HashRing::new(self.iter().filter(|t| t.live).map(|t| (t.rank, t.id)));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Target> {
+        self.slots.iter().flatten()
+    }
+
+    fn slot_mut(&mut self, id: TargetId) -> Option<&mut Target> {
+        self.slots.get_mut(id.slot())?.as_mut().filter(|t| t.id == id)
+    }
+
+    /// Makes the table match a reloaded config's `ports`: a target the new list still names
+    /// (same host and port) keeps its id, its state and its connections; one it no longer names
+    /// leaves; a new one takes a free slot under a new id, live at once when its address is an
+    /// IP literal, otherwise out of the rotation until a probe has looked up its name and
+    /// passed.
+    pub fn reconcile(&mut self, specs: &[TargetSpec]) -> Reconciled {
+        let same = |a: &TargetSpec, b: &TargetSpec| a.port == b.port && a.host.eq_ignore_ascii_case(&b.host);
+        let mut changes = Reconciled::default();
+        for slot in &mut self.slots {
+            if let Some(t) = slot.as_ref().filter(|t| !specs.iter().any(|s| same(s, &t.spec))) {
+                changes.removed.push(t.id);
+                *slot = None;
+            }
+        }
+        for (rank, spec) in specs.iter().enumerate() {
+            if let Some(t) = self.slots.iter_mut().flatten().find(|t| same(&t.spec, spec)) {
+                t.spec = spec.clone();
+                t.rank = rank;
+                continue;
+            }
+            let slot = match self.slots.iter().position(Option::is_none) {
+                Some(free) => free,
+                None => {
+                    self.slots.push(None);
+                    self.next_generation.push(0);
+                    self.slots.len() - 1
+                }
+            };
+            let id = TargetId { slot: slot as u16, generation: self.next_generation[slot] };
+            self.next_generation[slot] = self.next_generation[slot].wrapping_add(1);
+            let addr = spec.literal_addr();
+            self.slots[slot] = Some(Target { id, spec: spec.clone(), addr, rank, live: addr.is_some() });
+            changes.added.push(id);
+        }
+        self.rebuild_ring();
+        changes
     }
 
     pub fn get(&self, id: TargetId) -> Option<&Target> {
-        self.slots.get(id.slot()).filter(|t| t.id == id)
+        self.slots.get(id.slot())?.as_ref().filter(|t| t.id == id)
     }
 
+    /// Every target in the table, by slot.
     pub fn ids(&self) -> impl Iterator<Item = TargetId> + '_ {
-        self.slots.iter().map(|t| t.id)
+        self.iter().map(|t| t.id)
     }
 
     /// The URL as configured, for log lines; `-` for a target that is gone.
@@ -91,7 +158,7 @@ impl Targets {
     }
 
     pub fn set_addr(&mut self, id: TargetId, addr: SocketAddr) {
-        if let Some(t) = self.slots.get_mut(id.slot()).filter(|t| t.id == id) {
+        if let Some(t) = self.slot_mut(id) {
             t.addr = Some(addr);
         }
     }
@@ -102,7 +169,7 @@ impl Targets {
 
     /// Takes `id` out of the rotation; whether it was in.
     pub fn mark_down(&mut self, id: TargetId) -> bool {
-        match self.slots.get_mut(id.slot()).filter(|t| t.id == id && t.live) {
+        match self.slot_mut(id).filter(|t| t.live) {
             Some(t) => {
                 t.live = false;
                 self.ring.remove(id);
@@ -114,10 +181,11 @@ impl Targets {
 
     /// Puts `id` back into the rotation; whether it was out.
     pub fn mark_up(&mut self, id: TargetId) -> bool {
-        match self.slots.get_mut(id.slot()).filter(|t| t.id == id && !t.live) {
+        match self.slot_mut(id).filter(|t| !t.live) {
             Some(t) => {
                 t.live = true;
-                self.ring.insert(id);
+                let rank = t.rank;
+                self.ring.insert(id, rank);
                 true
             }
             None => false,
@@ -128,12 +196,13 @@ impl Targets {
         self.ring.len()
     }
 
+    /// Targets in the table.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.iter().next().is_none()
     }
 
     /// The target for request `seq` among live targets not tried yet; with `fail_open`, when
@@ -142,11 +211,14 @@ impl Targets {
         self.ring.pick(seq, tried).or_else(|| if fail_open { self.pick_any(seq, tried) } else { None })
     }
 
-    /// Like the ring's pick over every target, live or not: the fail-open choice.
+    /// Like the ring's pick over every target, live or not, in config order: the fail-open
+    /// choice.
     fn pick_any(&self, seq: u64, tried: &TargetSet) -> Option<TargetId> {
-        let n = self.slots.len();
+        // Ranks are 0..n, the positions in `ports`.
+        let n = self.len();
         let first = (seq % n.max(1) as u64) as usize;
-        (0..n).map(|k| self.slots[(first + k) % n].id).find(|&t| !tried.contains(t))
+        let by_rank = |rank: usize| self.iter().find(|t| t.rank == rank).map(|t| t.id);
+        (0..n).filter_map(|k| by_rank((first + k) % n)).find(|&t| !tried.contains(t))
     }
 }
 
@@ -181,6 +253,27 @@ mod tests {
         let stale = TargetId { slot: 0, generation: 1 };
         assert!(t.get(stale).is_none() && !t.is_live(stale) && t.addr(stale).is_none());
         assert_eq!(t.url(stale), "-");
+    }
+
+    #[test]
+    fn a_reload_keeps_named_targets_drops_the_rest_and_reuses_slots_under_new_ids() {
+        let mut t = targets(3);
+        let before: Vec<TargetId> = t.ids().collect();
+        t.mark_down(before[1]);
+        let specs: Vec<TargetSpec> = ["http://127.0.0.1:3/", "http://127.0.0.1:9/", "http://127.0.0.1:1/"]
+            .iter()
+            .map(|u| crate::config::parse_target_url(u).expect("url"))
+            .collect();
+        let changes = t.reconcile(&specs);
+        assert_eq!(changes.removed, vec![before[1]]);
+        assert_eq!(changes.added.len(), 1);
+        let added = changes.added[0];
+        assert_eq!(added.slot(), 1, "the free slot is reused");
+        assert_ne!(added, before[1], "under a new generation");
+        assert!(t.get(before[1]).is_none() && t.is_live(added));
+        // The ring follows the new order of `ports`: :3, :9, :1.
+        let picks: Vec<TargetId> = (0..3).filter_map(|seq| t.pick(seq, &TargetSet::default(), false)).collect();
+        assert_eq!(picks, vec![before[2], added, before[0]]);
     }
 
     #[test]

@@ -29,6 +29,18 @@ pub enum LogDestination {
     File(std::path::PathBuf),
 }
 
+/// How each access-log line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Common log format with the failover trace appended (`key=value` fields).
+    Common,
+    /// One JSON object per line, as Caddy and Traefik write.
+    Json,
+}
+
+/// Where the admin endpoints listen when the config does not say.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9000";
+
 /// Most targets a proxy accepts; a request's tried-set is a fixed bitset of this many bits.
 pub const MAX_TARGETS: usize = 256;
 
@@ -82,6 +94,11 @@ pub struct Config {
     pub retry_timeout: Duration,
     pub all_down: AllDown,
     pub access_log: LogDestination,
+    pub access_log_format: LogFormat,
+    /// The admin listener (metrics, status, health endpoints); `None`: off.
+    pub admin: Option<SocketAddr>,
+    /// Admin connections beyond this are closed at once.
+    pub admin_max_connections: usize,
     /// Longest pause in a request body before 408.
     pub client_body_timeout: Duration,
     /// Largest request body accepted (413 beyond); `None`: no limit.
@@ -126,10 +143,32 @@ impl Config {
         self.targets.first().map_or("", |t| t.path_prefix.as_str())
     }
 
+    /// Reads, parses and validates a config file, and checks the files it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text)
+        let config = Config::parse(&text)?;
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// The access log's directory must exist: a typo there is a config error naming the key,
+    /// not a failure to start.
+    fn check_files(&self) -> Result<(), ConfigError> {
+        let LogDestination::File(path) = &self.access_log else {
+            return Ok(());
+        };
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(err("access_log", format!("directory {} does not exist", dir.display())));
+        }
+        if path.is_dir() {
+            return Err(err("access_log", format!("{} is a directory", path.display())));
+        }
+        Ok(())
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -178,6 +217,22 @@ impl RawConfig {
             "stdout" => LogDestination::Stdout,
             path => LogDestination::File(path.into()),
         };
+        let access_log_format = match self.access_log_format.as_str() {
+            "common" | "clf" => LogFormat::Common,
+            "json" => LogFormat::Json,
+            other => return Err(err("access_log_format", format!("must be \"common\" or \"json\", got {other:?}"))),
+        };
+        let admin = match &self.admin {
+            None => parse_listen(DEFAULT_ADMIN),
+            Some(None) => None,
+            Some(Some(text)) => Some(
+                parse_listen(text)
+                    .ok_or_else(|| err("admin", format!("{text:?} is not an address like 127.0.0.1:9000, or null")))?,
+            ),
+        };
+        if self.admin_max_connections == 0 {
+            return Err(err("admin_max_connections", "must be at least 1"));
+        }
         let prefix = &targets[0].path_prefix;
         if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
             return Err(err("ports", format!("{:?}: every target must have the same path as the first", t.url)));
@@ -207,8 +262,9 @@ impl RawConfig {
             retries: self.retries.unwrap_or(targets.len()),
             targets,
             sleeping,
-            listen: parse_listen(&self.listen)
-                .ok_or_else(|| err("listen", format!("{:?} is not an address like 0.0.0.0:8000", self.listen)))?,
+            listen: parse_listen(&self.listen).ok_or_else(|| {
+                err("listen", format!("{:?} is not an address like 0.0.0.0:8000, :8000 or localhost:8000", self.listen))
+            })?,
             connect_timeout,
             client_header_timeout,
             keepalive_timeout,
@@ -225,6 +281,9 @@ impl RawConfig {
             retry_timeout,
             all_down,
             access_log,
+            access_log_format,
+            admin,
+            admin_max_connections: self.admin_max_connections,
             client_body_timeout,
             max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
             max_connections: self.max_connections,
@@ -263,12 +322,17 @@ fn seconds(key: &str, value: f64, floor: f64, warnings: &mut Vec<String>) -> Res
     Ok(Duration::from_secs_f64(value))
 }
 
-/// `0.0.0.0:8000`, `[::]:8000`, or `:8000` for every IPv4 interface.
+/// `0.0.0.0:8000`, `[::]:8000`, `:8000` for every IPv4 interface, or `localhost:8000` for the
+/// IPv4 loopback. Other names are refused: an address to bind is not looked up.
 fn parse_listen(text: &str) -> Option<SocketAddr> {
-    match text.strip_prefix(':') {
-        Some(port) => port.parse::<u16>().ok().map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
-        None => text.parse().ok(),
+    let port = |p: &str| p.parse::<u16>().ok();
+    if let Some(p) = text.strip_prefix(':') {
+        return port(p).map(|p| SocketAddr::from(([0, 0, 0, 0], p)));
     }
+    if let Some((_, p)) = text.rsplit_once(':').filter(|(h, _)| h.eq_ignore_ascii_case("localhost")) {
+        return port(p).map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+    }
+    text.parse().ok()
 }
 
 /// Parses `http://host[:port][/path]`.
@@ -391,6 +455,21 @@ mod tests {
     fn listen_shorthand() {
         assert_eq!(parse_listen(":8080"), Some("0.0.0.0:8080".parse().expect("addr")));
         assert_eq!(parse_listen("127.0.0.1:0"), Some("127.0.0.1:0".parse().expect("addr")));
+        assert_eq!(parse_listen("localhost:8000"), Some("127.0.0.1:8000".parse().expect("addr")));
+        assert_eq!(parse_listen("LocalHost:0"), Some("127.0.0.1:0".parse().expect("addr")));
         assert_eq!(parse_listen("8080"), None);
+        assert_eq!(parse_listen("example.com:80"), None);
+    }
+
+    #[test]
+    fn the_admin_listener_defaults_to_loopback_and_null_turns_it_off() {
+        let c = Config::parse(r#"{"ports": ["http://a/"]}"#).expect("valid");
+        assert_eq!(c.admin, Some("127.0.0.1:9000".parse().expect("addr")));
+        let c = Config::parse(r#"{"ports": ["http://a/"], "admin": null}"#).expect("valid");
+        assert_eq!(c.admin, None);
+        let c = Config::parse(r#"{"ports": ["http://a/"], "admin": ":9100"}"#).expect("valid");
+        assert_eq!(c.admin, Some("0.0.0.0:9100".parse().expect("addr")));
+        assert!(refused(r#"{"ports": ["http://a/"], "admin": "x"}"#).contains("`admin`"));
+        assert!(refused(r#"{"ports": ["http://a/"], "access_log_format": "xml"}"#).contains("`access_log_format`"));
     }
 }

@@ -28,6 +28,10 @@ pub(super) struct RawConfig {
     pub(super) retry_timeout: f64,
     pub(super) all_down: String,
     pub(super) access_log: String,
+    pub(super) access_log_format: String,
+    /// `None`: the key is absent (the default address); `Some(None)`: `null`, no admin listener.
+    pub(super) admin: Option<Option<String>>,
+    pub(super) admin_max_connections: usize,
     pub(super) client_body_timeout: f64,
     /// 0: no limit.
     pub(super) max_body_size: u64,
@@ -78,6 +82,9 @@ impl RawConfig {
             retry_timeout: k.or("retry_timeout", 60.0)?,
             all_down: k.or("all_down", "error".to_owned())?,
             access_log: k.or("access_log", "off".to_owned())?,
+            access_log_format: k.or("access_log_format", "common".to_owned())?,
+            admin: k.take("admin")?,
+            admin_max_connections: k.or("admin_max_connections", 64)?,
             client_body_timeout: k.or("client_body_timeout", 10.0)?,
             max_body_size: k.or("max_body_size", 0)?,
             max_connections: k.or("max_connections", 10_000)?,

@@ -131,28 +131,58 @@ struct State {
 }
 
 pub struct Health {
-    states: Vec<State>,
+    /// By target slot; `None` for a slot a reload emptied.
+    states: Vec<Option<State>>,
     jitter: Jitter,
 }
 
 impl Health {
     pub fn new(targets: &Targets, seed: u64) -> Health {
-        let states = targets
-            .ids()
-            .map(|id| State {
-                id,
-                streak: Streak::default(),
-                probing: false,
-                probe_timer: None,
-                probe_round: 0,
-                suspect: false,
-            })
-            .collect();
-        Health { states, jitter: Jitter::new(seed) }
+        let mut health = Health { states: Vec::new(), jitter: Jitter::new(seed) };
+        for id in targets.ids() {
+            health.target_added(id);
+        }
+        health
+    }
+
+    /// A target joined the table: it starts with a clean record.
+    pub fn target_added(&mut self, id: TargetId) {
+        if self.states.len() <= id.slot() {
+            self.states.resize_with(id.slot() + 1, || None);
+        }
+        self.states[id.slot()] = Some(State {
+            id,
+            streak: Streak::default(),
+            probing: false,
+            probe_timer: None,
+            probe_round: 0,
+            suspect: false,
+        });
+    }
+
+    /// A target left the table: its next probe is called off (one in flight ends unheeded).
+    pub fn target_removed(&mut self, id: TargetId, wheel: &mut Wheel<Timer>) {
+        if let Some(timer) = self.state(id).and_then(|s| s.probe_timer.take()) {
+            wheel.cancel(timer);
+        }
+        if let Some(slot) = self.states.get_mut(id.slot()).filter(|s| s.as_ref().is_some_and(|s| s.id == id)) {
+            *slot = None;
+        }
+    }
+
+    /// Probes `id` now rather than a period from now (a target added by a reload).
+    pub fn probe_now(&mut self, id: TargetId, wheel: &mut Wheel<Timer>, now: u64) {
+        if let Some(s) = self.state(id).filter(|s| !s.probing && s.probe_timer.is_none()) {
+            arm(s, wheel, now);
+        }
     }
 
     fn state(&mut self, id: TargetId) -> Option<&mut State> {
-        self.states.get_mut(id.slot()).filter(|s| s.id == id)
+        self.states.get_mut(id.slot())?.as_mut().filter(|s| s.id == id)
+    }
+
+    fn state_ref(&self, id: TargetId) -> Option<&State> {
+        self.states.get(id.slot())?.as_ref().filter(|s| s.id == id)
     }
 
     /// A failure that counts against `id` (live or not); the change it makes.
@@ -165,9 +195,14 @@ impl Health {
         self.state(id).map_or(Change::Stay, |s| s.streak.success(live, config.rise))
     }
 
+    /// A probe of `id` is running, or `id` is a suspect being watched: for the status page.
+    pub fn is_probing(&self, id: TargetId) -> bool {
+        self.state_ref(id).is_some_and(|s| s.probing || s.suspect)
+    }
+
     /// How many failures in a row `id` has now, for log lines.
     pub fn fails(&self, id: TargetId) -> u32 {
-        self.states.get(id.slot()).filter(|s| s.id == id).map_or(0, |s| s.streak.fails())
+        self.state_ref(id).map_or(0, |s| s.streak.fails())
     }
 
     /// A request to live `id` got no response in time. That is evidence about the request (a
@@ -189,13 +224,13 @@ impl Health {
     /// Arms `id`'s next probe, one jittered period from now, unless one is armed or running or
     /// the target needs none (live, not a suspect, no `check_live`).
     pub fn schedule_probe(&mut self, id: TargetId, live: bool, config: &Config, wheel: &mut Wheel<Timer>, now: u64) {
-        let Some(s) = self.states.get_mut(id.slot()).filter(|s| s.id == id) else {
+        let delay = self.jitter.spread(millis(config.sleeping));
+        let Some(s) = self.state(id) else {
             return;
         };
         if s.probe_timer.is_some() || s.probing || !wants_probe(s, live, config) {
             return;
         }
-        let delay = self.jitter.spread(millis(config.sleeping));
         arm(s, wheel, now + delay);
     }
 

@@ -57,9 +57,21 @@ pub struct Prober {
 
 impl Prober {
     pub fn new(resolver: Resolver<TargetId>, config: &Config, targets: &Targets) -> Prober {
-        let requests =
-            targets.ids().filter_map(|id| targets.get(id)).map(|t| request(&config.probe_path, &t.spec.host));
-        Prober { probes: Slab::new(), resolver, requests: requests.collect() }
+        let mut prober = Prober { probes: Slab::new(), resolver, requests: Vec::new() };
+        prober.reconfigure(config, targets);
+        prober
+    }
+
+    /// Makes every target's probe request again, after a reload changed the targets or the
+    /// probe path.
+    pub fn reconfigure(&mut self, config: &Config, targets: &Targets) {
+        self.requests.clear();
+        for t in targets.ids().filter_map(|id| targets.get(id)) {
+            if self.requests.len() <= t.id.slot() {
+                self.requests.resize_with(t.id.slot() + 1, Vec::new);
+            }
+            self.requests[t.id.slot()] = request(&config.probe_path, &t.spec.host);
+        }
     }
 
     /// Starts a probe of `id`: a lookup of its name first, or a connect to its literal address.
@@ -80,6 +92,9 @@ impl Prober {
     /// Takes the resolver's answers and probes the targets they are for.
     pub fn resolved(&mut self, cx: &mut ProbeCtx<'_>, results: &mut Vec<ProbeResult>) {
         while let Some((id, answer)) = self.resolver.answer() {
+            if cx.targets.get(id).is_none() {
+                continue;
+            }
             match answer {
                 Ok(addr) => {
                     cx.targets.set_addr(id, addr);

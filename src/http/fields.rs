@@ -15,6 +15,8 @@ pub(super) enum Field {
     Expect,
     XForwardedFor,
     XForwardedProto,
+    /// Kept when well formed, replaced otherwise: one per request, written by the proxy.
+    RequestId,
     /// Describes one connection only and is never forwarded (RFC 9110 §7.6.1).
     HopByHop,
     /// One of the fields above spelled with `_` for `-` (`Content_Length`). The proxy does not
@@ -50,6 +52,7 @@ impl Field {
             7 if is("upgrade") || is("trailer") => Field::HopByHop,
             10 if is("connection") => Field::Connection,
             10 if is("keep-alive") => Field::HopByHop,
+            12 if is("x-request-id") => Field::RequestId,
             14 if is("content-length") => Field::ContentLength,
             14 if is("http2-settings") => Field::HopByHop,
             15 if is("x-forwarded-for") => Field::XForwardedFor,
@@ -71,12 +74,14 @@ impl Field {
                 | Field::Host
                 | Field::XForwardedFor
                 | Field::XForwardedProto
+                | Field::RequestId
         )
     }
 }
 
 /// Bit `n` is set when a field `Field::named` knows is `n` bytes long.
-const KNOWN_LENGTHS: u32 = 1 << 2 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 14 | 1 << 15 | 1 << 16 | 1 << 17;
+const KNOWN_LENGTHS: u32 =
+    1 << 2 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 12 | 1 << 14 | 1 << 15 | 1 << 16 | 1 << 17;
 
 /// Most field names one message's `Connection` fields may list besides `close` and `keep-alive`.
 const MAX_CONNECTION_OPTIONS: usize = 8;
@@ -95,6 +100,15 @@ const REG_NAME: [bool; 256] = {
     }
     table
 };
+
+/// A request id worth keeping: 1 to 200 bytes of letters, digits and `-_.:+/=@`, as the ids
+/// Heroku, AWS and tracing systems send are.
+pub(super) fn valid_request_id(value: &[u8]) -> bool {
+    (1..=200).contains(&value.len())
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'=' | b'@'))
+}
 
 pub(super) fn valid_host(value: &[u8]) -> bool {
     let value = trim(value);

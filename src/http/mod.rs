@@ -106,3 +106,13 @@ pub fn reason(status: u16) -> &'static str {
         _ => "Unknown",
     }
 }
+
+/// The value of the first field called `name` in a head the proxy wrote (one field per CRLF
+/// line, after the start line), trimmed; for log lines.
+pub fn field_value<'h>(head: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon].eq_ignore_ascii_case(name).then(|| fields::trim(&line[colon + 1..]))
+    })
+}

@@ -1,6 +1,6 @@
 //! Request heads: parse one, decide how its body is framed, write the head to forward.
 
-use super::fields::{trim, valid_host, Coding, Field, Fields};
+use super::fields::{trim, valid_host, valid_request_id, Coding, Field, Fields};
 use super::writer::HeadWriter;
 use super::{BodyKind, HttpError, MAX_HEADERS, MAX_URI};
 use std::net::IpAddr;
@@ -30,6 +30,8 @@ pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
     /// Prepended to the path (a target URL's path).
     pub path_prefix: &'a str,
+    /// The `X-Request-Id` to send when the client sent no well-formed one.
+    pub request_id: &'a [u8],
 }
 
 /// Parses a request head at the start of `input` and writes the head to forward into `out`.
@@ -99,7 +101,7 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
     let mut te_written = false;
     for (i, h) in req.headers.iter().enumerate() {
         match fields.kinds[i] {
-            Field::XForwardedFor | Field::XForwardedProto => {}
+            Field::XForwardedFor | Field::XForwardedProto | Field::RequestId => {}
             Field::Host if uri_authority.is_some() => {}
             Field::ContentLength => w.content_length(h.value, &mut length_written),
             Field::TransferEncoding => w.transfer_encoding(fields.transfer_codings(req.headers), &mut te_written),
@@ -116,7 +118,13 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
         }
     }
     w.ip(fwd.client_ip);
-    w.put(b"\r\nX-Forwarded-Proto: http\r\n");
+    w.put(b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    let sent_id = req.headers.iter().enumerate().find(|(i, _)| fields.kinds[*i] == Field::RequestId);
+    match sent_id.map(|(_, h)| trim(h.value)).filter(|id| valid_request_id(id)) {
+        Some(id) => w.put(id),
+        None => w.put(fwd.request_id),
+    }
+    w.put(b"\r\n");
     if minor == 0 {
         w.put(b"Connection: keep-alive\r\n");
     }

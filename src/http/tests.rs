@@ -8,7 +8,7 @@ use super::*;
 use std::net::IpAddr;
 
 const FWD: Forwarding<'static> =
-    Forwarding { client_ip: IpAddr::V4(std::net::Ipv4Addr::new(127, 1, 2, 3)), path_prefix: "" };
+    Forwarding { client_ip: IpAddr::V4(std::net::Ipv4Addr::new(127, 1, 2, 3)), path_prefix: "", request_id: b"rid-1" };
 
 fn request(raw: &str) -> Result<(RequestHead, String), HttpError> {
     let mut out = [0u8; 4096];
@@ -28,7 +28,23 @@ fn a_simple_get_gains_forwarding_fields() {
     let (head, out) = request("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").expect("valid");
     assert_eq!(head.body, BodyKind::None);
     assert!(head.keep_alive && head.idempotent && !head.is_head);
-    assert_eq!(out, "GET /a?b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n");
+    assert_eq!(
+        out,
+        "GET /a?b HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid-1\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_well_formed_request_id_is_kept_and_any_other_replaced() {
+    let (_, out) = request("GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: 7f3a-b2:c/d=\r\n\r\n").expect("valid");
+    assert!(out.ends_with("X-Request-Id: 7f3a-b2:c/d=\r\n\r\n"), "{out}");
+    assert_eq!(out.matches("X-Request-Id").count(), 1);
+    for bad in ["a b", "<script>", "", &"x".repeat(201)] {
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nx-request-id: {bad}\r\nX-Request-Id: ok\r\n\r\n");
+        let (_, out) = request(&raw).expect("valid");
+        assert!(out.ends_with("\r\nX-Request-Id: rid-1\r\n\r\n"), "{bad:?}: {out}");
+        assert_eq!(out.to_ascii_lowercase().matches("x-request-id").count(), 1, "{out}");
+    }
 }
 
 #[test]
@@ -70,7 +86,8 @@ fn x_forwarded_for_in_the_middle_of_the_head_keeps_every_line_whole() {
     let (_, out) = request(raw).expect("valid");
     assert_eq!(
         out,
-        "GET / HTTP/1.1\r\nHost: x\r\nX-After: 1\r\nX-Forwarded-For: 127.0.1.1, 127.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: x\r\nX-After: 1\r\nX-Forwarded-For: 127.0.1.1, 127.1.2.3\r\nX-Forwarded-Proto: http\r\n\
+         X-Request-Id: rid-1\r\n\r\n"
     );
 }
 

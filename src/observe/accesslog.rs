@@ -9,7 +9,7 @@
 //! rather than waited for. SIGUSR1 reopens the file (`reopen`), for log rotation.
 
 use crate::balance::TargetId;
-use crate::config::LogDestination as Destination;
+use crate::config::{LogDestination as Destination, LogFormat};
 use crate::health::Failure;
 use log::{error, warn};
 use std::fs::OpenOptions;
@@ -28,8 +28,20 @@ pub enum Outcome {
     BadResponse,
 }
 
+/// Why an attempt failed, as the trace, the metrics and the status page name it.
+pub const REASONS: [&str; 9] =
+    ["conn_refused", "conn_error", "conn_timeout", "unresolved", "reset", "eof", "timeout", "bad_response", "stale"];
+
 impl Outcome {
-    fn name(self) -> &'static str {
+    /// Its place in `REASONS`; `None` for success (a failed probe is counted as a probe).
+    pub fn reason(self) -> Option<usize> {
+        match self {
+            Outcome::Ok | Outcome::Failed(Failure::Probe(_)) => None,
+            other => REASONS.iter().position(|&r| r == other.name()),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Stale => "stale",
@@ -86,7 +98,13 @@ impl Trace {
         }
     }
 
-    fn retried(&self) -> bool {
+    /// The attempts recorded, in order (the first `CAP` of them).
+    pub fn items(&self) -> &[(TargetId, Outcome)] {
+        &self.items[..self.len.min(Trace::CAP)]
+    }
+
+    /// More than one attempt, or one that failed: the request is worth a line in a failover feed.
+    pub fn retried(&self) -> bool {
         self.len > 1 || self.items[..self.len.min(1)].iter().any(|(_, o)| *o != Outcome::Ok)
     }
 }
@@ -103,15 +121,33 @@ pub struct Entry<'a> {
     /// The URL of the target that answered.
     pub target: Option<&'a str>,
     pub upstream_ms: Option<u64>,
+    /// From the request head to the end of the response.
+    pub total_ms: u64,
+    /// The `User-Agent` and `X-Request-Id` as forwarded; empty when there was none.
+    pub user_agent: &'a [u8],
+    pub request_id: &'a [u8],
     pub trace: &'a Trace,
 }
 
-/// Appends one line (with its newline) to `out`.
-pub fn format(e: &Entry<'_>, out: &mut Vec<u8>) {
+/// Appends one line (with its newline) to `out`, in `format`.
+pub fn format(e: &Entry<'_>, format: LogFormat, out: &mut Vec<u8>) {
+    match format {
+        LogFormat::Common => common(e, out),
+        LogFormat::Json => json(e, out),
+    }
+}
+
+/// Bytes safe between the quotes of a common-log field.
+fn quoted(bytes: &[u8], out: &mut Vec<u8>) {
+    out.extend(bytes.iter().map(|&b| if b == b'"' || b < b' ' || b == 0x7f { b'?' } else { b }));
+}
+
+/// Common log format, `"user agent"` as the combined format has it, then `key=value` fields.
+fn common(e: &Entry<'_>, out: &mut Vec<u8>) {
     let _ = write!(out, "{} - - [", e.client);
     clf_time(e.time, out);
     out.extend_from_slice(b"] \"");
-    out.extend(e.request_line.iter().map(|&b| if b == b'"' || b < b' ' { b'?' } else { b }));
+    quoted(e.request_line, out);
     out.extend_from_slice(b"\" ");
     match e.status {
         0 => out.push(b'-'),
@@ -119,13 +155,17 @@ pub fn format(e: &Entry<'_>, out: &mut Vec<u8>) {
             let _ = write!(out, "{s}");
         }
     }
-    let _ = write!(out, " {} target={} attempts={}", e.body_bytes, e.target.unwrap_or("-"), e.trace.len());
+    let _ = write!(out, " {} \"", e.body_bytes);
+    quoted(if e.user_agent.is_empty() { b"-" } else { e.user_agent }, out);
+    let _ = write!(out, "\" target={} attempts={}", e.target.unwrap_or("-"), e.trace.len());
     match e.upstream_ms {
         Some(ms) => {
             let _ = write!(out, " upstream_ms={ms}");
         }
         None => out.extend_from_slice(b" upstream_ms=-"),
     }
+    let _ = write!(out, " total_ms={} request_id=", e.total_ms);
+    quoted(if e.request_id.is_empty() { b"-" } else { e.request_id }, out);
     if e.trace.retried() {
         out.extend_from_slice(b" tried=");
         for (i, (target, outcome)) in e.trace.items[..e.trace.len.min(Trace::CAP)].iter().enumerate() {
@@ -136,6 +176,70 @@ pub fn format(e: &Entry<'_>, out: &mut Vec<u8>) {
         }
     }
     out.push(b'\n');
+}
+
+/// One JSON object per line, as Caddy and Traefik write.
+fn json(e: &Entry<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"time\":\"");
+    iso_time(e.time, out);
+    let _ = write!(out, "\",\"client\":\"{}\",\"request\":", e.client);
+    json_string(e.request_line, out);
+    let _ = write!(out, ",\"status\":{},\"bytes\":{},\"user_agent\":", e.status, e.body_bytes);
+    json_string(e.user_agent, out);
+    out.extend_from_slice(b",\"request_id\":");
+    json_string(e.request_id, out);
+    out.extend_from_slice(b",\"target\":");
+    match e.target {
+        Some(url) => json_string(url.as_bytes(), out),
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(out, ",\"attempts\":{},\"upstream_ms\":", e.trace.len());
+    match e.upstream_ms {
+        Some(ms) => {
+            let _ = write!(out, "{ms}");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(out, ",\"total_ms\":{},\"tried\":[", e.total_ms);
+    if e.trace.retried() {
+        for (i, (target, outcome)) in e.trace.items().iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            let _ = write!(out, "{comma}{{\"target\":\"t{}\",\"outcome\":\"{}\"}}", target.slot() + 1, outcome.name());
+        }
+    }
+    out.extend_from_slice(b"]}\n");
+}
+
+/// `bytes` as a JSON string: UTF-8 kept, invalid bytes replaced, quotes and controls escaped.
+fn json_string(bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => {
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+            }
+        }
+        if !chunk.invalid().is_empty() {
+            out.extend_from_slice("\u{fffd}".as_bytes());
+        }
+    }
+    out.push(b'"');
+}
+
+/// `2000-10-10T13:55:36Z` (UTC).
+fn iso_time(time: SystemTime, out: &mut Vec<u8>) {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let _ = write!(out, "{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60);
 }
 
 /// `10/Oct/2000:13:55:36 +0000` (UTC).
@@ -184,6 +288,7 @@ pub struct AccessLog {
     /// A free batch taken back from the writer but not used yet.
     spare: Option<Vec<u8>>,
     dropped: u64,
+    format: LogFormat,
 }
 
 /// Batches that may wait for the writer.
@@ -200,11 +305,19 @@ const MOST: usize = 4 << 20;
 
 impl AccessLog {
     pub fn off() -> AccessLog {
-        AccessLog { to_writer: None, returned: None, finished: None, batch: Vec::new(), spare: None, dropped: 0 }
+        AccessLog {
+            to_writer: None,
+            returned: None,
+            finished: None,
+            batch: Vec::new(),
+            spare: None,
+            dropped: 0,
+            format: LogFormat::Common,
+        }
     }
 
     /// Opens the destination and starts the writer thread.
-    pub fn start(dest: &Destination) -> io::Result<AccessLog> {
+    pub fn start(dest: &Destination, format: LogFormat) -> io::Result<AccessLog> {
         let sink = match dest {
             Destination::Off => return Ok(AccessLog::off()),
             Destination::Stdout => Sink::Stdout,
@@ -228,7 +341,13 @@ impl AccessLog {
             batch: Vec::with_capacity(SPARE),
             spare: None,
             dropped: 0,
+            format,
         })
+    }
+
+    /// Lines from now on are written in `format` (a reload may change it).
+    pub fn set_format(&mut self, format: LogFormat) {
+        self.format = format;
     }
 
     pub fn enabled(&self) -> bool {
@@ -247,7 +366,7 @@ impl AccessLog {
             }
             return;
         }
-        format(entry, &mut self.batch);
+        format(entry, self.format, &mut self.batch);
         if self.batch.len() >= BATCH {
             self.flush();
         }
@@ -275,6 +394,14 @@ impl AccessLog {
             Err(TrySendError::Full(Message::Reopen)) => {}
             Err(TrySendError::Disconnected(_)) => self.to_writer = None,
         }
+    }
+
+    /// Replaces this log with `next` (a reload changed the destination). The lines gathered
+    /// so far still go to the old destination, whose writer finishes on its own: the loop
+    /// never waits for it.
+    pub fn replace(&mut self, next: AccessLog) {
+        let mut old = std::mem::replace(self, next);
+        old.finished = None;
     }
 
     /// Has the writer reopen a log file (after rotation); nothing for stdout.
@@ -351,29 +478,38 @@ mod tests {
         assert_eq!(civil_from_days(20_781), (2026, 11, 24));
     }
 
+    fn entry<'a>(trace: &'a Trace, status: u16, target: Option<&'a str>) -> Entry<'a> {
+        Entry {
+            client: "127.0.0.1".parse().expect("ip"),
+            time: UNIX_EPOCH + Duration::from_secs(1_795_487_556),
+            request_line: b"GET /a HTTP/1.1",
+            status,
+            body_bytes: 13,
+            target,
+            upstream_ms: target.map(|_| 3),
+            total_ms: 4,
+            user_agent: b"curl/8.0",
+            request_id: b"abc-1",
+            trace,
+        }
+    }
+
+    fn line(e: &Entry<'_>, f: LogFormat) -> String {
+        let mut out = Vec::new();
+        format(e, f, &mut out);
+        String::from_utf8(out).expect("utf8")
+    }
+
     #[test]
     fn a_retried_request_names_every_target_tried() {
         let mut trace = Trace::default();
         trace.push(TargetId::first(2), Outcome::Failed(Failure::Connect(io::ErrorKind::ConnectionRefused)));
         trace.push(TargetId::first(3), Outcome::Ok);
-        let mut out = Vec::new();
-        format(
-            &Entry {
-                client: "127.0.0.1".parse().expect("ip"),
-                time: UNIX_EPOCH + Duration::from_secs(1_795_487_556),
-                request_line: b"GET /a HTTP/1.1",
-                status: 200,
-                body_bytes: 13,
-                target: Some("http://127.0.0.1:9004/"),
-                upstream_ms: Some(3),
-                trace: &trace,
-            },
-            &mut out,
-        );
         assert_eq!(
-            String::from_utf8_lossy(&out),
-            "127.0.0.1 - - [24/Nov/2026:02:32:36 +0000] \"GET /a HTTP/1.1\" 200 13 \
-             target=http://127.0.0.1:9004/ attempts=2 upstream_ms=3 tried=t3:conn_refused,t4:ok\n"
+            line(&entry(&trace, 200, Some("http://127.0.0.1:9004/")), LogFormat::Common),
+            "127.0.0.1 - - [24/Nov/2026:02:32:36 +0000] \"GET /a HTTP/1.1\" 200 13 \"curl/8.0\" \
+             target=http://127.0.0.1:9004/ attempts=2 upstream_ms=3 total_ms=4 request_id=abc-1 \
+             tried=t3:conn_refused,t4:ok\n"
         );
     }
 
@@ -381,21 +517,26 @@ mod tests {
     fn a_plain_request_has_no_trace_and_a_refused_one_has_no_target() {
         let mut ok = Trace::default();
         ok.push(TargetId::first(0), Outcome::Ok);
-        let entry = |trace, status, target| Entry {
-            client: "::1".parse().expect("ip"),
-            time: UNIX_EPOCH,
-            request_line: b"GET / HTTP/1.1",
-            status,
-            body_bytes: 0,
-            target,
-            upstream_ms: None,
-            trace,
-        };
-        let mut out = Vec::new();
-        format(&entry(&ok, 200, Some("t")), &mut out);
-        assert!(String::from_utf8_lossy(&out).ends_with("200 0 target=t attempts=1 upstream_ms=-\n"));
-        out.clear();
-        format(&entry(&Trace::default(), 400, None), &mut out);
-        assert!(String::from_utf8_lossy(&out).ends_with("400 0 target=- attempts=0 upstream_ms=-\n"));
+        assert!(line(&entry(&ok, 200, Some("t")), LogFormat::Common).ends_with("total_ms=4 request_id=abc-1\n"));
+        let refused = line(&entry(&Trace::default(), 400, None), LogFormat::Common);
+        assert!(refused.contains("400 13 \"curl/8.0\" target=- attempts=0 upstream_ms=-"), "{refused}");
+    }
+
+    #[test]
+    fn the_json_format_is_one_valid_object_per_line() {
+        let mut trace = Trace::default();
+        trace.push(TargetId::first(0), Outcome::Failed(Failure::Eof));
+        trace.push(TargetId::first(1), Outcome::Ok);
+        let mut e = entry(&trace, 200, Some("http://h/"));
+        e.user_agent = b"evil \"agent\"\x01\xff";
+        let text = line(&e, LogFormat::Json);
+        assert_eq!(text.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["time"], "2026-11-24T02:32:36Z");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["user_agent"], "evil \"agent\"\u{1}\u{fffd}");
+        assert_eq!(v["tried"][0]["outcome"], "eof");
+        assert_eq!(v["target"], "http://h/");
+        assert_eq!(v["total_ms"], 4);
     }
 }

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::health::probe::{ProbeCtx, ProbeResult};
 use crate::health::{Change, Failure, Health};
 use crate::observe::accesslog::AccessLog;
+use crate::observe::metrics::Metrics;
 use crate::runtime::buffer::BufferPool;
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
@@ -47,6 +48,7 @@ pub struct Env {
     pub targets: Targets,
     pub health: Health,
     pub log: AccessLog,
+    pub metrics: Metrics,
 }
 
 impl Env {
@@ -68,6 +70,8 @@ pub struct Resources {
     pub exchanges: ExchangePool,
     /// The next request's sequence number, for the ring.
     pub seq: u64,
+    /// Random per process: generated request ids are this and the sequence number.
+    pub id_base: u64,
 }
 
 /// Everything a session may touch besides itself, for one call.
@@ -80,10 +84,12 @@ pub struct Ctx<'a> {
     pub targets: &'a mut Targets,
     pub health: &'a mut Health,
     pub log: &'a mut AccessLog,
+    pub metrics: &'a mut Metrics,
     pub buffers: &'a mut BufferPool,
     pub upstreams: &'a mut Upstreams,
     pub exchanges: &'a mut ExchangePool,
     pub seq: &'a mut u64,
+    pub id_base: u64,
 }
 
 impl<'a> Ctx<'a> {
@@ -97,10 +103,12 @@ impl<'a> Ctx<'a> {
             targets: &mut env.targets,
             health: &mut env.health,
             log: &mut env.log,
+            metrics: &mut env.metrics,
             buffers: &mut res.buffers,
             upstreams: &mut res.upstreams,
             exchanges: &mut res.exchanges,
             seq: &mut res.seq,
+            id_base: res.id_base,
         }
     }
 
@@ -128,6 +136,7 @@ impl<'a> Ctx<'a> {
     /// A probe of `id` ended: count it, and arm the next one if `id` still needs one.
     pub fn probe_finished(&mut self, (id, result): ProbeResult) {
         self.health.probe_finished(id);
+        self.metrics.probed(id, result);
         match result {
             Ok(()) => self.target_answered(id),
             Err(why) => self.target_failed(id, Failure::Probe(why)),
@@ -142,6 +151,7 @@ impl<'a> Ctx<'a> {
     /// Takes `id` out of the rotation: its idle connections go, its probes start, one line.
     fn take_out(&mut self, id: TargetId, why: Failure) {
         self.targets.mark_down(id);
+        self.metrics.state_changed(id);
         let fails = self.health.fails(id);
         let (live, all) = (self.targets.live_count(), self.targets.len());
         warn!("target {} down: {why} ({fails} in a row; {live} of {all} live)", self.targets.url(id));
@@ -152,9 +162,16 @@ impl<'a> Ctx<'a> {
     /// Puts `id` back into the rotation, with one line.
     fn bring_back(&mut self, id: TargetId) {
         self.targets.mark_up(id);
+        self.metrics.state_changed(id);
         let (live, all) = (self.targets.live_count(), self.targets.len());
         info!("target {} up ({live} of {all} live)", self.targets.url(id));
     }
+}
+
+/// A seed that differs between processes and starts: the clock and the process id.
+pub fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ u64::from(std::process::id()).rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// What the loop should do with a session after pumping it.
@@ -188,6 +205,7 @@ impl Proxy {
                 upstreams: Upstreams::new(config.targets.len()),
                 exchanges: ExchangePool::default(),
                 seq: 0,
+                id_base: random_seed(),
             },
             requeued: Vec::new(),
             spare: Vec::new(),
@@ -205,11 +223,27 @@ impl Proxy {
         self.sessions.is_empty()
     }
 
+    /// A reload changed the target table: pools follow it.
+    pub fn targets_changed(&mut self, added: &[TargetId], removed: &[TargetId]) {
+        for &id in removed {
+            self.res.upstreams.target_removed(id);
+        }
+        for &id in added {
+            self.res.upstreams.target_added(id);
+        }
+    }
+
+    /// Upstream connections to `id`: (serving a request, idle in the pool).
+    pub fn upstream_counts(&self, id: TargetId) -> (usize, usize) {
+        self.res.upstreams.counts(id)
+    }
+
     /// Takes a new client connection, or turns it away over `max_connections`.
     pub fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, env: &mut Env) {
         if self.sessions.len() >= env.config.max_connections {
             return self.turn_away(stream, env);
         }
+        env.metrics.connections_accepted += 1;
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         let registered =
@@ -225,11 +259,12 @@ impl Proxy {
 
     /// A best-effort 503 and a close, so the client is told and the loop spends one write on
     /// it. Logged at most once a second.
-    fn turn_away(&mut self, mut stream: TcpStream, env: &Env) {
+    fn turn_away(&mut self, mut stream: TcpStream, env: &mut Env) {
         let mut answer = [0u8; 160];
         let n = local::busy(&mut answer);
         let _ = std::io::Write::write(&mut stream, &answer[..n]);
         self.turned_away += 1;
+        env.metrics.connections_refused += 1;
         if self.turned_away_logged.is_none_or(|at| env.now >= at + 1000) {
             let max = env.config.max_connections;
             warn!("max_connections ({max}) reached: refused {} connections so far", self.turned_away);

@@ -28,6 +28,7 @@ use crate::config::AllDown;
 use crate::health::Failure;
 use crate::http::{self, BodyFramer, BodyKind, Forwarding, HttpError, ResponseContext};
 use crate::observe::accesslog::{Entry, Outcome, Trace};
+use crate::observe::metrics::Ended;
 use crate::runtime::buffer::{self, Buffer};
 use crate::runtime::clock::millis;
 use crate::runtime::ready::Io;
@@ -445,7 +446,10 @@ impl Session {
         }
         let uout = buffer::ensure(&mut self.uout, cx.buffers);
         uout.clear();
-        let fwd = Forwarding { client_ip: self.client.peer().ip(), path_prefix: cx.config.path_prefix() };
+        let seq = *cx.seq;
+        let id = request_id(cx.id_base, seq);
+        let fwd =
+            Forwarding { client_ip: self.client.peer().ip(), path_prefix: cx.config.path_prefix(), request_id: &id };
         let max_head = cx.config.max_request_head;
         let limit = cin.len().min(max_head);
         let head = match http::parse_request(&cin.data()[..limit], &fwd, uout.space()) {
@@ -465,7 +469,6 @@ impl Session {
         }
         cin.consume(head.head_len);
         uout.fill(head.out_len);
-        let seq = *cx.seq;
         *cx.seq += 1;
         let exchange = Exchange::new(seq, cx.now, head, cx.config.chunk_limits);
         self.mode = Mode::Exchange(cx.exchanges.fill(exchange));
@@ -865,7 +868,7 @@ impl Session {
                 cx.upstreams.close(up);
             }
         }
-        self.log_access(cx, &ex, status.unwrap_or(ex.status));
+        self.record(cx, &ex, status);
         for held in [self.uout.as_mut(), self.uin.as_mut()].into_iter().flatten() {
             held.clear();
         }
@@ -971,13 +974,25 @@ impl Session {
         }
     }
 
-    fn log_access(&self, cx: &mut Ctx<'_>, ex: &Exchange, status: u16) {
-        if !cx.log.enabled() {
-            return;
-        }
+    /// Counts an ended exchange and writes its access-log line. `local` is the status of an
+    /// answer the proxy made itself.
+    fn record(&self, cx: &mut Ctx<'_>, ex: &Exchange, local: Option<u16>) {
         let head = self.uout.as_ref().map_or(&[][..], Buffer::data);
         let request_line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
         let answered = ex.answered.is_some();
+        let status = local.unwrap_or(ex.status);
+        cx.metrics.exchange_ended(&Ended {
+            seq: ex.seq,
+            trace: &ex.trace,
+            answered_by: (answered && local.is_none()).then_some(ex.target),
+            status,
+            request_line,
+            duration_ms: cx.now.saturating_sub(ex.started),
+            now_ms: cx.now,
+        });
+        if !cx.log.enabled() {
+            return;
+        }
         cx.log.write(&Entry {
             client: self.peer().ip(),
             time: std::time::SystemTime::now(),
@@ -986,12 +1001,16 @@ impl Session {
             body_bytes: ex.sent_bytes,
             target: answered.then(|| cx.targets.url(ex.target)),
             upstream_ms: ex.answered.map(|t| t - ex.started),
+            total_ms: cx.now.saturating_sub(ex.started),
+            user_agent: http::field_value(head, b"user-agent").unwrap_or(b""),
+            request_id: http::field_value(head, b"x-request-id").unwrap_or(b""),
             trace: &ex.trace,
         });
     }
 
     /// A request refused before it became an exchange (malformed, too large, too slow).
     fn log_refused(&self, cx: &mut Ctx<'_>, status: u16) {
+        cx.metrics.answered_locally(status);
         if !cx.log.enabled() {
             return;
         }
@@ -1003,9 +1022,24 @@ impl Session {
             body_bytes: 0,
             target: None,
             upstream_ms: None,
+            total_ms: 0,
+            user_agent: b"",
+            request_id: b"",
             trace: &Trace::default(),
         });
     }
+}
+
+/// A request id for a request that came without one: 32 hex digits, the process's random base
+/// and the request's sequence number, so ids never repeat within a run and rarely across runs.
+fn request_id(base: u64, seq: u64) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        let word = if i < 16 { base } else { seq };
+        *digit = HEX[(word >> (60 - 4 * (i % 16)) & 0xf) as usize];
+    }
+    id
 }
 
 /// The retry budget, from the config.

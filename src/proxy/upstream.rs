@@ -50,11 +50,55 @@ pub struct Upstreams {
     /// Idle connections by target slot, oldest first; a connection whose target is gone is
     /// dropped on sight.
     idle: Vec<VecDeque<UpstreamConn>>,
+    /// Connections owned by sessions, by target slot, for the metrics; a connection to a
+    /// target that has since been replaced in its slot is not counted.
+    active: Vec<Option<(TargetId, usize)>>,
 }
 
 impl Upstreams {
     pub fn new(targets: usize) -> Upstreams {
-        Upstreams { slots: Slab::new(), idle: (0..targets).map(|_| VecDeque::new()).collect() }
+        let mut upstreams = Upstreams { slots: Slab::new(), idle: Vec::new(), active: Vec::new() };
+        for slot in 0..targets {
+            upstreams.target_added(TargetId::first(slot));
+        }
+        upstreams
+    }
+
+    /// A target took `id`'s slot (at start or by a reload): its pool and count start empty.
+    pub fn target_added(&mut self, id: TargetId) {
+        let slot = id.slot();
+        if self.idle.len() <= slot {
+            self.idle.resize_with(slot + 1, VecDeque::new);
+            self.active.resize(slot + 1, None);
+        }
+        self.drop_idle_slot(slot);
+        self.active[slot] = Some((id, 0));
+    }
+
+    /// `id` left the table: its idle connections close now, and those serving requests close
+    /// when their requests end.
+    pub fn target_removed(&mut self, id: TargetId) {
+        if self.is_current(id) {
+            self.drop_idle_slot(id.slot());
+            self.active[id.slot()] = None;
+        }
+    }
+
+    fn is_current(&self, id: TargetId) -> bool {
+        self.active.get(id.slot()).is_some_and(|a| a.is_some_and(|(t, _)| t == id))
+    }
+
+    /// Connections to `id`: (owned by sessions, idle in the pool).
+    pub fn counts(&self, id: TargetId) -> (usize, usize) {
+        let active = self.active.get(id.slot()).copied().flatten().filter(|(t, _)| *t == id).map_or(0, |(_, n)| n);
+        let idle = self.idle.get(id.slot()).map_or(0, |idle| idle.iter().filter(|c| c.target == id).count());
+        (active, idle)
+    }
+
+    fn count(&mut self, id: TargetId, opened: bool) {
+        if let Some((_, n)) = self.active.get_mut(id.slot()).and_then(Option::as_mut).filter(|(t, _)| *t == id) {
+            *n = if opened { *n + 1 } else { n.saturating_sub(1) };
+        }
     }
 
     /// Starts a non-blocking connect to `addr` on behalf of `session`.
@@ -70,6 +114,7 @@ impl Upstreams {
         let slot = entry.key();
         registry.register(&mut stream, token(Kind::Upstream(slot)), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(Slot::Active { session });
+        self.count(target, true);
         Ok(UpstreamConn { stream, slot, target, ready: Ready::default(), connected: false, reused: false })
     }
 
@@ -82,6 +127,7 @@ impl Upstreams {
                 continue;
             }
             self.slots[conn.slot] = Slot::Active { session };
+            self.count(target, true);
             conn.reused = true;
             conn.ready = Ready { read: false, write: true, hup: false };
             return Some(conn);
@@ -90,23 +136,32 @@ impl Upstreams {
     }
 
     /// Parks a connection whose last response was completely framed, or closes it when the
-    /// pool for its target holds `max_idle` already.
+    /// pool for its target holds `max_idle` already or its target is no longer in the table.
     pub fn checkin(&mut self, conn: UpstreamConn, max_idle: usize) {
-        let Some(idle) = self.idle.get_mut(conn.target.slot()).filter(|idle| idle.len() < max_idle) else {
+        let current = self.is_current(conn.target);
+        let Some(idle) = self.idle.get_mut(conn.target.slot()).filter(|idle| current && idle.len() < max_idle) else {
             return self.close(conn);
         };
-        self.slots[conn.slot] = Slot::Idle { target: conn.target };
+        let target = conn.target;
+        self.slots[conn.slot] = Slot::Idle { target };
         idle.push_back(conn);
+        self.count(target, false);
     }
 
-    /// Closing the socket removes it from epoll; only the slot needs freeing.
+    /// Closes a connection a session owned. Closing the socket removes it from epoll; only the
+    /// slot needs freeing.
     pub fn close(&mut self, conn: UpstreamConn) {
         self.slots.try_remove(conn.slot);
+        self.count(conn.target, false);
     }
 
-    /// Drops every idle connection to `target` (it was found dead).
+    /// Drops every idle connection to `target` (it was found dead, or left the table).
     pub fn drop_idle(&mut self, target: TargetId) {
-        if let Some(idle) = self.idle.get_mut(target.slot()) {
+        self.drop_idle_slot(target.slot());
+    }
+
+    fn drop_idle_slot(&mut self, slot: usize) {
+        if let Some(idle) = self.idle.get_mut(slot) {
             for conn in std::mem::take(idle) {
                 self.slots.try_remove(conn.slot);
             }
@@ -131,7 +186,7 @@ impl Upstreams {
         let mut conn = idle.iter().position(|c| c.slot == slot).and_then(|at| idle.remove(at))?;
         // One read tells a target's close (EOF, a reset) from stray bytes; idle events are rare.
         let stray = matches!(io::Read::read(&mut conn.stream, &mut [0u8; 64]), Ok(n) if n > 0);
-        self.close(conn);
+        self.slots.try_remove(conn.slot);
         stray.then_some(target)
     }
 }

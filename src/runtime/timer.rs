@@ -11,6 +11,8 @@ pub enum Timer {
     Probe(usize),
     /// A target's next probe is due, in its probe round (a replaced timer's round is stale).
     ProbeDue(TargetId, u32),
+    /// An admin connection stayed silent too long: key into the admin slab.
+    Admin(usize),
     AcceptRetry,
     DrainDeadline,
 }

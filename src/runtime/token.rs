@@ -16,6 +16,8 @@ pub enum Kind {
     Listener(usize),
     Waker,
     Signals,
+    /// An admin connection: key into the admin slab.
+    Admin(usize),
 }
 
 const BITS: usize = 3;
@@ -25,6 +27,7 @@ const PROBE: usize = 2;
 const LISTENER: usize = 3;
 const WAKER: usize = 4;
 const SIGNALS: usize = 5;
+const ADMIN: usize = 6;
 
 pub fn token(kind: Kind) -> Token {
     Token(match kind {
@@ -34,6 +37,7 @@ pub fn token(kind: Kind) -> Token {
         Kind::Listener(n) => n << BITS | LISTENER,
         Kind::Waker => WAKER,
         Kind::Signals => SIGNALS,
+        Kind::Admin(key) => key << BITS | ADMIN,
     })
 }
 
@@ -47,6 +51,7 @@ pub fn decode(token: Token) -> Option<Kind> {
         LISTENER => Kind::Listener(key),
         WAKER => Kind::Waker,
         SIGNALS => Kind::Signals,
+        ADMIN => Kind::Admin(key),
         _ => return None,
     })
 }
@@ -67,6 +72,7 @@ mod tests {
             Kind::Listener(2),
             Kind::Waker,
             Kind::Signals,
+            Kind::Admin(9),
         ] {
             assert_eq!(decode(token(kind)), Some(kind));
         }

@@ -182,34 +182,68 @@ pub fn targets(n: usize) -> Vec<Target> {
 
 static CONFIGS: AtomicUsize = AtomicUsize::new(0);
 
+/// A config naming `targets`, listening on an ephemeral loopback port, with `extra` keys.
+pub fn config_json(targets: &[Target], extra: &str) -> String {
+    let ports: Vec<String> = targets.iter().map(|t| format!("\"{}\"", t.url())).collect();
+    format!(
+        "{{\"ports\": [{}], \"listen\": \"127.0.0.1:0\"{}{}}}",
+        ports.join(", "),
+        if extra.is_empty() { "" } else { ", " },
+        extra
+    )
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The admin endpoints, unless the config turned them off.
+    pub admin: Option<SocketAddr>,
     pub proc: Proc,
-    config: PathBuf,
+    pub config: PathBuf,
 }
 
 impl Proxy {
     /// Starts ringproxy in front of `targets`; `extra` is more JSON keys, e.g. `"sleeping": 1`.
+    /// The admin endpoints listen on an ephemeral loopback port unless `extra` says otherwise.
     pub fn start(targets: &[Target], extra: &str) -> Proxy {
-        let ports: Vec<String> = targets.iter().map(|t| format!("\"{}\"", t.url())).collect();
-        Proxy::with_config(&format!(
-            "{{\"ports\": [{}], \"listen\": \"127.0.0.1:0\"{}{}}}",
-            ports.join(", "),
-            if extra.is_empty() { "" } else { ", " },
-            extra
-        ))
+        Proxy::with_config(&config_json(targets, extra))
     }
 
+    /// Starts ringproxy with this config; the admin listener goes to an ephemeral loopback port
+    /// unless the config names `admin`, so that tests running side by side never collide.
     pub fn with_config(json: &str) -> Proxy {
+        let json = match json.contains("\"admin\"") {
+            true => json.to_owned(),
+            false => json.replacen('{', "{\"admin\": \"127.0.0.1:0\", ", 1),
+        };
         let config = std::env::temp_dir().join(format!(
             "ringproxy-test-{}-{}.json",
             std::process::id(),
             CONFIGS.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&config, json).expect("write config");
+        std::fs::write(&config, &json).expect("write config");
         let proc = Proc::spawn(Command::new(proxy_bin()).arg("--config").arg(&config).args(["--log-level", "debug"]));
         let addr = listening_addr(&proc.wait_line("listening on", Duration::from_secs(10)));
-        Proxy { addr, proc, config }
+        let admin_line = proc.wait_line("admin endpoints", Duration::from_secs(10));
+        let admin = admin_line
+            .split("admin endpoints on ")
+            .nth(1)
+            .map(|rest| rest.split(": ").next().and_then(|addr| addr.parse().ok()).expect("the admin address"));
+        Proxy { addr, admin, proc, config }
+    }
+
+    /// Rewrites the config file (targets and extra keys as for `start`) and sends SIGHUP.
+    pub fn reload(&self, json: &str) {
+        std::fs::write(&self.config, json).expect("rewrite config");
+        self.signal("HUP");
+    }
+
+    pub fn signal(&self, signal: &str) {
+        self.proc.signal(signal);
+    }
+
+    /// A GET to the admin listener, on a fresh connection.
+    pub fn admin_get(&self, path: &str) -> Response {
+        Client::connect(self.admin.expect("the admin listener is on")).request("GET", path, &[], b"")
     }
 
     pub fn get(&self, path: &str) -> Response {
