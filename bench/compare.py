@@ -146,7 +146,7 @@ class Procs:
 def ringproxy_config(tmp, port, backends):
     path = tmp / "ringproxy.json"
     ports = ", ".join(f'"http://127.0.0.1:{b}/"' for b in backends)
-    path.write_text(f'{{"ports": [{ports}], "listen": "127.0.0.1:{port}", "max_connections": 15000}}')
+    path.write_text(f'{{"ports": [{ports}], "listen": "127.0.0.1:{port}", "admin": null, "max_connections": 15000}}')
     return path
 
 

@@ -76,11 +76,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def get(port):
+def get(port, path="/"):
     """One GET on a fresh connection, as the prototype did: (status, target) or (None, error)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", path)
         resp = conn.getresponse()
         resp.read()
         return resp.status, resp.getheader("X-Target", "?")
@@ -112,6 +112,7 @@ class Local:
             "ports": [f"http://127.0.0.1:{p}/" for p in self.ports],
             "sleeping": self.sleeping,
             "listen": f"127.0.0.1:{self.port}",
+            "admin": f"127.0.0.1:{free_port()}",
         }))
         self.proxy = subprocess.Popen([str(self.bin / "ringproxy"), "--config", str(self.config)])
         wait_until("the proxy", lambda: get(self.port)[0] == 200)
@@ -158,10 +159,11 @@ class Compose:
 
     def __init__(self):
         self.port = free_port()
+        self.admin_port = free_port()
         self.project = f"ringproxy-scenario-{os.getpid()}"
         self.base = compose_command() + ["-f", str(ROOT / "docker" / "compose.yaml"), "-p", self.project]
-        self.env = dict(os.environ, RINGPROXY_PORT=str(self.port))
-        self.sleeping = json.loads((ROOT / "docker" / "appsettings.json").read_text()).get("sleeping", 1)
+        self.env = dict(os.environ, RINGPROXY_PORT=str(self.port), RINGPROXY_ADMIN_PORT=str(self.admin_port))
+        self.sleeping = json.loads((ROOT / "docker" / "config" / "appsettings.json").read_text()).get("sleeping", 1)
 
     def compose(self, *args):
         subprocess.run(self.base + list(args), env=self.env, check=True,
@@ -172,6 +174,8 @@ class Compose:
         subprocess.run([str(ROOT / "docker" / "build.sh")], check=True)
         self.compose("up", "-d", "--build")
         wait_until("the compose stack", lambda: get(self.port)[0] == 200, within=60)
+        wait_until("the published admin /readyz", lambda: get(self.admin_port, "/readyz")[0] == 200, within=30)
+        log(f"admin endpoints published on 127.0.0.1:{self.admin_port} (/status, /metrics)")
 
     def start(self, n):
         self.compose("start", f"target{n}")

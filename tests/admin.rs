@@ -9,6 +9,17 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// Whether Python's `prometheus_client` is installed; without it the parser test is skipped
+/// with a notice, unless CI requires it.
+fn have_parser() -> bool {
+    let found = Command::new("python3").args(["-c", "import prometheus_client"]).status().is_ok_and(|s| s.success());
+    if !found {
+        assert!(!common::in_ci(), "CI needs prometheus_client (python3 -m pip install prometheus_client)");
+        eprintln!("NOTICE: python3 -m pip install prometheus_client to run the metrics parser test; skipped");
+    }
+    found
+}
+
 /// Parses exposition text with the Python `prometheus_client` parser (the reference
 /// implementation's own); every sample as (name, labels, value). Panics on text it refuses.
 fn parse_metrics(text: &str) -> Vec<(String, serde_json::Map<String, Value>, f64)> {
@@ -31,10 +42,6 @@ print(json.dumps(out))
     child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed the parser");
     let out = child.wait_with_output().expect("parser output");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !err.contains("No module named"),
-        "the metrics test needs prometheus_client: python3 -m pip install prometheus_client ({err})"
-    );
     assert!(out.status.success(), "prometheus_client refused the exposition: {err}\n{text}");
     let samples: Vec<(String, serde_json::Map<String, Value>, f64)> =
         serde_json::from_slice(&out.stdout).expect("parser JSON");
@@ -52,6 +59,9 @@ fn sum(samples: &[(String, serde_json::Map<String, Value>, f64)], name: &str, la
 
 #[test]
 fn metrics_parse_with_the_prometheus_parser_and_move_with_traffic_and_failures() {
+    if !have_parser() {
+        return;
+    }
     let mut t = targets(2);
     let proxy = Proxy::start(&t, "\"sleeping\": 60");
     let (url1, url2) = (t[0].url(), t[1].url());

@@ -43,6 +43,9 @@ fn a_bad_config_exits_1_with_one_line_naming_the_key() {
         (r#"{"ports": ["http://127.0.0.1:1/", "http://127.0.0.1:1"]}"#, "`ports`"),
         (r#"{"ports": ["http://127.0.0.1:1/"], "max_connections": 0}"#, "`max_connections`"),
         (r#"["http://127.0.0.1:1/"]"#, "JSON object"),
+        (r#"{"ports": ["http://127.0.0.1:1/"], "access_log": "/nonexistent-dir/a.log"}"#, "`access_log`"),
+        (r#"{"ports": ["http://127.0.0.1:1/"], "admin": "nowhere"}"#, "`admin`"),
+        (r#"{"ports": ["http://127.0.0.1:1/"], "access_log_format": "xml"}"#, "`access_log_format`"),
     ];
     for (json, key) in cases {
         let (code, text) = check(json);

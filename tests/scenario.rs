@@ -7,10 +7,6 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 fn scenario(extra: &[&str]) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = std::env::temp_dir().join(format!("ringproxy-scenario-{}-{}", std::process::id(), extra.len()));
@@ -27,7 +23,7 @@ fn scenario(extra: &[&str]) -> String {
     assert!(text.contains("failures:      0") && text.lines().any(|l| l == "OK"), "{text}");
     let mode = if extra.contains(&"--local") { "local" } else { "compose" };
     assert!(out.join(format!("scenario-{mode}.csv")).exists());
-    if in_ci() {
+    if common::in_ci() {
         assert!(out.join(format!("scenario-{mode}.png")).exists(), "CI installs matplotlib: the plot must exist");
     }
     let _ = std::fs::remove_dir_all(out);
@@ -46,7 +42,7 @@ fn quick_scenario_against_local_processes_loses_nothing() {
 fn quick_scenario_against_the_compose_stack_loses_nothing() {
     let docker = Command::new("docker").arg("info").output();
     if !docker.is_ok_and(|o| o.status.success()) {
-        assert!(!in_ci(), "CI=true: a Docker engine must answer `docker info` for the compose scenario");
+        assert!(!common::in_ci(), "CI=true: a Docker engine must answer `docker info` for the compose scenario");
         println!("NOTICE: no Docker engine answers `docker info`; the compose scenario is skipped");
         return;
     }

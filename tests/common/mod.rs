@@ -22,6 +22,12 @@ pub fn target_bin() -> PathBuf {
     path
 }
 
+/// CI=true: tests that would skip for a missing tool (Docker, chromium, a Python package) fail
+/// instead.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
 /// Polls `check` until it gives a value or `within` passes.
 pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
