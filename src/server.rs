@@ -121,9 +121,16 @@ impl Server {
             env.metrics.target_added(id);
         }
         let admin = match env.config.admin {
-            Some(addr) => {
-                Some(Admin::bind(addr, &env).map_err(|e| io::Error::new(e.kind(), format!("admin {addr}: {e}")))?)
-            }
+            Some(addr) => match Admin::bind(addr, &env) {
+                Ok(admin) => Some(admin),
+                Err(e) if env.config.admin_named => {
+                    return Err(io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))
+                }
+                Err(e) => {
+                    error!("admin endpoints off: cannot listen on the default {addr}: {e} (set \"admin\" to a free address, or null)");
+                    None
+                }
+            },
             None => None,
         };
         for id in ids {
@@ -165,7 +172,8 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
         loop {
-            let timeout = if self.proxy.has_requeued() {
+            let admin_requeued = self.admin.as_ref().is_some_and(Admin::has_requeued);
+            let timeout = if self.proxy.has_requeued() || admin_requeued {
                 Some(Duration::ZERO)
             } else {
                 self.env.wheel.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(self.env.now)))
@@ -186,6 +194,7 @@ impl Server {
             }
             if flow == Flow::Go {
                 self.proxy.pump_requeued(&mut self.env);
+                self.pump_admin();
                 self.env.wheel.poll(self.env.now, &mut fired);
                 for timer in fired.drain(..) {
                     flow = self.on_timer(timer);
@@ -237,6 +246,16 @@ impl Server {
             None => {}
         }
         Flow::Go
+    }
+
+    /// Gives admin connections that used up their turn another one.
+    fn pump_admin(&mut self) {
+        let Some(admin) = self.admin.as_mut().filter(|a| a.has_requeued()) else {
+            return;
+        };
+        for touched in admin.pump_requeued(&View { env: &self.env, proxy: &self.proxy }) {
+            admin.rearm(touched, &mut self.env);
+        }
     }
 
     /// Counts finished probes and applies what they changed.
@@ -422,15 +441,29 @@ impl Server {
         info!("reloaded the config: {all} targets ({added} added, {removed} removed), {live} live");
     }
 
-    /// Moves the admin listener to `to`; the address it ends up on.
+    /// Moves the admin listener to `to`; the address it ends up on. A move to another address
+    /// on the same port (127.0.0.1:9000 to 0.0.0.0:9000) must close the old listener first.
     fn move_admin(&mut self, to: Option<SocketAddr>) -> Option<SocketAddr> {
-        let from = self.env.config.admin;
+        let (from, configured) = (self.admin_addr(), self.env.config.admin);
         let bound = match to {
             Some(addr) => match Admin::bind(addr, &self.env) {
                 Ok(admin) => Some(admin),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && from.is_some_and(|f| f.port() == addr.port()) => {
+                    if let Some(old) = self.admin.take() {
+                        old.close(&mut self.env);
+                    }
+                    match Admin::bind(addr, &self.env) {
+                        Ok(admin) => Some(admin),
+                        Err(e) => {
+                            error!("reload: cannot move the admin listener to {addr}: {e}; it stays where it was");
+                            self.admin = from.and_then(|f| Admin::bind(f, &self.env).ok());
+                            return configured;
+                        }
+                    }
+                }
                 Err(e) => {
                     error!("reload: cannot move the admin listener to {addr}: {e}; it stays where it was");
-                    return from;
+                    return configured;
                 }
             },
             None => None,

@@ -206,3 +206,100 @@ fn a_request_id_is_kept_or_made_and_reaches_the_target_and_the_json_log() {
     assert_eq!(entries[1]["request_id"], id.as_str());
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn a_client_pipelining_admin_requests_cannot_stall_the_proxy() {
+    let t = targets(1);
+    let proxy = Proxy::start(&t, "");
+    let admin = proxy.admin.expect("admin");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let stream = std::net::TcpStream::connect(admin).expect("admin connect");
+            let mut reader = stream.try_clone().expect("clone");
+            let drain = std::thread::spawn(move || {
+                let mut sink = [0u8; 65536];
+                while matches!(std::io::Read::read(&mut reader, &mut sink), Ok(n) if n > 0) {}
+            });
+            let batch = "GET /livez HTTP/1.1\r\nHost: a\r\n\r\n".repeat(4000);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut out = &stream;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                if out.write_all(batch.as_bytes()).is_err() {
+                    break;
+                }
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = drain.join();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(proxy.get("/").status, 200);
+        worst = worst.max(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().expect("flood");
+    assert!(worst < Duration::from_millis(500), "a proxied request waited {worst:?} behind the admin flood");
+}
+
+#[test]
+fn idle_admin_connections_cannot_lock_out_the_healthcheck() {
+    let t = targets(1);
+    let proxy = Proxy::start(&t, "\"admin_max_connections\": 2");
+    let admin = proxy.admin.expect("admin");
+    let mut squatters: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(admin).expect("connect");
+            s.write_all(b"G").expect("one byte");
+            s
+        })
+        .collect();
+    let probe = Command::new(common::proxy_bin())
+        .args(["--probe", &format!("http://{admin}/readyz")])
+        .output()
+        .expect("run the probe");
+    assert_eq!(probe.status.code(), Some(0), "{}", String::from_utf8_lossy(&probe.stderr));
+    squatters.clear();
+}
+
+#[test]
+fn an_admin_request_with_a_body_is_answered_and_its_body_never_read_as_a_request() {
+    let t = targets(1);
+    let proxy = Proxy::start(&t, "");
+    let mut c = Client::connect(proxy.admin.expect("admin"));
+    let hidden = "GET /livez HTTP/1.1\r\nHost: a\r\n\r\n";
+    c.send(format!("POST /livez HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{hidden}", hidden.len()).as_bytes());
+    let answer = c.read_response(false);
+    assert_eq!((answer.status, answer.header("connection")), (405, Some("close")));
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut c.stream, &mut rest);
+    assert!(rest.is_empty(), "nothing after the 405: {:?}", String::from_utf8_lossy(&rest));
+}
+
+#[test]
+fn a_busy_default_admin_port_turns_the_admin_off_but_a_named_one_is_fatal() {
+    let t = targets(1);
+    // Held here, or by someone else already: either way 127.0.0.1:9000 is busy.
+    let _held = std::net::TcpListener::bind("127.0.0.1:9000");
+    let config = std::env::temp_dir().join(format!("ringproxy-admin-default-{}.json", std::process::id()));
+    std::fs::write(&config, format!("{{\"ports\": [\"{}\"], \"listen\": \"127.0.0.1:0\"}}", t[0].url()))
+        .expect("config");
+    let proc = common::Proc::spawn(Command::new(common::proxy_bin()).arg("--config").arg(&config));
+    let line = proc.wait_line("admin endpoints off", Duration::from_secs(10));
+    assert!(line.contains("cannot listen on the default 127.0.0.1:9000"), "{line}");
+    proc.wait_line("listening on", Duration::from_secs(5));
+
+    std::fs::write(
+        &config,
+        format!("{{\"ports\": [\"{}\"], \"listen\": \"127.0.0.1:0\", \"admin\": \"127.0.0.1:9000\"}}", t[0].url()),
+    )
+    .expect("config");
+    let mut named = common::Proc::spawn(Command::new(common::proxy_bin()).arg("--config").arg(&config));
+    assert_eq!(named.wait_exit(Duration::from_secs(10)), Some(1), "{:?}", named.lines());
+    assert!(named.lines().iter().any(|l| l.contains("admin listener 127.0.0.1:9000")), "{:?}", named.lines());
+    let _ = std::fs::remove_file(&config);
+}

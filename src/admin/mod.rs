@@ -5,7 +5,13 @@
 //!
 //! An admin connection reads one request head at a time (8 KiB at most), answers it whole, and
 //! keeps the connection for the next one if the client wants that (the status page polls every
-//! second). It is closed after 10 s of silence, as a malformed or oversized request is.
+//! second). Each request must come within 10 s of the connection's start or the last answer,
+//! however slowly its bytes trickle in; when the connection limit is reached, the connection
+//! that has waited longest makes room for the new one, so a healthcheck always gets in. One
+//! event answers at most `TURN` requests, then the connection waits for the loop's next pass,
+//! as a proxy session does: a client pipelining requests cannot hold the loop. A connection that
+//! must close after its answer shuts its side and reads what the client still sends for a
+//! moment, so the answer is not destroyed by a reset.
 
 mod status;
 
@@ -19,7 +25,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 use slab::Slab;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 
 /// The admin listener's number in its token.
 pub const ADMIN_LISTENER: usize = 1;
@@ -27,8 +33,14 @@ pub const ADMIN_LISTENER: usize = 1;
 /// Longest admin request head.
 const MAX_HEAD: usize = 8 * 1024;
 
-/// How long an admin connection may stay silent.
+/// How long a request may take to arrive, from the connection's start or the last answer.
 const IDLE_MS: u64 = 10_000;
+
+/// How long a closing connection reads what its client still sends.
+const LINGER_MS: u64 = 2_000;
+
+/// Requests answered in one turn of one connection.
+const TURN: usize = 8;
 
 /// The status page, served from the binary: no external assets.
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -47,13 +59,33 @@ struct Conn {
     sent: usize,
     /// Close once `output` is sent.
     close_after: bool,
+    /// Our side is shut: what the client sends is dropped until it closes.
+    lingering: bool,
     timer: TimerId,
+    /// When the connection started waiting for its current request (loop ms).
+    waiting_since: u64,
 }
 
 pub struct Admin {
     listener: TcpListener,
     addr: SocketAddr,
     conns: Slab<Conn>,
+    /// Connections that used up their turn with work left.
+    requeued: Vec<usize>,
+}
+
+/// What became of an admin connection after a turn.
+pub enum Touched {
+    /// Still open; `answered`: it answered a request, so the next one gets a fresh deadline.
+    Open {
+        key: usize,
+        answered: bool,
+    },
+    /// Its answer is out and it lingers.
+    Lingering(usize),
+    /// Closed: its timer is to be cancelled.
+    Closed(TimerId),
+    Gone,
 }
 
 impl Admin {
@@ -61,7 +93,7 @@ impl Admin {
         let mut listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         env.registry.register(&mut listener, token(Kind::Listener(ADMIN_LISTENER)), Interest::READABLE)?;
-        Ok(Admin { listener, addr, conns: Slab::new() })
+        Ok(Admin { listener, addr, conns: Slab::new(), requeued: Vec::new() })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -76,7 +108,8 @@ impl Admin {
         }
     }
 
-    /// Accepts until the backlog is empty; over the limit, connections are closed at once.
+    /// Accepts until the backlog is empty. At the limit, the connection that has waited
+    /// longest for a request is closed to make room.
     pub fn accept(&mut self, env: &mut Env) {
         loop {
             let (mut stream, peer) = match self.listener.accept() {
@@ -89,8 +122,11 @@ impl Admin {
                 }
             };
             if self.conns.len() >= env.config.admin_max_connections {
-                debug!("admin: {peer} turned away over admin_max_connections");
-                continue;
+                let oldest = self.conns.iter().min_by_key(|(_, c)| c.waiting_since).map(|(key, _)| key);
+                if let Some(conn) = oldest.and_then(|key| self.conns.try_remove(key)) {
+                    debug!("admin: admin_max_connections reached; closed the connection waiting longest");
+                    env.wheel.cancel(conn.timer);
+                }
             }
             let entry = self.conns.vacant_entry();
             let key = entry.key();
@@ -106,19 +142,44 @@ impl Admin {
                 output: Vec::new(),
                 sent: 0,
                 close_after: false,
+                lingering: false,
                 timer,
+                waiting_since: env.now,
             });
         }
     }
 
     /// Serves what an event allows. The view borrows the loop's state, so the connection's
-    /// timer is re-armed after, by `rearm` with the returned `Touched`.
+    /// timer is dealt with after, by `rearm` with the returned `Touched`.
     pub fn on_event(&mut self, key: usize, event: &mio::event::Event, view: &View<'_>) -> Touched {
+        match self.conns.get_mut(key) {
+            Some(conn) => conn.ready.update(event),
+            None => return Touched::Gone,
+        }
+        self.turn(key, view)
+    }
+
+    pub fn has_requeued(&self) -> bool {
+        !self.requeued.is_empty()
+    }
+
+    /// Gives the connections that used up their turn another one.
+    pub fn pump_requeued(&mut self, view: &View<'_>) -> Vec<Touched> {
+        let keys = std::mem::take(&mut self.requeued);
+        keys.into_iter().map(|key| self.turn(key, view)).collect()
+    }
+
+    /// One turn of one connection.
+    fn turn(&mut self, key: usize, view: &View<'_>) -> Touched {
         let Some(conn) = self.conns.get_mut(key) else {
             return Touched::Gone;
         };
-        conn.ready.update(event);
-        let mut open = serve(conn, view).is_ok();
+        let was_lingering = conn.lingering;
+        let outcome = match conn.lingering {
+            true => linger(conn),
+            false => serve(conn, view),
+        };
+        let mut open = outcome.is_ok();
         if open {
             let interest = if conn.sent < conn.output.len() {
                 Interest::READABLE | Interest::WRITABLE
@@ -127,72 +188,106 @@ impl Admin {
             };
             open = view.env.registry.reregister(&mut conn.stream, token(Kind::Admin(key)), interest).is_ok();
         }
-        match open {
-            true => Touched::Open(key),
-            false => self.conns.try_remove(key).map_or(Touched::Gone, |conn| Touched::Closed(conn.timer)),
+        let Turn { answered, more } = match outcome {
+            Ok(turn) if open => turn,
+            _ => return self.conns.try_remove(key).map_or(Touched::Gone, |conn| Touched::Closed(conn.timer)),
+        };
+        if more {
+            self.requeued.push(key);
         }
+        if conn.lingering && !was_lingering {
+            return Touched::Lingering(key);
+        }
+        if answered {
+            conn.waiting_since = view.env.now;
+        }
+        Touched::Open { key, answered }
     }
 
-    /// Restarts the idle timer of a connection that moved, or cancels that of one that closed.
+    /// Gives a connection that answered a fresh deadline for its next request, a lingering one
+    /// its short one, or cancels the timer of one that closed.
     pub fn rearm(&mut self, touched: Touched, env: &mut Env) {
-        match touched {
-            Touched::Open(key) => {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    env.wheel.cancel(conn.timer);
-                    conn.timer = env.wheel.insert(env.now + IDLE_MS, Timer::Admin(key));
-                }
-            }
-            Touched::Closed(timer) => env.wheel.cancel(timer),
-            Touched::Gone => {}
+        let (key, delay) = match touched {
+            Touched::Open { key, answered: true } => (key, IDLE_MS),
+            Touched::Lingering(key) => (key, LINGER_MS),
+            Touched::Closed(timer) => return env.wheel.cancel(timer),
+            Touched::Open { answered: false, .. } | Touched::Gone => return,
+        };
+        if let Some(conn) = self.conns.get_mut(key) {
+            env.wheel.cancel(conn.timer);
+            conn.timer = env.wheel.insert(env.now + delay, Timer::Admin(key));
         }
     }
 
-    /// A connection stayed silent too long.
+    /// A connection's deadline passed.
     pub fn on_timer(&mut self, key: usize) {
         if self.conns.try_remove(key).is_some() {
-            debug!("admin: connection idle for {IDLE_MS} ms, closed");
+            debug!("admin: connection closed at its deadline");
         }
     }
-}
-
-/// What became of an admin connection after an event.
-pub enum Touched {
-    Open(usize),
-    /// Closed: its timer is to be cancelled.
-    Closed(TimerId),
-    Gone,
 }
 
 /// Why a connection must close now.
 struct Done;
 
-/// Writes what is pending, reads, and answers every whole request that came.
-fn serve(conn: &mut Conn, view: &View<'_>) -> Result<(), Done> {
+/// What one turn did.
+struct Turn {
+    answered: bool,
+    /// The turn ended with work left: another turn is due without a new event.
+    more: bool,
+}
+
+/// Writes what is pending, reads, and answers the whole requests that came, up to `TURN`.
+fn serve(conn: &mut Conn, view: &View<'_>) -> Result<Turn, Done> {
+    let mut answered = 0;
     loop {
         while conn.sent < conn.output.len() {
             match conn.ready.write(&mut conn.stream, &conn.output[conn.sent..], &[]) {
                 Io::Bytes(n) => conn.sent += n,
                 Io::Retry => {}
-                Io::Blocked | Io::Eof => return Ok(()),
+                Io::Blocked | Io::Eof => return Ok(Turn { answered: answered > 0, more: false }),
                 Io::Failed(_) => return Err(Done),
             }
         }
         if conn.close_after {
-            return Err(Done);
+            // Our FIN goes first; what the client still sends is read and dropped.
+            if conn.stream.shutdown(Shutdown::Write).is_err() {
+                return Err(Done);
+            }
+            conn.lingering = true;
+            conn.input = Vec::new();
+            return linger(conn).map(|_| Turn { answered: true, more: false });
         }
         conn.output.clear();
         conn.sent = 0;
+        if answered == TURN {
+            return Ok(Turn { answered: true, more: true });
+        }
         if answer_one(conn, view) {
+            answered += 1;
             continue;
         }
         let mut chunk = [0u8; 2048];
         match conn.ready.read(&mut conn.stream, &mut chunk) {
             Io::Bytes(n) => conn.input.extend_from_slice(&chunk[..n]),
             Io::Retry => {}
-            Io::Blocked => return Ok(()),
+            Io::Blocked => return Ok(Turn { answered: answered > 0, more: false }),
             Io::Eof | Io::Failed(_) => return Err(Done),
         }
     }
+}
+
+/// Reads and drops what a closing connection's client still sends; its close ends it.
+fn linger(conn: &mut Conn) -> Result<Turn, Done> {
+    let mut sink = [0u8; 2048];
+    for _ in 0..TURN {
+        match conn.ready.read(&mut conn.stream, &mut sink) {
+            Io::Bytes(_) | Io::Retry => {}
+            Io::Blocked => return Ok(Turn { answered: false, more: false }),
+            Io::Eof | Io::Failed(_) => return Err(Done),
+        }
+    }
+    Ok(Turn { answered: false, more: true })
 }
 
 /// Answers the first request in `conn.input` if a whole head is there; whether it did.
@@ -207,7 +302,10 @@ fn answer_one(conn: &mut Conn, view: &View<'_>) -> bool {
         Err(_) => (Some(400), conn.input.len()),
     };
     let method = request.method.unwrap_or("");
-    let close = status.is_some() || request.version == Some(0) || wants_close(request.headers);
+    // A request with a body is answered and the connection closed: the body is never read as
+    // the next request.
+    let close =
+        status.is_some() || request.version == Some(0) || wants_close(request.headers) || has_body(request.headers);
     let path = request.path.unwrap_or("/");
     let answer = match status {
         Some(status) => Answer::text(status, "bad request\n"),
@@ -217,6 +315,13 @@ fn answer_one(conn: &mut Conn, view: &View<'_>) -> bool {
     conn.close_after = close;
     conn.input.drain(..len);
     true
+}
+
+fn has_body(fields: &[httparse::Header<'_>]) -> bool {
+    fields.iter().any(|f| {
+        f.name.eq_ignore_ascii_case("transfer-encoding")
+            || (f.name.eq_ignore_ascii_case("content-length") && f.value.trim_ascii() != b"0")
+    })
 }
 
 fn wants_close(fields: &[httparse::Header<'_>]) -> bool {

@@ -97,6 +97,9 @@ pub struct Config {
     pub access_log_format: LogFormat,
     /// The admin listener (metrics, status, health endpoints); `None`: off.
     pub admin: Option<SocketAddr>,
+    /// The file named `admin`: failing to listen there is fatal. The default address is taken
+    /// only if free, so that a port already in use on the host never stops the proxy.
+    pub admin_named: bool,
     /// Admin connections beyond this are closed at once.
     pub admin_max_connections: usize,
     /// Longest pause in a request body before 408.
@@ -283,6 +286,7 @@ impl RawConfig {
             access_log,
             access_log_format,
             admin,
+            admin_named: self.admin.is_some(),
             admin_max_connections: self.admin_max_connections,
             client_body_timeout,
             max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),

@@ -140,6 +140,10 @@ impl Prober {
     pub fn on_event(&mut self, key: usize, event: &mio::event::Event, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
         let probe = self.probes.get_mut(key)?;
         probe.ready.update(event);
+        if cx.targets.get(probe.target).is_none() {
+            // A reload removed it, and its slot may hold another target's request now.
+            return self.conclude(key, Progress::Failed("target is gone"), cx);
+        }
         let request = self.requests.get(probe.target.slot()).map_or(&[][..], Vec::as_slice);
         let progress = drive(probe, request);
         self.conclude(key, progress, cx)

@@ -86,6 +86,7 @@ pub struct TargetMetrics {
     pub changed: f64,
     probes: [u64; 2],
     pub last_probe: Option<ProbeNote>,
+    /// Requests whose duration fell in each bucket (not cumulative).
     duration_buckets: [u64; BUCKETS_MS.len()],
     duration_sum_ms: u64,
     duration_count: u64,
@@ -252,8 +253,9 @@ impl Metrics {
                 if let Some(n) = m.responses.get_mut(usize::from(e.status / 100).wrapping_sub(1)) {
                     *n += 1;
                 }
-                let bucket = BUCKETS_MS.iter().position(|&b| e.duration_ms <= b).unwrap_or(BUCKETS_MS.len());
-                for n in &mut m.duration_buckets[bucket..] {
+                // One bucket per request; `render` sums them into Prometheus' cumulative form.
+                if let Some(n) = BUCKETS_MS.iter().position(|&b| e.duration_ms <= b).map(|i| &mut m.duration_buckets[i])
+                {
                     *n += 1;
                 }
                 m.duration_sum_ms += e.duration_ms;
@@ -262,7 +264,7 @@ impl Metrics {
             }
             None => self.answered_locally(e.status),
         }
-        if e.trace.retried() {
+        if e.trace.len() > 1 {
             self.feed_failover(e);
         }
     }
@@ -395,8 +397,10 @@ fn render_targets(o: &mut String, m: &Metrics, targets: &[TargetView<'_>]) {
     let name = "ringproxy_target_request_duration_seconds";
     family(o, name, "histogram", "Time from a request's head to the end of its response, for relayed responses.");
     for (url, _, tm) in &rows {
+        let mut cumulative = 0;
         for (bound, n) in BUCKETS_MS.iter().zip(tm.duration_buckets) {
-            let _ = writeln!(o, "{name}_bucket{{target=\"{url}\",le=\"{}\"}} {n}", *bound as f64 / 1000.0);
+            cumulative += n;
+            let _ = writeln!(o, "{name}_bucket{{target=\"{url}\",le=\"{}\"}} {cumulative}", *bound as f64 / 1000.0);
         }
         let _ = writeln!(o, "{name}_bucket{{target=\"{url}\",le=\"+Inf\"}} {}", tm.duration_count);
         let _ = writeln!(o, "{name}_sum{{target=\"{url}\"}} {}", tm.duration_sum_ms as f64 / 1000.0);

@@ -70,8 +70,8 @@ pub struct Resources {
     pub exchanges: ExchangePool,
     /// The next request's sequence number, for the ring.
     pub seq: u64,
-    /// Random per process: generated request ids are this and the sequence number.
-    pub id_base: u64,
+    /// Random per process, in hex: generated request ids are this and the sequence number.
+    pub id_prefix: [u8; 16],
 }
 
 /// Everything a session may touch besides itself, for one call.
@@ -89,7 +89,7 @@ pub struct Ctx<'a> {
     pub upstreams: &'a mut Upstreams,
     pub exchanges: &'a mut ExchangePool,
     pub seq: &'a mut u64,
-    pub id_base: u64,
+    pub id_prefix: &'a [u8; 16],
 }
 
 impl<'a> Ctx<'a> {
@@ -108,7 +108,7 @@ impl<'a> Ctx<'a> {
             upstreams: &mut res.upstreams,
             exchanges: &mut res.exchanges,
             seq: &mut res.seq,
-            id_base: res.id_base,
+            id_prefix: &res.id_prefix,
         }
     }
 
@@ -174,6 +174,16 @@ pub fn random_seed() -> u64 {
     (nanos ^ u64::from(std::process::id()).rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// `n` as 16 lowercase hex digits.
+pub fn hex(n: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[(n >> (60 - 4 * i) & 0xf) as usize];
+    }
+    out
+}
+
 /// What the loop should do with a session after pumping it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -205,7 +215,7 @@ impl Proxy {
                 upstreams: Upstreams::new(config.targets.len()),
                 exchanges: ExchangePool::default(),
                 seq: 0,
-                id_base: random_seed(),
+                id_prefix: hex(random_seed()),
             },
             requeued: Vec::new(),
             spare: Vec::new(),

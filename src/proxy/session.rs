@@ -447,7 +447,7 @@ impl Session {
         let uout = buffer::ensure(&mut self.uout, cx.buffers);
         uout.clear();
         let seq = *cx.seq;
-        let id = request_id(cx.id_base, seq);
+        let id = request_id(cx.id_prefix, seq);
         let fwd =
             Forwarding { client_ip: self.client.peer().ip(), path_prefix: cx.config.path_prefix(), request_id: &id };
         let max_head = cx.config.max_request_head;
@@ -1030,15 +1030,12 @@ impl Session {
     }
 }
 
-/// A request id for a request that came without one: 32 hex digits, the process's random base
+/// A request id for a request that came without one: 32 hex digits, the process's random part
 /// and the request's sequence number, so ids never repeat within a run and rarely across runs.
-fn request_id(base: u64, seq: u64) -> [u8; 32] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+fn request_id(prefix: &[u8; 16], seq: u64) -> [u8; 32] {
     let mut id = [0u8; 32];
-    for (i, digit) in id.iter_mut().enumerate() {
-        let word = if i < 16 { base } else { seq };
-        *digit = HEX[(word >> (60 - 4 * (i % 16)) & 0xf) as usize];
-    }
+    id[..16].copy_from_slice(prefix);
+    id[16..].copy_from_slice(&super::hex(seq));
     id
 }
 
