@@ -42,6 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import loopback
+from loopback import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PROXIES = ["ringproxy", "haproxy", "nginx"]
@@ -83,21 +86,8 @@ def ensure_tools(perf):
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port, within=15.0):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"compare: nothing listens on 127.0.0.1:{port}")
+    loopback.wait_port(port, within, "compare")
 
 
 def wait_port_free(port, within=15.0):

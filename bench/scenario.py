@@ -24,13 +24,14 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from loopback import can_connect, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = 5
@@ -68,12 +69,6 @@ def wait_until(what, check, within=30.0):
             return
         time.sleep(0.05)
     raise SystemExit(f"scenario: timed out after {within:.0f} s waiting for {what}")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port, path="/"):
@@ -136,14 +131,6 @@ class Local:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         self.config.unlink(missing_ok=True)
-
-
-def can_connect(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def compose_command():
