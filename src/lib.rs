@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod discovery;
 pub mod health;
 pub mod http;
 pub mod observe;

@@ -7,8 +7,9 @@
 //! costs at most one wasted syscall, never a wrong action.
 
 use crate::admin::{self, Admin, View};
-use crate::balance::Targets;
-use crate::config::{Config, ConfigError};
+use crate::balance::{Reconciled, Targets};
+use crate::config::{Config, ConfigError, MAX_TARGETS};
+use crate::discovery::Discovery;
 use crate::health::probe::{ProbeResult, Prober};
 use crate::health::Health;
 use crate::observe::accesslog::AccessLog;
@@ -55,6 +56,7 @@ pub struct Server {
     probe_results: Vec<ProbeResult>,
     admin: Option<Admin>,
     reload: Reload,
+    discovery: Discovery,
 }
 
 /// A config file read and checked off the loop, with the access log it names opened if that
@@ -96,10 +98,19 @@ impl Server {
             .targets
             .iter()
             .map(|t| match t.literal_addr() {
-                Some(addr) => Some(addr),
-                None => resolve::lookup(t.bare_host(), t.port)
-                    .map_err(|e| warn!("target {} down: {e} (probing every {:?})", t.url, config.sleeping))
-                    .ok(),
+                Some(addr) => vec![addr],
+                None => match resolve::lookup_all(t.bare_host(), t.port) {
+                    Ok(all) if t.discover => all,
+                    Ok(all) => resolve::preferred(&all).into_iter().collect(),
+                    Err(e) if t.discover => {
+                        warn!("{}: {e}; looking it up again every {:?}", t.url, config.resolve_interval);
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        warn!("target {} down: {e} (probing every {:?})", t.url, config.sleeping);
+                        Vec::new()
+                    }
+                },
             })
             .collect();
         let seed = crate::proxy::random_seed();
@@ -137,6 +148,8 @@ impl Server {
             let live = env.targets.is_live(id);
             env.health.schedule_probe(id, live, &env.config, &mut env.wheel, 0);
         }
+        let mut discovery = Discovery::start(Arc::clone(&waker))?;
+        discovery.round(&env.config, &mut env.wheel, 0);
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -150,6 +163,7 @@ impl Server {
             probe_results: Vec::new(),
             admin,
             reload,
+            discovery,
         })
     }
 
@@ -237,6 +251,7 @@ impl Server {
             }
             Some(Kind::Waker) => {
                 self.take_reload();
+                self.take_discoveries();
                 let mut results = std::mem::take(&mut self.probe_results);
                 self.prober.resolved(&mut self.env.probe_cx(), &mut results);
                 self.apply_probes(results.drain(..));
@@ -302,6 +317,7 @@ impl Server {
                     admin.on_timer(key);
                 }
             }
+            Timer::Discover => self.discovery.due(&self.env.config, &mut self.env.wheel, self.env.now),
             Timer::AcceptRetry => {
                 self.accept_paused = false;
                 self.accept();
@@ -414,8 +430,27 @@ impl Server {
             self.env.log.replace(log);
         }
         self.env.log.set_format(config.access_log_format);
+        self.env.targets.configure(&config);
+        let changes = self.env.targets.reconcile(&config.targets, self.env.now);
+        self.env.config = config;
+        self.targets_changed(&changes);
         let env = &mut self.env;
-        let changes = env.targets.reconcile(&config.targets);
+        let ids: Vec<_> = env.targets.ids().collect();
+        for id in ids {
+            let live = env.targets.is_live(id);
+            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, env.now);
+        }
+        self.discovery.round(&env.config, &mut env.wheel, env.now);
+        env.metrics.reloaded(true);
+        let (live, all) = (env.targets.live_count(), env.targets.len());
+        let (added, removed) = (changes.added.len(), changes.removed.len());
+        info!("reloaded the config: {all} targets ({added} added, {removed} removed), {live} live");
+    }
+
+    /// The target table changed (a reload, a lookup of a discovered name): every per-target
+    /// store follows it, and a new target out of the rotation is probed at once.
+    fn targets_changed(&mut self, changes: &Reconciled) {
+        let env = &mut self.env;
         for &id in &changes.removed {
             env.health.target_removed(id, &mut env.wheel);
             env.metrics.target_removed(id);
@@ -427,18 +462,28 @@ impl Server {
                 env.health.probe_now(id, &mut env.wheel, env.now);
             }
         }
-        self.proxy.targets_changed(&changes.added, &changes.removed);
-        env.config = config;
-        self.prober.reconfigure(&env.config, &env.targets);
-        let ids: Vec<_> = env.targets.ids().collect();
-        for id in ids {
-            let live = env.targets.is_live(id);
-            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, env.now);
+        if changes.refused > 0 {
+            warn!("{} addresses left out: the table holds {MAX_TARGETS} targets at most", changes.refused);
         }
-        env.metrics.reloaded(true);
-        let (live, all) = (env.targets.live_count(), env.targets.len());
-        let (added, removed) = (changes.added.len(), changes.removed.len());
-        info!("reloaded the config: {all} targets ({added} added, {removed} removed), {live} live");
+        self.proxy.targets_changed(&changes.added, &changes.removed);
+        self.prober.reconfigure(&env.config, &env.targets);
+    }
+
+    /// Applies what lookups of discovered names found.
+    fn take_discoveries(&mut self) {
+        for (index, addrs) in self.discovery.answers(&self.env.config) {
+            let entry = self.env.config.targets[index].clone();
+            let changes = self.env.targets.discovered(index, &entry, &addrs);
+            if changes.added.is_empty() && changes.removed.is_empty() {
+                continue;
+            }
+            let (added, removed) = (changes.added.len(), changes.removed.len());
+            info!("{}: {} addresses ({added} new, {removed} gone)", entry.url, addrs.len());
+            for &id in &changes.removed {
+                info!("target {} gone: its name no longer resolves to it", self.env.targets.url(id));
+            }
+            self.targets_changed(&changes);
+        }
     }
 
     /// Moves the admin listener to `to`; the address it ends up on. A move to another address

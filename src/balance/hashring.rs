@@ -2,17 +2,17 @@
 //! `live[seq % live.len()]` where `seq` is the request's sequence number, so load spreads evenly
 //! over whatever is live and adapts as targets leave and come back.
 
-use super::{TargetId, TargetSet};
+use super::{Rank, TargetId, TargetSet};
 
 pub struct HashRing {
     /// Live targets with their place in the config's `ports`, in that order.
-    live: Vec<(usize, TargetId)>,
+    live: Vec<(Rank, TargetId)>,
 }
 
 impl HashRing {
     /// The ring over `live`, each target with its place in the config.
-    pub fn new(live: impl IntoIterator<Item = (usize, TargetId)>) -> HashRing {
-        let mut live: Vec<(usize, TargetId)> = live.into_iter().collect();
+    pub fn new(live: impl IntoIterator<Item = (Rank, TargetId)>) -> HashRing {
+        let mut live: Vec<(Rank, TargetId)> = live.into_iter().collect();
         live.sort_by_key(|&(rank, _)| rank);
         HashRing { live }
     }
@@ -34,7 +34,7 @@ impl HashRing {
     }
 
     /// Puts `id`, `rank`th in the config, back into the rotation in config order.
-    pub fn insert(&mut self, id: TargetId, rank: usize) {
+    pub fn insert(&mut self, id: TargetId, rank: Rank) {
         if !self.live.iter().any(|&(_, t)| t == id) {
             let at = self.live.partition_point(|&(r, _)| r < rank);
             self.live.insert(at, (rank, id));
@@ -58,8 +58,8 @@ mod tests {
         (0..n).map(TargetId::first).collect()
     }
 
-    fn ranked(ids: &[TargetId]) -> Vec<(usize, TargetId)> {
-        ids.iter().map(|&id| (id.slot(), id)).collect()
+    fn ranked(ids: &[TargetId]) -> Vec<(Rank, TargetId)> {
+        ids.iter().map(|&id| ((id.slot(), None), id)).collect()
     }
 
     #[test]
@@ -82,8 +82,8 @@ mod tests {
             counts[ring.pick(seq, &TargetSet::default()).expect("live").slot()] += 1;
         }
         assert_eq!(counts, [10, 10, 0, 10, 10]);
-        ring.insert(t[2], 2);
-        ring.insert(t[2], 2);
+        ring.insert(t[2], (2, None));
+        ring.insert(t[2], (2, None));
         assert_eq!(ring.pick(2, &TargetSet::default()), Some(t[2]));
         assert_eq!(ring.len(), 5);
     }

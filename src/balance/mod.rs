@@ -1,13 +1,20 @@
-//! Which target serves a request: the target table and the policy over its live targets.
+//! Which target serves a request: the target table, and the policy that picks among its live
+//! targets, one file per policy behind one call (`Targets::pick`). The retry and failover rules
+//! are the session's and the same for every policy: a policy only ever sees live targets the
+//! request has not tried yet.
 //!
 //! A target is known by a `TargetId`, its slot in the table and the slot's generation, for as
 //! long as it exists. Pools, traces, tried-sets and probes keep ids, never positions, so a target
-//! added or removed at run time can never make one of them point at another target. Today the
-//! table is the config's `ports` in order and the one policy is the prototype's HashRing.
+//! added or removed at run time (a reload, a discovered address) can never make one of them
+//! point at another target.
 
+pub mod hash;
 pub mod hashring;
+pub mod least_conn;
+pub mod p2c;
+pub mod round_robin;
 
-use crate::config::{Config, TargetSpec, MAX_TARGETS};
+use crate::config::{Config, Policy, TargetSpec, MAX_TARGETS};
 use hashring::HashRing;
 use std::net::SocketAddr;
 
@@ -44,21 +51,72 @@ impl TargetSet {
     }
 }
 
+/// Where a target sits in the rotation's order: its entry in `ports`, then, for one of the
+/// addresses a discovered name stands for, the address.
+pub(crate) type Rank = (usize, Option<SocketAddr>);
+
+/// A `discover` entry of `ports`: the name and port whose addresses are targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Group {
+    fn of(spec: &TargetSpec) -> Group {
+        Group { host: spec.bare_host().to_ascii_lowercase(), port: spec.port }
+    }
+}
+
 pub struct Target {
     pub id: TargetId,
     pub spec: TargetSpec,
     /// Where it is, once its name resolved (at once for an IP literal).
     pub addr: Option<SocketAddr>,
-    /// Its place in the config's `ports`: the ring keeps live targets in this order.
-    rank: usize,
+    /// The discovered name this target is one address of.
+    pub group: Option<Group>,
+    rank: Rank,
     live: bool,
+    /// Attempts on it in flight: connecting, sending, or waiting for or relaying its answer.
+    in_flight: u32,
+    /// Smooth weighted round robin's running weight.
+    current: i64,
+    /// The request sequence number it was last picked for: ties go to the one left longest.
+    last_pick: u64,
+    /// When it joined the rotation at run time (revived, added), for slow start; `None` for
+    /// a target live since the start.
+    up_since: Option<u64>,
+    /// A hash of its URL, for consistent hashing: the same target keeps its keys whatever
+    /// slot it is in.
+    key: u64,
 }
 
-/// What a reload changed in the table.
+impl Target {
+    fn new(id: TargetId, spec: TargetSpec, addr: Option<SocketAddr>, group: Option<Group>, rank: Rank) -> Target {
+        let key = hash::fnv1a(spec.url.as_bytes());
+        let live = addr.is_some() && group.is_none();
+        Target { id, spec, addr, group, rank, live, in_flight: 0, current: 0, last_pick: 0, up_since: None, key }
+    }
+}
+
+/// What a policy may know of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub seq: u64,
+    /// The `hash_key`'s hash, for the `hash` policy.
+    pub key: u64,
+    pub tried: &'a TargetSet,
+    /// The loop's clock, for slow start.
+    pub now: u64,
+}
+
+/// What a reload or a lookup changed in the table.
 #[derive(Debug, Default)]
 pub struct Reconciled {
     pub added: Vec<TargetId>,
     pub removed: Vec<TargetId>,
+    /// Addresses left out: the table holds `MAX_TARGETS` at most.
+    pub refused: usize,
 }
 
 /// The targets, and which of them are in the rotation.
@@ -68,25 +126,77 @@ pub struct Targets {
     /// The generation the next target in each slot gets.
     next_generation: Vec<u16>,
     ring: HashRing,
+    policy: Policy,
+    slow_start_ms: u64,
+    /// For `p2c`'s random choices (xorshift64*: no crate, no syscall).
+    rng: u64,
 }
 
 impl Targets {
-    /// The config's targets; `addrs[i]` is target i's address if known at start, and a target
-    /// without one starts out of the rotation.
-    pub fn new(config: &Config, addrs: Vec<Option<SocketAddr>>) -> Targets {
-        let slots: Vec<Option<Target>> = config
-            .targets
-            .iter()
-            .zip(addrs)
-            .enumerate()
-            .map(|(i, (spec, addr))| {
-                Some(Target { id: TargetId::first(i), spec: spec.clone(), live: addr.is_some(), addr, rank: i })
-            })
-            .collect();
-        let next_generation = vec![1; slots.len()];
-        let mut targets = Targets { slots, next_generation, ring: HashRing::new([]) };
+    /// The config's targets. `addrs[i]` is what entry i of `ports` resolved to at start: a
+    /// listed target without an address starts out of the rotation, and each address of a
+    /// `discover` entry is a target of its own, live from the start.
+    pub fn new(config: &Config, addrs: Vec<Vec<SocketAddr>>) -> Targets {
+        let mut targets = Targets {
+            slots: Vec::new(),
+            next_generation: Vec::new(),
+            ring: HashRing::new([]),
+            policy: config.policy,
+            slow_start_ms: 0,
+            rng: hash::fnv1a(&std::process::id().to_le_bytes()) | 1,
+        };
+        targets.configure(config);
+        for (i, (spec, found)) in config.targets.iter().zip(addrs).enumerate() {
+            if spec.discover {
+                let group = Group::of(spec);
+                for addr in found {
+                    let member = member_spec(spec, addr);
+                    if let Some(id) = targets.add(member, Some(addr), Some(group.clone()), (i, Some(addr))) {
+                        targets.set_live(id, true);
+                    }
+                }
+            } else {
+                let addr = found.first().copied();
+                targets.add(spec.clone(), addr, None, (i, None));
+            }
+        }
         targets.rebuild_ring();
         targets
+    }
+
+    /// Takes the policy and slow start of a (re)loaded config.
+    pub fn configure(&mut self, config: &Config) {
+        self.policy = config.policy;
+        self.slow_start_ms = u64::try_from(config.slow_start.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    /// Puts a target in the first free slot under the slot's next generation.
+    fn add(
+        &mut self,
+        spec: TargetSpec,
+        addr: Option<SocketAddr>,
+        group: Option<Group>,
+        rank: Rank,
+    ) -> Option<TargetId> {
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None if self.slots.len() < MAX_TARGETS => {
+                self.slots.push(None);
+                self.next_generation.push(0);
+                self.slots.len() - 1
+            }
+            None => return None,
+        };
+        let id = TargetId { slot: slot as u16, generation: self.next_generation[slot] };
+        self.next_generation[slot] = self.next_generation[slot].wrapping_add(1);
+        self.slots[slot] = Some(Target::new(id, spec, addr, group, rank));
+        Some(id)
+    }
+
+    fn set_live(&mut self, id: TargetId, live: bool) {
+        if let Some(t) = self.slot_mut(id) {
+            t.live = live;
+        }
     }
 
     fn rebuild_ring(&mut self) {
@@ -101,39 +211,77 @@ impl Targets {
         self.slots.get_mut(id.slot())?.as_mut().filter(|t| t.id == id)
     }
 
-    /// Makes the table match a reloaded config's `ports`: a target the new list still names
-    /// (same host and port) keeps its id, its state and its connections; one it no longer names
-    /// leaves; a new one takes a free slot under a new id, live at once when its address is an
-    /// IP literal, otherwise out of the rotation until a probe has looked up its name and
-    /// passed.
-    pub fn reconcile(&mut self, specs: &[TargetSpec]) -> Reconciled {
-        let same = |a: &TargetSpec, b: &TargetSpec| a.port == b.port && a.host.eq_ignore_ascii_case(&b.host);
+    /// Makes the table match a reloaded config's `ports`. A listed target the new list still
+    /// names (same host and port) keeps its id, its state and its connections, and so do the
+    /// addresses of a `discover` name it still names; the rest leave. A new listed target takes
+    /// a free slot under a new id, live at once when its address is an IP literal, otherwise
+    /// out of the rotation until a probe has looked up its name and passed. A new `discover`
+    /// name gets its addresses from its first lookup.
+    pub fn reconcile(&mut self, specs: &[TargetSpec], now: u64) -> Reconciled {
+        let listed =
+            |a: &TargetSpec, b: &TargetSpec| !b.discover && a.port == b.port && a.host.eq_ignore_ascii_case(&b.host);
         let mut changes = Reconciled::default();
         for slot in &mut self.slots {
-            if let Some(t) = slot.as_ref().filter(|t| !specs.iter().any(|s| same(s, &t.spec))) {
-                changes.removed.push(t.id);
-                *slot = None;
+            let Some(t) = slot.as_mut() else { continue };
+            let entry = match &t.group {
+                Some(group) => specs.iter().position(|s| s.discover && Group::of(s) == *group),
+                None => specs.iter().position(|s| listed(&t.spec, s)),
+            };
+            match entry {
+                Some(i) => {
+                    t.rank = (i, t.rank.1);
+                    t.spec = match (&t.group, t.addr) {
+                        (Some(_), Some(addr)) => member_spec(&specs[i], addr),
+                        _ => specs[i].clone(),
+                    };
+                }
+                None => {
+                    changes.removed.push(t.id);
+                    *slot = None;
+                }
             }
         }
-        for (rank, spec) in specs.iter().enumerate() {
-            if let Some(t) = self.slots.iter_mut().flatten().find(|t| same(&t.spec, spec)) {
-                t.spec = spec.clone();
-                t.rank = rank;
+        for (i, spec) in specs.iter().enumerate().filter(|(_, s)| !s.discover) {
+            if self.iter().any(|t| t.group.is_none() && listed(&t.spec, spec)) {
                 continue;
             }
-            let slot = match self.slots.iter().position(Option::is_none) {
-                Some(free) => free,
-                None => {
-                    self.slots.push(None);
-                    self.next_generation.push(0);
-                    self.slots.len() - 1
+            match self.add(spec.clone(), spec.literal_addr(), None, (i, None)) {
+                Some(id) => {
+                    changes.added.push(id);
+                    if let Some(t) = self.slot_mut(id).filter(|t| t.live) {
+                        t.up_since = Some(now);
+                    }
                 }
-            };
-            let id = TargetId { slot: slot as u16, generation: self.next_generation[slot] };
-            self.next_generation[slot] = self.next_generation[slot].wrapping_add(1);
-            let addr = spec.literal_addr();
-            self.slots[slot] = Some(Target { id, spec: spec.clone(), addr, rank, live: addr.is_some() });
-            changes.added.push(id);
+                None => changes.refused += 1,
+            }
+        }
+        self.rebuild_ring();
+        changes
+    }
+
+    /// A lookup of a discovered name answered `addrs`: addresses that vanished leave (their
+    /// requests in flight finish), new ones join the table out of the rotation, to come in
+    /// when a probe passes.
+    /// `index` is the name's entry in `ports`.
+    pub fn discovered(&mut self, index: usize, entry: &TargetSpec, addrs: &[SocketAddr]) -> Reconciled {
+        let (group, i) = (Group::of(entry), index);
+        let mut changes = Reconciled::default();
+        for slot in &mut self.slots {
+            if let Some(t) = slot.as_ref().filter(|t| t.group.as_ref() == Some(&group)) {
+                if !t.addr.is_some_and(|a| addrs.contains(&a)) {
+                    changes.removed.push(t.id);
+                    *slot = None;
+                }
+            }
+        }
+        for &addr in addrs {
+            if self.iter().any(|t| t.group.as_ref() == Some(&group) && t.addr == Some(addr)) {
+                continue;
+            }
+            match self.add(member_spec(entry, addr), Some(addr), Some(group.clone()), (i, Some(addr))) {
+                Some(id) => changes.added.push(id),
+                None => changes.refused += 1,
+            }
         }
         self.rebuild_ring();
         changes
@@ -148,7 +296,8 @@ impl Targets {
         self.iter().map(|t| t.id)
     }
 
-    /// The URL as configured, for log lines; `-` for a target that is gone.
+    /// The URL as configured (for a discovered address, with the address as its host), for log
+    /// lines; `-` for a target that is gone.
     pub fn url(&self, id: TargetId) -> &str {
         self.get(id).map_or("-", |t| t.spec.url.as_str())
     }
@@ -158,7 +307,7 @@ impl Targets {
     }
 
     pub fn set_addr(&mut self, id: TargetId, addr: SocketAddr) {
-        if let Some(t) = self.slot_mut(id) {
+        if let Some(t) = self.slot_mut(id).filter(|t| t.group.is_none()) {
             t.addr = Some(addr);
         }
     }
@@ -179,17 +328,38 @@ impl Targets {
         }
     }
 
-    /// Puts `id` back into the rotation; whether it was out.
-    pub fn mark_up(&mut self, id: TargetId) -> bool {
+    /// Puts `id` back into the rotation at `now` (slow start counts from then); whether it
+    /// was out.
+    pub fn mark_up(&mut self, id: TargetId, now: u64) -> bool {
         match self.slot_mut(id).filter(|t| !t.live) {
             Some(t) => {
                 t.live = true;
+                t.up_since = Some(now);
+                t.current = 0;
                 let rank = t.rank;
                 self.ring.insert(id, rank);
                 true
             }
             None => false,
         }
+    }
+
+    /// An attempt on `id` began: it counts for `least_conn` and `p2c` until `attempt_ended`.
+    pub fn attempt_started(&mut self, id: TargetId) {
+        if let Some(t) = self.slot_mut(id) {
+            t.in_flight += 1;
+        }
+    }
+
+    pub fn attempt_ended(&mut self, id: TargetId) {
+        if let Some(t) = self.slot_mut(id) {
+            t.in_flight = t.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Attempts on `id` in flight now.
+    pub fn in_flight(&self, id: TargetId) -> u32 {
+        self.get(id).map_or(0, |t| t.in_flight)
     }
 
     pub fn live_count(&self) -> usize {
@@ -205,51 +375,115 @@ impl Targets {
         self.iter().next().is_none()
     }
 
-    /// The target for request `seq` among live targets not tried yet; with `fail_open`, when
-    /// none is live, among all targets not tried yet.
-    pub fn pick(&self, seq: u64, tried: &TargetSet, fail_open: bool) -> Option<TargetId> {
-        self.ring.pick(seq, tried).or_else(|| if fail_open { self.pick_any(seq, tried) } else { None })
+    /// The target for a request among live targets it has not tried, by the configured policy;
+    /// with `fail_open`, when none is live, among all targets not tried yet.
+    pub fn pick(&mut self, req: &Request<'_>, fail_open: bool) -> Option<TargetId> {
+        let (slow_start, now) = (self.slow_start_ms, req.now);
+        let weigh = move |t: &Target| weight(t, now, slow_start);
+        let candidates = self.slots.iter_mut().flatten().filter(|t| t.live && !req.tried.contains(t.id));
+        let picked = match self.policy {
+            Policy::HashRing => self.ring.pick(req.seq, req.tried),
+            Policy::RoundRobin => round_robin::pick(candidates, weigh),
+            Policy::LeastConn => least_conn::pick(candidates, weigh),
+            Policy::P2c => p2c::pick(candidates, weigh, &mut self.rng),
+            Policy::Hash => hash::pick(candidates, weigh, req.key),
+        };
+        let picked = picked.or_else(|| if fail_open { self.pick_any(req.seq, req.tried) } else { None });
+        if let Some(t) = picked.and_then(|id| self.slot_mut(id)) {
+            t.last_pick = req.seq;
+        }
+        picked
     }
 
-    /// Like the ring's pick over every target, live or not, in config order: the fail-open
-    /// choice.
+    /// Like the ring's pick over every target, live or not, in the rotation's order: the
+    /// fail-open choice.
     fn pick_any(&self, seq: u64, tried: &TargetSet) -> Option<TargetId> {
-        // Ranks are 0..n, the positions in `ports`.
-        let n = self.len();
+        let mut order = [(usize::MAX, None, TargetId::first(0)); MAX_TARGETS];
+        let mut n = 0;
+        for t in self.iter() {
+            order[n] = (t.rank.0, t.rank.1, t.id);
+            n += 1;
+        }
+        let order = &mut order[..n];
+        order.sort_unstable_by_key(|&(i, addr, _)| (i, addr));
         let first = (seq % n.max(1) as u64) as usize;
-        let by_rank = |rank: usize| self.iter().find(|t| t.rank == rank).map(|t| t.id);
-        (0..n).filter_map(|k| by_rank((first + k) % n)).find(|&t| !tried.contains(t))
+        (0..n).map(|k| order[(first + k) % n].2).find(|&t| !tried.contains(t))
+    }
+}
+
+/// A target's weight for a pick, in thousandths: its configured weight, ramped from a tenth up
+/// to the full weight over `slow_start_ms` after it joined the rotation at run time.
+fn weight(t: &Target, now: u64, slow_start_ms: u64) -> u64 {
+    let full = u64::from(t.spec.weight) * 1000;
+    match t.up_since {
+        Some(since) if slow_start_ms > 0 && now.saturating_sub(since) < slow_start_ms => {
+            let elapsed = now.saturating_sub(since);
+            (full * elapsed / slow_start_ms).max(full / 10).max(1)
+        }
+        _ => full,
+    }
+}
+
+/// The target one address of a discovered name stands for: the entry's URL with the address as
+/// its host, and the entry's weight and path.
+fn member_spec(entry: &TargetSpec, addr: SocketAddr) -> TargetSpec {
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    TargetSpec {
+        url: format!("http://{host}:{}{}/", addr.port(), entry.path_prefix),
+        host,
+        port: addr.port(),
+        path_prefix: entry.path_prefix.clone(),
+        weight: entry.weight,
+        discover: false,
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn targets(n: usize) -> Targets {
-        let ports: Vec<String> = (1..=n).map(|i| format!("\"http://127.0.0.1:{i}/\"")).collect();
-        let config = Config::parse(&format!("{{\"ports\": [{}]}}", ports.join(", "))).expect("config");
-        let addrs = config.targets.iter().map(TargetSpec::literal_addr).collect();
+    /// A table of `n` targets on 127.0.0.1 ports 1..=n, by the prototype's rule.
+    pub(crate) fn table(n: usize) -> Targets {
+        weighted(&vec![1; n], "hashring")
+    }
+
+    /// A table of targets with these weights, under `policy`.
+    pub(crate) fn weighted(weights: &[u32], policy: &str) -> Targets {
+        let ports: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{{\"url\": \"http://127.0.0.1:{}/\", \"weight\": {w}}}", i + 1))
+            .collect();
+        let json = format!("{{\"ports\": [{}], \"policy\": \"{policy}\"}}", ports.join(", "));
+        let config = Config::parse(&json).expect("config");
+        let addrs = config.targets.iter().map(|t| t.literal_addr().into_iter().collect()).collect();
         Targets::new(&config, addrs)
+    }
+
+    fn pick(t: &mut Targets, seq: u64, tried: &TargetSet, fail_open: bool) -> Option<TargetId> {
+        t.pick(&Request { seq, key: 0, tried, now: 0 }, fail_open)
     }
 
     #[test]
     fn no_live_target_means_none_but_fail_open_still_tries_each_once() {
-        let mut t = targets(2);
+        let mut t = table(2);
         let ids: Vec<TargetId> = t.ids().collect();
         assert!(t.mark_down(ids[0]) && t.mark_down(ids[1]) && !t.mark_down(ids[1]));
-        assert_eq!(t.pick(7, &TargetSet::default(), false), None);
+        assert_eq!(pick(&mut t, 7, &TargetSet::default(), false), None);
         let mut tried = TargetSet::default();
-        assert_eq!(t.pick(7, &tried, true), Some(ids[1]));
+        assert_eq!(pick(&mut t, 7, &tried, true), Some(ids[1]));
         tried.insert(ids[1]);
-        assert_eq!(t.pick(7, &tried, true), Some(ids[0]));
+        assert_eq!(pick(&mut t, 7, &tried, true), Some(ids[0]));
         tried.insert(ids[0]);
-        assert_eq!(t.pick(7, &tried, true), None);
+        assert_eq!(pick(&mut t, 7, &tried, true), None);
     }
 
     #[test]
     fn an_id_of_another_generation_finds_nothing() {
-        let t = targets(1);
+        let t = table(1);
         let stale = TargetId { slot: 0, generation: 1 };
         assert!(t.get(stale).is_none() && !t.is_live(stale) && t.addr(stale).is_none());
         assert_eq!(t.url(stale), "-");
@@ -257,14 +491,14 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_named_targets_drops_the_rest_and_reuses_slots_under_new_ids() {
-        let mut t = targets(3);
+        let mut t = table(3);
         let before: Vec<TargetId> = t.ids().collect();
         t.mark_down(before[1]);
         let specs: Vec<TargetSpec> = ["http://127.0.0.1:3/", "http://127.0.0.1:9/", "http://127.0.0.1:1/"]
             .iter()
             .map(|u| crate::config::parse_target_url(u).expect("url"))
             .collect();
-        let changes = t.reconcile(&specs);
+        let changes = t.reconcile(&specs, 0);
         assert_eq!(changes.removed, vec![before[1]]);
         assert_eq!(changes.added.len(), 1);
         let added = changes.added[0];
@@ -272,8 +506,43 @@ mod tests {
         assert_ne!(added, before[1], "under a new generation");
         assert!(t.get(before[1]).is_none() && t.is_live(added));
         // The ring follows the new order of `ports`: :3, :9, :1.
-        let picks: Vec<TargetId> = (0..3).filter_map(|seq| t.pick(seq, &TargetSet::default(), false)).collect();
+        let picks: Vec<TargetId> = (0..3).filter_map(|seq| pick(&mut t, seq, &TargetSet::default(), false)).collect();
         assert_eq!(picks, vec![before[2], added, before[0]]);
+    }
+
+    #[test]
+    fn a_discovered_name_adds_and_removes_its_addresses_and_new_ones_wait_for_a_probe() {
+        let config =
+            Config::parse(r#"{"ports": ["http://127.0.0.1:1/", {"url": "http://app:80/", "discover": true}]}"#)
+                .expect("config");
+        let a: Vec<SocketAddr> = ["127.0.0.5:80", "127.0.0.6:80"].iter().map(|a| a.parse().expect("addr")).collect();
+        let mut t = Targets::new(&config, vec![vec!["127.0.0.1:1".parse().expect("addr")], a.clone()]);
+        assert_eq!((t.len(), t.live_count()), (3, 3));
+        assert!(t.ids().any(|id| t.url(id) == "http://127.0.0.5:80/"));
+        let later: Vec<SocketAddr> =
+            ["127.0.0.6:80", "127.0.0.7:80"].iter().map(|a| a.parse().expect("addr")).collect();
+        let changes = t.discovered(1, &config.targets[1], &later);
+        assert_eq!((changes.added.len(), changes.removed.len()), (1, 1));
+        assert!(!t.is_live(changes.added[0]), "a new address waits for its probe");
+        assert_eq!(t.live_count(), 2);
+        assert!(t.mark_up(changes.added[0], 5));
+        // A reload that drops the name drops its addresses.
+        let changes = t.reconcile(&config.targets[..1], 10);
+        assert_eq!((changes.removed.len(), t.len()), (2, 1));
+    }
+
+    #[test]
+    fn slow_start_ramps_from_a_tenth_to_the_full_weight() {
+        let mut t = weighted(&[2], "round_robin");
+        let id = t.ids().next().expect("a target");
+        let target = t.get(id).expect("target");
+        assert_eq!(weight(target, 0, 10_000), 2000, "live from the start: full weight");
+        t.mark_down(id);
+        t.mark_up(id, 1_000);
+        let target = t.get(id).expect("target");
+        assert_eq!(weight(target, 1_000, 10_000), 200);
+        assert_eq!(weight(target, 6_000, 10_000), 1000);
+        assert_eq!(weight(target, 11_000, 10_000), 2000);
     }
 
     #[test]

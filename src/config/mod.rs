@@ -38,6 +38,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which target a request goes to (`balance/` has one file per policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The prototype's rule: `live[seq % live.len()]`.
+    HashRing,
+    /// Smooth weighted round robin, as nginx does.
+    RoundRobin,
+    /// Fewest requests in flight, relative to weight; ties broken by rotation.
+    LeastConn,
+    /// Power of two random choices on requests in flight (Envoy's LEAST_REQUEST).
+    P2c,
+    /// Consistent hashing on `hash_key`.
+    Hash,
+}
+
+/// What the `hash` policy hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// A request header's value, by lower-case name.
+    Header(String),
+    Cookie(String),
+    Path,
+}
+
 /// Where the admin endpoints listen when the config does not say.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9000";
 
@@ -53,6 +78,10 @@ pub struct TargetSpec {
     pub port: u16,
     /// Prepended to every request path; empty for `/`.
     pub path_prefix: String,
+    /// Its share relative to the others, for the policies that weigh (1 to 1000).
+    pub weight: u32,
+    /// The host is a name that stands for every address it resolves to, each its own target.
+    pub discover: bool,
 }
 
 impl TargetSpec {
@@ -108,6 +137,12 @@ pub struct Config {
     pub max_body_size: Option<u64>,
     /// Client connections beyond this are answered 503 and closed at once.
     pub max_connections: usize,
+    pub policy: Policy,
+    pub hash_key: HashKey,
+    /// How long a target that comes back takes to ramp up to its full weight; zero: at once.
+    pub slow_start: Duration,
+    /// How often names of `discover` targets are looked up again.
+    pub resolve_interval: Duration,
     /// Longest chunk-size line (with extensions) and trailer section of a chunked body.
     pub chunk_limits: ChunkLimits,
     /// Values the file asked for that were raised to their floor, one line each, for the log.
@@ -193,11 +228,7 @@ impl RawConfig {
         if self.ports.len() > MAX_TARGETS {
             return Err(err("ports", format!("at most {MAX_TARGETS} targets are supported")));
         }
-        let targets = self
-            .ports
-            .iter()
-            .map(|url| parse_target_url(url).map_err(|p| err("ports", format!("{url:?}: {p}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+        let targets = self.ports.iter().map(parse_port).collect::<Result<Vec<_>, _>>()?;
         if !(100..=599).contains(&self.all_down_status) {
             return Err(err("all_down_status", "must be an HTTP status from 100 to 599"));
         }
@@ -236,6 +267,18 @@ impl RawConfig {
         if self.admin_max_connections == 0 {
             return Err(err("admin_max_connections", "must be at least 1"));
         }
+        let policy = match self.policy.as_str() {
+            "hashring" => Policy::HashRing,
+            "round_robin" => Policy::RoundRobin,
+            "least_conn" => Policy::LeastConn,
+            "p2c" => Policy::P2c,
+            "hash" => Policy::Hash,
+            other => {
+                let known = "\"hashring\", \"round_robin\", \"least_conn\", \"p2c\" or \"hash\"";
+                return Err(err("policy", format!("must be {known}, got {other:?}")));
+            }
+        };
+        let hash_key = parse_hash_key(&self.hash_key)?;
         let prefix = &targets[0].path_prefix;
         if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
             return Err(err("ports", format!("{:?}: every target must have the same path as the first", t.url)));
@@ -261,6 +304,11 @@ impl RawConfig {
         let shutdown_timeout = secs("shutdown_timeout", self.shutdown_timeout, TIMEOUT_FLOOR)?;
         let retry_timeout = secs("retry_timeout", self.retry_timeout, TIMEOUT_FLOOR)?;
         let client_body_timeout = secs("client_body_timeout", self.client_body_timeout, TIMEOUT_FLOOR)?;
+        let resolve_interval = secs("resolve_interval", self.resolve_interval, SLEEPING_FLOOR)?;
+        let slow_start = match self.slow_start {
+            0.0 => Duration::ZERO,
+            value => secs("slow_start", value, TIMEOUT_FLOOR)?,
+        };
         Ok(Config {
             retries: self.retries.unwrap_or(targets.len()),
             targets,
@@ -288,6 +336,10 @@ impl RawConfig {
             admin,
             admin_named: self.admin.is_some(),
             admin_max_connections: self.admin_max_connections,
+            policy,
+            hash_key,
+            slow_start,
+            resolve_interval,
             client_body_timeout,
             max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
             max_connections: self.max_connections,
@@ -339,6 +391,55 @@ fn parse_listen(text: &str) -> Option<SocketAddr> {
     text.parse().ok()
 }
 
+/// One entry of `ports`: a URL, or `{"url": ..., "weight": N, "discover": bool}`.
+fn parse_port(entry: &Value) -> Result<TargetSpec, ConfigError> {
+    let bad = |what: &str| err("ports", what.to_owned());
+    let (url, weight, discover) = match entry {
+        Value::String(url) => (url.as_str(), 1, false),
+        Value::Object(keys) => {
+            if let Some(unknown) = keys.keys().find(|k| !matches!(k.as_str(), "url" | "weight" | "discover")) {
+                return Err(bad(&format!("unknown target key `{unknown}` (url, weight, discover)")));
+            }
+            let url = keys.get("url").and_then(Value::as_str).ok_or_else(|| bad("a target object needs \"url\""))?;
+            let weight = match keys.get("weight") {
+                None => 1,
+                Some(w) => w.as_u64().filter(|w| (1..=1000).contains(w)).ok_or_else(|| {
+                    bad(&format!("{url:?}: \"weight\" must be a whole number from 1 to 1000, got {w}"))
+                })? as u32,
+            };
+            let discover = match keys.get("discover") {
+                None => false,
+                Some(d) => d.as_bool().ok_or_else(|| bad(&format!("{url:?}: \"discover\" must be true or false")))?,
+            };
+            (url, weight, discover)
+        }
+        other => return Err(bad(&format!("each target is a URL string or an object, got {other}"))),
+    };
+    let mut spec = parse_target_url(url).map_err(|p| err("ports", format!("{url:?}: {p}")))?;
+    if discover && spec.literal_addr().is_some() {
+        return Err(err("ports", format!("{url:?}: \"discover\" needs a host name, not an address")));
+    }
+    (spec.weight, spec.discover) = (weight, discover);
+    Ok(spec)
+}
+
+/// `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
+fn parse_hash_key(text: &str) -> Result<HashKey, ConfigError> {
+    let token = |name: &str| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    match text.split_once(':') {
+        None if text == "client_ip" => Ok(HashKey::ClientIp),
+        None if text == "path" => Ok(HashKey::Path),
+        Some(("header", name)) if token(name) => Ok(HashKey::Header(name.to_ascii_lowercase())),
+        Some(("cookie", name)) if token(name) => Ok(HashKey::Cookie(name.to_owned())),
+        _ => Err(err(
+            "hash_key",
+            format!("must be \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\", got {text:?}"),
+        )),
+    }
+}
+
 /// Parses `http://host[:port][/path]`.
 pub fn parse_target_url(url: &str) -> Result<TargetSpec, &'static str> {
     let rest = url.strip_prefix("http://").ok_or("must start with http://")?;
@@ -355,6 +456,8 @@ pub fn parse_target_url(url: &str) -> Result<TargetSpec, &'static str> {
         host: host.to_owned(),
         port,
         path_prefix: path.trim_end_matches('/').to_owned(),
+        weight: 1,
+        discover: false,
     })
 }
 
@@ -463,6 +566,30 @@ mod tests {
         assert_eq!(parse_listen("LocalHost:0"), Some("127.0.0.1:0".parse().expect("addr")));
         assert_eq!(parse_listen("8080"), None);
         assert_eq!(parse_listen("example.com:80"), None);
+    }
+
+    #[test]
+    fn targets_may_be_objects_with_a_weight_and_discovery() {
+        let c = Config::parse(
+            r#"{"ports": ["http://a/", {"url": "http://b:81/", "weight": 3}, {"url": "http://app:8080/", "discover": true}],
+                "policy": "round_robin", "slow_start": 10, "hash_key": "header:X-User"}"#,
+        )
+        .expect("valid");
+        let w: Vec<(u32, bool)> = c.targets.iter().map(|t| (t.weight, t.discover)).collect();
+        assert_eq!(w, vec![(1, false), (3, false), (1, true)]);
+        assert_eq!((c.policy, c.slow_start), (Policy::RoundRobin, Duration::from_secs(10)));
+        assert_eq!(c.hash_key, HashKey::Header("x-user".into()));
+        assert_eq!(c.resolve_interval, Duration::from_secs(5));
+        for bad in [
+            r#"{"ports": [{"url": "http://a/", "weight": 0}]}"#,
+            r#"{"ports": [{"url": "http://a/", "wieght": 2}]}"#,
+            r#"{"ports": [{"weight": 2}]}"#,
+            r#"{"ports": [{"url": "http://127.0.0.1/", "discover": true}]}"#,
+        ] {
+            assert!(refused(bad).contains("`ports`"), "{bad}");
+        }
+        assert!(refused(r#"{"ports": ["http://a/"], "policy": "random"}"#).contains("`policy`"));
+        assert!(refused(r#"{"ports": ["http://a/"], "hash_key": "header:"}"#).contains("`hash_key`"));
     }
 
     #[test]

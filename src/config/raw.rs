@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 
 /// The file as written, every key with its default filled in.
 pub(super) struct RawConfig {
-    pub(super) ports: Vec<String>,
+    /// Each a URL string, or an object `{"url", "weight", "discover"}`.
+    pub(super) ports: Vec<Value>,
     pub(super) sleeping: f64,
     pub(super) listen: String,
     pub(super) connect_timeout: f64,
@@ -32,6 +33,10 @@ pub(super) struct RawConfig {
     /// `None`: the key is absent (the default address); `Some(None)`: `null`, no admin listener.
     pub(super) admin: Option<Option<String>>,
     pub(super) admin_max_connections: usize,
+    pub(super) policy: String,
+    pub(super) hash_key: String,
+    pub(super) slow_start: f64,
+    pub(super) resolve_interval: f64,
     pub(super) client_body_timeout: f64,
     /// 0: no limit.
     pub(super) max_body_size: u64,
@@ -85,6 +90,10 @@ impl RawConfig {
             access_log_format: k.or("access_log_format", "common".to_owned())?,
             admin: k.take("admin")?,
             admin_max_connections: k.or("admin_max_connections", 64)?,
+            policy: k.or("policy", "hashring".to_owned())?,
+            hash_key: k.or("hash_key", "client_ip".to_owned())?,
+            slow_start: k.or("slow_start", 0.0)?,
+            resolve_interval: k.or("resolve_interval", 5.0)?,
             client_body_timeout: k.or("client_body_timeout", 10.0)?,
             max_body_size: k.or("max_body_size", 0)?,
             max_connections: k.or("max_connections", 10_000)?,

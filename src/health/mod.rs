@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn a_suspect_is_probed_at_once_and_a_replaced_timer_is_ignored() {
         let config = Config::parse(r#"{"ports": ["http://127.0.0.1:1/"], "sleeping": 10}"#).expect("config");
-        let addrs = vec![config.targets[0].literal_addr()];
+        let addrs = vec![config.targets[0].literal_addr().into_iter().collect()];
         let targets = Targets::new(&config, addrs);
         let id = targets.ids().next().expect("a target");
         let mut health = Health::new(&targets, 1);

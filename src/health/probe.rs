@@ -7,7 +7,7 @@ use crate::balance::{TargetId, Targets};
 use crate::config::Config;
 use crate::runtime::clock::millis;
 use crate::runtime::ready::{Io, Ready};
-use crate::runtime::resolve::Resolver;
+use crate::runtime::resolve::{self, Resolver};
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{token, Kind};
 use crate::runtime::wheel::{TimerId, Wheel};
@@ -95,13 +95,13 @@ impl Prober {
             if cx.targets.get(id).is_none() {
                 continue;
             }
-            match answer {
-                Ok(addr) => {
+            match answer.map(|addrs| resolve::preferred(&addrs)) {
+                Ok(Some(addr)) => {
                     cx.targets.set_addr(id, addr);
                     results.extend(self.connect(id, addr, cx));
                 }
-                Err(e) => {
-                    debug!("probe {}: lookup failed: {e}", cx.targets.url(id));
+                Ok(None) | Err(_) => {
+                    debug!("probe {}: lookup failed", cx.targets.url(id));
                     results.push((id, Err("lookup failed")));
                 }
             }

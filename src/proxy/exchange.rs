@@ -15,6 +15,8 @@ pub enum Resp {
 
 pub struct Exchange {
     pub seq: u64,
+    /// The `hash` policy's key for this request (0 for the other policies).
+    pub key: u64,
     /// When the head arrived (wheel ms).
     pub started: u64,
     /// When the final response head arrived.
@@ -63,6 +65,7 @@ impl Exchange {
     pub fn new(seq: u64, now: u64, head: RequestHead, limits: ChunkLimits) -> Exchange {
         Exchange {
             seq,
+            key: 0,
             started: now,
             answered: None,
             status: 0,

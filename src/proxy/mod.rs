@@ -161,7 +161,7 @@ impl<'a> Ctx<'a> {
 
     /// Puts `id` back into the rotation, with one line.
     fn bring_back(&mut self, id: TargetId) {
-        self.targets.mark_up(id);
+        self.targets.mark_up(id, self.now);
         self.metrics.state_changed(id);
         let (live, all) = (self.targets.live_count(), self.targets.len());
         info!("target {} up ({live} of {all} live)", self.targets.url(id));

@@ -24,7 +24,8 @@ use super::local;
 use super::retry::{self, Attempt, Budget, Decision};
 use super::upstream::UpstreamConn;
 use super::{Ctx, Verdict};
-use crate::config::AllDown;
+use crate::balance::Request;
+use crate::config::{AllDown, HashKey, Policy};
 use crate::health::Failure;
 use crate::http::{self, BodyFramer, BodyKind, Forwarding, HttpError, ResponseContext};
 use crate::observe::accesslog::{Entry, Outcome, Trace};
@@ -234,7 +235,7 @@ impl Session {
     /// Releases everything the session holds. The client socket closes when the session drops.
     pub fn teardown(&mut self, cx: &mut Ctx<'_>) {
         // Closed first: a session torn down mid-exchange never hands its connection to the pool.
-        if let Some(up) = self.up.take() {
+        if let Some(up) = self.detach(cx) {
             cx.upstreams.close(up);
         }
         self.end_exchange(cx, None, false);
@@ -470,7 +471,10 @@ impl Session {
         cin.consume(head.head_len);
         uout.fill(head.out_len);
         *cx.seq += 1;
-        let exchange = Exchange::new(seq, cx.now, head, cx.config.chunk_limits);
+        let mut exchange = Exchange::new(seq, cx.now, head, cx.config.chunk_limits);
+        if cx.config.policy == Policy::Hash {
+            exchange.key = request_key(&cx.config.hash_key, self.client.peer().ip(), uout.data());
+        }
         self.mode = Mode::Exchange(cx.exchanges.fill(exchange));
         self.send_to_target(cx, false)?;
         Ok(true)
@@ -494,7 +498,12 @@ impl Session {
                 return Ok(());
             };
             let fail_open = cx.config.all_down == AllDown::TryAll;
-            let picked = if same_target { Some(ex.target) } else { cx.targets.pick(ex.seq, &ex.tried, fail_open) };
+            let picked = match same_target {
+                true => Some(ex.target),
+                false => {
+                    cx.targets.pick(&Request { seq: ex.seq, key: ex.key, tried: &ex.tried, now: cx.now }, fail_open)
+                }
+            };
             let Some(target) = picked else {
                 let keep = ex.client_keep_alive;
                 if ex.timeouts > 0 {
@@ -512,7 +521,7 @@ impl Session {
             ex.attempts += 1;
             if !same_target {
                 if let Some(conn) = cx.upstreams.checkout(target, self.key) {
-                    self.up = Some(conn);
+                    self.attach(cx, conn);
                     return Ok(());
                 }
             }
@@ -520,7 +529,7 @@ impl Session {
                 None => Failure::Unresolved,
                 Some(addr) => match cx.upstreams.connect(cx.registry, target, addr, self.key) {
                     Ok(conn) => {
-                        self.up = Some(conn);
+                        self.attach(cx, conn);
                         return Ok(());
                     }
                     Err(e) => Failure::Connect(e.kind()),
@@ -536,6 +545,19 @@ impl Session {
             }
             same_target = false;
         }
+    }
+
+    /// The upstream connection now serves this session's request: it counts as in flight on
+    /// its target (for `least_conn` and `p2c`) until `detach`.
+    fn attach(&mut self, cx: &mut Ctx<'_>, conn: UpstreamConn) {
+        cx.targets.attempt_started(conn.target);
+        self.up = Some(conn);
+    }
+
+    fn detach(&mut self, cx: &mut Ctx<'_>) -> Option<UpstreamConn> {
+        let up = self.up.take()?;
+        cx.targets.attempt_ended(up.target);
+        Some(up)
     }
 
     /// A non-blocking connect finished, one way or the other.
@@ -848,7 +870,7 @@ impl Session {
             return;
         };
         self.served += 1;
-        if let Some(up) = self.up.take() {
+        if let Some(up) = self.detach(cx) {
             let request_sent = ex.request_sent(self.uout.as_ref().map_or(0, Buffer::len));
             let uin_clean = self.uin.as_ref().is_none_or(Buffer::is_empty);
             let reusable = status.is_none()
@@ -893,10 +915,14 @@ impl Session {
     /// A connection attempt or an exchange with a target failed before the client saw any of
     /// the response: count it, then replay elsewhere or answer, as `retry::decide` says.
     fn attempt_failed(&mut self, cx: &mut Ctx<'_>, failure: Failure) -> Step {
-        let Mode::Exchange(ex) = &mut self.mode else {
+        if !matches!(self.mode, Mode::Exchange(_)) {
+            return Err(Closed);
+        }
+        let Some(up) = self.detach(cx) else {
             return Err(Closed);
         };
-        let Some(up) = self.up.take() else {
+        let Mode::Exchange(ex) = &mut self.mode else {
+            cx.upstreams.close(up);
             return Err(Closed);
         };
         let stale_pooled = up.reused && matches!(failure, Failure::Eof | Failure::Reset(_));
@@ -1037,6 +1063,35 @@ fn request_id(prefix: &[u8; 16], seq: u64) -> [u8; 32] {
     id[..16].copy_from_slice(prefix);
     id[16..].copy_from_slice(&super::hex(seq));
     id
+}
+
+/// The `hash` policy's key for a request, from the head as forwarded. A request without the
+/// header or cookie named hashes as the empty key: all such requests go to one target.
+fn request_key(key: &HashKey, client: std::net::IpAddr, head: &[u8]) -> u64 {
+    let fnv = crate::balance::hash::fnv1a;
+    match key {
+        HashKey::ClientIp => match client {
+            std::net::IpAddr::V4(ip) => fnv(&ip.octets()),
+            std::net::IpAddr::V6(ip) => fnv(&ip.octets()),
+        },
+        HashKey::Header(name) => fnv(http::field_value(head, name.as_bytes()).unwrap_or(b"")),
+        HashKey::Cookie(name) => {
+            fnv(http::field_value(head, b"cookie").and_then(|c| cookie(c, name.as_bytes())).unwrap_or(b""))
+        }
+        HashKey::Path => {
+            let target = head.split(|&b| b == b' ').nth(1).unwrap_or(b"");
+            fnv(target.split(|&b| b == b'?').next().unwrap_or(b""))
+        }
+    }
+}
+
+/// The value of cookie `name` in a `Cookie` field (`a=1; b=2`).
+fn cookie<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    field.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
 }
 
 /// The retry budget, from the config.

@@ -10,8 +10,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 
-/// An answer, with the tag its question was asked under.
-type Answer<T> = (T, io::Result<SocketAddr>);
+/// An answer, every address the name has, with the tag its question was asked under.
+type Answer<T> = (T, io::Result<Vec<SocketAddr>>);
 
 pub struct Resolver<T> {
     requests: Sender<(T, String, u16)>,
@@ -25,7 +25,7 @@ impl<T: Send + 'static> Resolver<T> {
         let (outbox, answers) = channel();
         thread::Builder::new().name("resolver".into()).spawn(move || {
             for (id, host, port) in inbox {
-                if outbox.send((id, lookup(&host, port))).is_err() {
+                if outbox.send((id, lookup_all(&host, port))).is_err() {
                     return;
                 }
                 if let Err(e) = waker.wake() {
@@ -49,14 +49,19 @@ impl<T: Send + 'static> Resolver<T> {
     }
 }
 
-/// The first address a bare `host` resolves to, IPv4 preferred (what `http://name/` usually
-/// means). Blocks: call it off the loop, or before the loop starts.
-pub fn lookup(host: &str, port: u16) -> io::Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")))
+/// Every address a bare `host` resolves to, sorted and without repeats; an error when there is
+/// none. Blocks: call it off the loop, or before the loop starts.
+pub fn lookup_all(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let mut addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")));
+    }
+    Ok(addrs)
+}
+
+/// The address `http://name/` usually means: the first IPv4 one, else the first.
+pub fn preferred(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
 }

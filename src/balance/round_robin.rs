@@ -1,0 +1,40 @@
+//! `round_robin`: smooth weighted round robin, as nginx does it. Each pick adds every
+//! candidate's weight to its running weight, takes the candidate with the largest, and takes
+//! the total back from it: weights 5, 1, 1 give a a b a c a a, never a a a a a b c.
+
+use super::{Target, TargetId};
+
+pub fn pick<'a>(candidates: impl Iterator<Item = &'a mut Target>, weigh: impl Fn(&Target) -> u64) -> Option<TargetId> {
+    let mut total = 0i64;
+    let mut best: Option<&mut Target> = None;
+    for t in candidates {
+        let w = i64::try_from(weigh(t)).unwrap_or(i64::MAX / 1024);
+        t.current = t.current.saturating_add(w);
+        total = total.saturating_add(w);
+        if best.as_ref().is_none_or(|b| t.current > b.current) {
+            best = Some(t);
+        }
+    }
+    let best = best?;
+    best.current = best.current.saturating_sub(total);
+    Some(best.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::balance::tests::weighted;
+    use crate::balance::{Request, TargetSet};
+
+    #[test]
+    fn weights_five_one_one_interleave_as_nginx_does() {
+        let mut t = weighted(&[5, 1, 1], "round_robin");
+        let tried = TargetSet::default();
+        let picks: String = (0..7)
+            .map(|seq| {
+                let id = t.pick(&Request { seq, key: 0, tried: &tried, now: 0 }, false).expect("a target");
+                (b'a' + id.slot() as u8) as char
+            })
+            .collect();
+        assert_eq!(picks, "aabacaa");
+    }
+}
