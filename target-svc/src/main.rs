@@ -21,20 +21,23 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "\
 target-svc: the prototype's target service
 
-Usage: target-svc [--port PORT] [--host ADDR] [--name NAME]
+Usage: target-svc [--port PORT] [--host ADDR] [--name NAME] [--delay-ms MS]
 
   -p, --port PORT   port to listen on (default 8080; 0 picks a free one)
       --host ADDR   address to listen on (default 0.0.0.0)
-  -n, --name NAME   sent back in an X-Target header (default: target-PORT)";
+  -n, --name NAME   sent back in an X-Target header (default: target-PORT)
+      --delay-ms MS wait this long before every answer but /ping/'s (a slow target for
+                    the balancing benchmarks; default 0)";
 
 struct Options {
     host: String,
     port: u16,
     name: Option<String>,
+    delay: Duration,
 }
 
 fn parse_args() -> Result<Options, String> {
-    let mut opts = Options { host: "0.0.0.0".into(), port: 8080, name: None };
+    let mut opts = Options { host: "0.0.0.0".into(), port: 8080, name: None, delay: Duration::ZERO };
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         let mut value = || argv.next().ok_or(format!("{arg} needs a value"));
@@ -42,6 +45,10 @@ fn parse_args() -> Result<Options, String> {
             "-p" | "--port" => opts.port = value()?.parse().map_err(|_| "--port needs a number".to_string())?,
             "--host" => opts.host = value()?,
             "-n" | "--name" => opts.name = Some(value()?),
+            "--delay-ms" => {
+                let ms = value()?.parse().map_err(|_| "--delay-ms needs a number".to_string())?;
+                opts.delay = Duration::from_millis(ms);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -93,10 +100,10 @@ fn main() {
     });
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
-        let (name, count) = (Arc::clone(&name), Arc::clone(&count));
+        let (name, count, delay) = (Arc::clone(&name), Arc::clone(&count), opts.delay);
         std::thread::spawn(move || {
             let peer = stream.peer_addr().ok();
-            if let Err(e) = serve(stream, &name, &count) {
+            if let Err(e) = serve(stream, &name, &count, delay) {
                 if !matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) {
                     eprintln!("target-svc {name}: {peer:?}: {e}");
                 }
@@ -144,7 +151,7 @@ struct Request {
     raw_head: Vec<u8>,
 }
 
-fn serve(stream: TcpStream, name: &str, count: &AtomicU64) -> io::Result<()> {
+fn serve(stream: TcpStream, name: &str, count: &AtomicU64, delay: Duration) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut out = BufWriter::with_capacity(64 * 1024, stream.try_clone()?);
     let mut input = Input { stream, buf: vec![0; 64 * 1024], start: 0, end: 0 };
@@ -153,6 +160,9 @@ fn serve(stream: TcpStream, name: &str, count: &AtomicU64) -> io::Result<()> {
             return Ok(());
         };
         count.fetch_add(1, Ordering::Relaxed);
+        if !delay.is_zero() && !req.path.starts_with("/ping") {
+            std::thread::sleep(delay);
+        }
         let close = respond(&req, &mut input, &mut out, name)?;
         // Flush only when no pipelined request is already waiting: one write per batch.
         if close || input.pending().is_empty() {

@@ -116,13 +116,15 @@ fn listening_addr(line: &str) -> SocketAddr {
 
 pub struct Target {
     pub name: String,
+    pub host: String,
     pub port: u16,
     proc: Option<Proc>,
 }
 
-/// target-svc on 127.0.0.1:`port` (0 for any free port).
-fn spawn_target(name: &str, port: u16) -> Proc {
-    Proc::spawn(Command::new(target_bin()).args(["--host", "127.0.0.1", "--port", &port.to_string(), "--name", name]))
+/// target-svc on `host`:`port` (0 for any free port).
+fn spawn_target_on(name: &str, host: &str, port: u16, extra: &[&str]) -> Proc {
+    let port = port.to_string();
+    Proc::spawn(Command::new(target_bin()).args(["--host", host, "--port", &port, "--name", name]).args(extra))
 }
 
 impl Target {
@@ -131,13 +133,18 @@ impl Target {
     }
 
     fn on_port(name: &str, port: u16) -> Target {
-        let proc = spawn_target(name, port);
+        Target::on(name, "127.0.0.1", port, &[])
+    }
+
+    /// target-svc on `host`:`port` (a loopback address), with more arguments (`--delay-ms`).
+    pub fn on(name: &str, host: &str, port: u16, extra: &[&str]) -> Target {
+        let proc = spawn_target_on(name, host, port, extra);
         let port = listening_addr(&proc.wait_line("listening on", Duration::from_secs(10))).port();
-        Target { name: name.to_string(), port, proc: Some(proc) }
+        Target { name: name.to_string(), host: host.to_string(), port, proc: Some(proc) }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        format!("http://{}:{}/", self.host, self.port)
     }
 
     pub fn kill(&mut self) {
@@ -153,7 +160,7 @@ impl Target {
         let deadline = Instant::now() + Duration::from_secs(10);
         // The old socket may linger for a moment; retry the bind until it is free.
         loop {
-            let proc = spawn_target(&self.name, port);
+            let proc = spawn_target_on(&self.name, &self.host, port, &[]);
             let started = eventually(Duration::from_secs(5), "target start or failure", || {
                 let lines = proc.lines();
                 if lines.iter().any(|l| l.contains("listening on")) {
