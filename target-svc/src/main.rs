@@ -25,7 +25,8 @@ Usage: target-svc [--port PORT] [--host ADDR] [--name NAME] [--delay-ms MS]
 
   -p, --port PORT   port to listen on (default 8080; 0 picks a free one)
       --host ADDR   address to listen on (default 0.0.0.0)
-  -n, --name NAME   sent back in an X-Target header (default: target-PORT)
+  -n, --name NAME   sent back in an X-Target header (default: $TARGET_NAME, else
+                    target-PORT; Swarm sets TARGET_NAME to each task's name)
       --delay-ms MS wait this long before every answer but /ping/'s (a slow target for
                     the balancing benchmarks; default 0)";
 
@@ -75,8 +76,11 @@ fn main() {
         }
     };
     let addr = listener.local_addr().map_or_else(|_| format!("{}:{}", opts.host, opts.port), |a| a.to_string());
-    let name: Arc<str> =
-        opts.name.unwrap_or_else(|| format!("target-{}", addr.rsplit(':').next().unwrap_or("?"))).into();
+    let name: Arc<str> = opts
+        .name
+        .or_else(|| std::env::var("TARGET_NAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| format!("target-{}", addr.rsplit(':').next().unwrap_or("?")))
+        .into();
     println!("target-svc {name} listening on {addr}");
     // As PID 1 in a container the default SIGTERM action does not apply: exit on it explicitly,
     // so `docker compose stop` takes milliseconds, not its 10 s grace period.

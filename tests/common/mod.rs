@@ -319,6 +319,13 @@ impl Client {
         Client { stream, buf: Vec::new() }
     }
 
+    /// A connection whose failure is a value, for load loops that count failures.
+    pub fn try_connect(addr: SocketAddr) -> Result<Client, String> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
+        Ok(Client { stream, buf: Vec::new() })
+    }
+
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).expect("send");
     }
