@@ -52,6 +52,9 @@ impl Drop for Cleanup {
     }
 }
 
+/// When a request ended, and the replica that answered it or why it failed.
+type Outcome = (Instant, Result<String, String>);
+
 /// One GET on a fresh connection: the target that answered, or why it failed.
 fn get(port: u16) -> Result<String, String> {
     let mut client = common::Client::try_connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
@@ -101,7 +104,7 @@ fn scaling_the_swarm_stack_3_6_2_under_load_loses_nothing_and_every_replica_serv
     common::eventually(Duration::from_secs(90), "the stack to answer", || get(port).ok());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let served: Arc<Mutex<Vec<(Instant, Result<String, String>)>>> = Arc::default();
+    let served: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let loader = {
         let (stop, served) = (stop.clone(), served.clone());
         std::thread::spawn(move || {
