@@ -117,8 +117,9 @@ pub struct Config {
     pub rise: u32,
     /// Probe live targets too, not only dropped ones.
     pub check_live: bool,
-    /// Most retries of one request.
-    pub retries: usize,
+    /// Most retries of one request; `None`: as many as there are targets in the table (which
+    /// discovery and reloads change).
+    pub retries: Option<usize>,
     /// No retry starts later than this after the request arrived.
     pub retry_timeout: Duration,
     pub all_down: AllDown,
@@ -310,7 +311,7 @@ impl RawConfig {
             value => secs("slow_start", value, TIMEOUT_FLOOR)?,
         };
         Ok(Config {
-            retries: self.retries.unwrap_or(targets.len()),
+            retries: self.retries,
             targets,
             sleeping,
             listen: parse_listen(&self.listen).ok_or_else(|| {
@@ -502,7 +503,7 @@ mod tests {
         assert_eq!(c.all_down_status, 500);
         assert_eq!(c.targets[0].literal_addr(), Some("127.0.0.1:9001".parse().expect("addr")));
         assert_eq!(c.targets[1].literal_addr(), None);
-        assert_eq!((c.fall, c.rise, c.retries, c.all_down), (1, 1, 2, AllDown::Error));
+        assert_eq!((c.fall, c.rise, c.retries, c.all_down), (1, 1, None, AllDown::Error));
         assert_eq!(c.access_log, LogDestination::Off);
     }
 

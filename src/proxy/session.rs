@@ -1096,7 +1096,8 @@ fn cookie<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
 
 /// The retry budget, from the config.
 fn budget(cx: &Ctx<'_>) -> Budget {
-    Budget { retries: cx.config.retries, timeout_ms: millis(cx.config.retry_timeout) }
+    let retries = cx.config.retries.unwrap_or_else(|| cx.targets.len());
+    Budget { retries, timeout_ms: millis(cx.config.retry_timeout) }
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ Usage: target-svc [--port PORT] [--host ADDR] [--name NAME] [--delay-ms MS]
       --host ADDR   address to listen on (default 0.0.0.0)
   -n, --name NAME   sent back in an X-Target header (default: $TARGET_NAME, else
                     target-PORT; Swarm sets TARGET_NAME to each task's name)
+      --name-from-hostname
+                    the name is $HOSTNAME: each replica of `docker compose --scale`
+                    answers as its container
       --delay-ms MS wait this long before every answer but /ping/'s (a slow target for
                     the balancing benchmarks; default 0)";
 
@@ -46,6 +49,7 @@ fn parse_args() -> Result<Options, String> {
             "-p" | "--port" => opts.port = value()?.parse().map_err(|_| "--port needs a number".to_string())?,
             "--host" => opts.host = value()?,
             "-n" | "--name" => opts.name = Some(value()?),
+            "--name-from-hostname" => opts.name = std::env::var("HOSTNAME").ok(),
             "--delay-ms" => {
                 let ms = value()?.parse().map_err(|_| "--delay-ms needs a number".to_string())?;
                 opts.delay = Duration::from_millis(ms);
