@@ -2,8 +2,11 @@
 //! `ports`): `docker compose up --scale`, or Swarm's `tasks.NAME`. Every `resolve_interval`
 //! each such name is looked up again on a helper thread, never on the loop; its answer comes
 //! back through the waker, and the loop reconciles the name's addresses in the target table
-//! (`Targets::discovered`). A lookup that fails changes nothing: a name that stops resolving
-//! for a moment must not empty the table, and dead addresses leave through health checks.
+//! (`Targets::discovered`). A lookup that fails for a transient reason (no answer from the
+//! DNS server) changes nothing: dead addresses leave through health checks. A name that does
+//! not exist any more (`tasks.app` once the service is scaled to zero) empties its addresses,
+//! but only after `NX_HOLD` answers in a row say so, as HAProxy's `hold nx` waits before
+//! trusting an NXDOMAIN.
 
 use crate::config::Config;
 use crate::runtime::resolve::Resolver;
@@ -18,13 +21,17 @@ use std::sync::Arc;
 /// A name and port, as the lookup was asked.
 type Name = (String, u16);
 
+/// Answers in a row saying a name does not exist before its addresses leave.
+const NX_HOLD: u32 = 3;
+
 pub struct Discovery {
     resolver: Resolver<Name>,
     /// Names with a lookup out: one at a time per name.
     pending: Vec<Name>,
     timer: Option<TimerId>,
-    /// Names whose last lookup failed, so that a failure is logged once, not every round.
-    failing: Vec<Name>,
+    /// Names whose last lookup failed, with how many answers in a row said the name does not
+    /// exist; a failure is logged once, not every round.
+    failing: Vec<(Name, u32)>,
 }
 
 impl Discovery {
@@ -71,22 +78,56 @@ impl Discovery {
             let Some(index) = entry else {
                 continue;
             };
-            match answer {
+            let url = &config.targets[index].url;
+            let e = match answer {
                 Ok(addrs) => {
-                    self.failing.retain(|n| *n != name);
+                    self.failing.retain(|(n, _)| *n != name);
                     found.push((index, addrs));
+                    continue;
                 }
-                Err(e) => {
-                    if !self.failing.contains(&name) {
-                        warn!(
-                            "{}: lookup failed: {e}; keeping its addresses, trying again every {:?}",
-                            config.targets[index].url, config.resolve_interval
-                        );
-                        self.failing.push(name);
-                    }
-                }
+                Err(e) => e,
+            };
+            if !self.failing.iter().any(|(n, _)| *n == name) {
+                warn!(
+                    "{url}: lookup failed: {e}; keeping its addresses, trying again every {:?}",
+                    config.resolve_interval
+                );
+                self.failing.push((name.clone(), 0));
+            }
+            let Some((_, nx)) = self.failing.iter_mut().find(|(n, _)| *n == name) else {
+                continue;
+            };
+            *nx = if no_such_name(&e) { *nx + 1 } else { 0 };
+            if *nx == NX_HOLD {
+                warn!("{url}: the name does not exist ({NX_HOLD} answers in a row); its addresses leave");
+                found.push((index, Vec::new()));
             }
         }
         found
+    }
+}
+
+/// The resolver said the name does not exist or has no address (`EAI_NONAME`, `EAI_NODATA`),
+/// rather than that it could not get an answer (`EAI_AGAIN`, a network error). The standard
+/// library keeps only `gai_strerror`'s text, which glibc has spelled this way for decades.
+fn no_such_name(e: &io::Error) -> bool {
+    let text = e.to_string();
+    e.kind() == io::ErrorKind::NotFound
+        || text.contains("Name or service not known")
+        || text.contains("No address associated with hostname")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_that_does_not_exist_is_told_from_a_resolver_that_did_not_answer() {
+        let gai = |text: &str| io::Error::other(format!("failed to lookup address information: {text}"));
+        assert!(no_such_name(&gai("Name or service not known")));
+        assert!(no_such_name(&gai("No address associated with hostname")));
+        assert!(no_such_name(&io::Error::new(io::ErrorKind::NotFound, "app has no address")));
+        assert!(!no_such_name(&gai("Temporary failure in name resolution")));
+        assert!(!no_such_name(&io::Error::from(io::ErrorKind::TimedOut)));
     }
 }

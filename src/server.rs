@@ -115,6 +115,9 @@ impl Server {
             .collect();
         let seed = crate::proxy::random_seed();
         let targets = Targets::new(&config, addrs);
+        if targets.refused() > 0 {
+            warn!("{} discovered addresses left out: the table holds {MAX_TARGETS} targets at most", targets.refused());
+        }
         let health = Health::new(&targets, seed);
         let mut env = Env {
             log: AccessLog::start(&config.access_log, config.access_log_format)?,
@@ -479,8 +482,8 @@ impl Server {
             }
             let (added, removed) = (changes.added.len(), changes.removed.len());
             info!("{}: {} addresses ({added} new, {removed} gone)", entry.url, addrs.len());
-            for &id in &changes.removed {
-                info!("target {} gone: its name no longer resolves to it", self.env.targets.url(id));
+            for url in &changes.gone {
+                info!("target {url} gone: its name no longer resolves to it");
             }
             self.targets_changed(&changes);
         }

@@ -26,10 +26,13 @@ fn skip(why: &str) {
     eprintln!("NOTICE: {why}; the Swarm test is skipped");
 }
 
-/// Removes the stack, and leaves the swarm if the test joined it, whatever happens.
+/// Removes the stack and the images the test tagged, and leaves the swarm (with the bridge
+/// network joining it made) if the test joined it: on success and on a failed assertion alike.
 struct Cleanup {
     stack: String,
+    tag: String,
     joined: bool,
+    bridge_existed: bool,
 }
 
 impl Drop for Cleanup {
@@ -46,8 +49,14 @@ impl Drop for Cleanup {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+        for image in ["ringproxy", "ringproxy-target"] {
+            let _ = docker(&["image", "rm", &format!("{image}:{}", self.tag)]);
+        }
         if self.joined {
             let _ = docker(&["swarm", "leave", "--force"]);
+            if !self.bridge_existed {
+                let _ = docker(&["network", "rm", "docker_gwbridge"]);
+            }
         }
     }
 }
@@ -72,6 +81,7 @@ fn scaling_the_swarm_stack_3_6_2_under_load_loses_nothing_and_every_replica_serv
         Err(e) => return skip(&format!("no Docker engine answers ({e})")),
     };
     let joined = state == "inactive";
+    let bridge_existed = docker(&["network", "inspect", "docker_gwbridge"]).is_ok();
     if joined {
         if let Err(e) = docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]) {
             return skip(&format!("`docker swarm init` was refused ({e})"));
@@ -80,15 +90,16 @@ fn scaling_the_swarm_stack_3_6_2_under_load_loses_nothing_and_every_replica_serv
         return skip(&format!("this engine's swarm is {state}"));
     }
     let stack = format!("rpswarm{}", std::process::id());
-    let _cleanup = Cleanup { stack: stack.clone(), joined };
+    let tag = format!("swarmtest{}", std::process::id());
+    let _cleanup = Cleanup { stack: stack.clone(), tag: tag.clone(), joined, bridge_existed };
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let built = Command::new(root.join("docker/build.sh")).status().expect("docker/build.sh");
     assert!(built.success(), "docker/build.sh failed");
-    for (file, image) in [("Dockerfile.proxy", "ringproxy:local"), ("Dockerfile.target", "ringproxy-target:local")] {
-        let dockerfile = root.join("docker").join(file);
-        let context = root.join("docker");
-        docker(&["build", "-q", "-f", &dockerfile.to_string_lossy(), "-t", image, &context.to_string_lossy()])
+    for (file, image) in [("Dockerfile.proxy", "ringproxy"), ("Dockerfile.target", "ringproxy-target")] {
+        let (dockerfile, context) = (root.join("docker").join(file), root.join("docker"));
+        let image = format!("{image}:{tag}");
+        docker(&["build", "-q", "-f", &dockerfile.to_string_lossy(), "-t", &image, &context.to_string_lossy()])
             .expect("build the image");
     }
     let (port, admin) = (common::closed_port(), common::closed_port());
@@ -98,6 +109,7 @@ fn scaling_the_swarm_stack_3_6_2_under_load_loses_nothing_and_every_replica_serv
         .args(["--resolve-image", "never", &stack])
         .env("RINGPROXY_PORT", port.to_string())
         .env("RINGPROXY_ADMIN_PORT", admin.to_string())
+        .env("RINGPROXY_TAG", &tag)
         .output()
         .expect("docker stack deploy");
     assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));

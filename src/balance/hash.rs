@@ -5,16 +5,12 @@
 //! Weights scale the score as in weighted rendezvous hashing (`-w / ln u`), and slow start
 //! scales the weight.
 
-use super::{Target, TargetId};
+use super::{Candidates, TargetId};
 
-pub fn pick<'a>(
-    candidates: impl Iterator<Item = &'a mut Target>,
-    weigh: impl Fn(&Target) -> u64,
-    key: u64,
-) -> Option<TargetId> {
+pub fn pick(candidates: Candidates<'_>, key: u64) -> Option<TargetId> {
     let mut best: Option<(f64, TargetId)> = None;
-    for t in candidates {
-        let score = score(key, t.key, weigh(t));
+    for t in candidates.iter() {
+        let score = score(key, t.key, candidates.weight(t));
         if best.is_none_or(|(b, _)| score > b) {
             best = Some((score, t.id));
         }
@@ -25,7 +21,8 @@ pub fn pick<'a>(
 /// Weighted rendezvous score: with `u` uniform in (0, 1) from the pair's hash, `-w / ln u`.
 fn score(key: u64, target: u64, weight: u64) -> f64 {
     let mixed = mix(key ^ target.rotate_left(17));
-    let u = ((mixed >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    // 52 bits and a half: strictly inside (0, 1), so the logarithm is finite and negative.
+    let u = ((mixed >> 12) as f64 + 0.5) / (1u64 << 52) as f64;
     -(weight as f64) / u.ln()
 }
 

@@ -1,53 +1,67 @@
-//! `least_conn`: the candidate with the fewest attempts in flight for its weight; among equals,
-//! the one picked longest ago, so that idle targets take turns.
+//! `least_conn`: the candidate with the fewest attempts in flight for its weight. Among equals
+//! (all idle, at low load) smooth weighted round robin decides, as nginx's `least_conn` does,
+//! so weights and slow start still shape the traffic.
 
-use super::{Target, TargetId};
+use super::{round_robin, Candidates, Target, TargetId};
+use std::cmp::Ordering;
 
-pub fn pick<'a>(candidates: impl Iterator<Item = &'a mut Target>, weigh: impl Fn(&Target) -> u64) -> Option<TargetId> {
-    let mut best: Option<(&Target, u64)> = None;
-    for t in candidates {
-        let w = weigh(t).max(1);
-        let better = match best {
-            None => true,
-            Some((b, bw)) => match lighter(t, w, b, bw) {
-                std::cmp::Ordering::Less => true,
-                std::cmp::Ordering::Equal => t.last_pick < b.last_pick,
-                std::cmp::Ordering::Greater => false,
-            },
-        };
-        if better {
-            best = Some((t, w));
+pub fn pick(mut candidates: Candidates<'_>) -> Option<TargetId> {
+    let mut lightest: Option<(u32, u64)> = None;
+    for t in candidates.iter() {
+        let w = candidates.weight(t).max(1);
+        if lightest.is_none_or(|(f, lw)| load(t.in_flight, w, f, lw) == Ordering::Less) {
+            lightest = Some((t.in_flight, w));
         }
     }
-    best.map(|(t, _)| t.id)
+    let (in_flight, w) = lightest?;
+    let (slow_start_ms, now) = (candidates.slow_start_ms, candidates.now);
+    round_robin::smooth(&mut candidates, |t| {
+        load(t.in_flight, super::weight(t, now, slow_start_ms).max(1), in_flight, w) == Ordering::Equal
+    })
 }
 
-/// Compares load per weight, `a.in_flight / wa` against `b.in_flight / wb`, without division.
-pub(super) fn lighter(a: &Target, wa: u64, b: &Target, wb: u64) -> std::cmp::Ordering {
-    (u64::from(a.in_flight) * wb).cmp(&(u64::from(b.in_flight) * wa))
+/// Compares load per weight, `a / wa` against `b / wb`, without division.
+pub(super) fn load(a: u32, wa: u64, b: u32, wb: u64) -> Ordering {
+    (u64::from(a) * wb).cmp(&(u64::from(b) * wa))
+}
+
+/// `a` is less loaded than `b` for their weights.
+pub(super) fn lighter(a: &Target, wa: u64, b: &Target, wb: u64) -> Ordering {
+    load(a.in_flight, wa, b.in_flight, wb)
 }
 
 #[cfg(test)]
 mod tests {
     use crate::balance::tests::weighted;
-    use crate::balance::{Request, TargetSet};
+    use crate::balance::{Request, TargetSet, Targets};
+
+    fn pick(t: &mut Targets, seq: u64) -> crate::balance::TargetId {
+        t.pick(&Request { seq, key: 0, tried: &TargetSet::default(), now: 0 }, false).expect("a target")
+    }
 
     #[test]
-    fn the_target_with_fewest_in_flight_wins_and_idle_ones_take_turns() {
+    fn the_target_with_fewest_in_flight_wins() {
         let mut t = weighted(&[1, 1, 1], "least_conn");
         let ids: Vec<_> = t.ids().collect();
-        let tried = TargetSet::default();
-        let pick = |t: &mut crate::balance::Targets, seq| {
-            t.pick(&Request { seq, key: 0, tried: &tried, now: 0 }, false).expect("a target")
-        };
         t.attempt_started(ids[0]);
         t.attempt_started(ids[0]);
         t.attempt_started(ids[1]);
         assert_eq!(pick(&mut t, 1), ids[2]);
         t.attempt_started(ids[2]);
-        assert_eq!(pick(&mut t, 2), ids[1], "a tie between t2 and t3 goes to the one picked longer ago");
+        let tie = pick(&mut t, 2);
+        assert!(tie == ids[1] || tie == ids[2], "t2 and t3 hold one each");
         t.attempt_ended(ids[0]);
         t.attempt_ended(ids[0]);
         assert_eq!(pick(&mut t, 3), ids[0]);
+    }
+
+    #[test]
+    fn idle_targets_share_by_weight() {
+        let mut t = weighted(&[3, 1], "least_conn");
+        let mut counts = [0; 2];
+        for seq in 0..4000 {
+            counts[pick(&mut t, seq).slot()] += 1;
+        }
+        assert_eq!(counts, [3000, 1000]);
     }
 }

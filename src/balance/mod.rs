@@ -79,10 +79,8 @@ pub struct Target {
     live: bool,
     /// Attempts on it in flight: connecting, sending, or waiting for or relaying its answer.
     in_flight: u32,
-    /// Smooth weighted round robin's running weight.
+    /// Smooth weighted round robin's running weight (`round_robin`, and `least_conn`'s ties).
     current: i64,
-    /// The request sequence number it was last picked for: ties go to the one left longest.
-    last_pick: u64,
     /// When it joined the rotation at run time (revived, added), for slow start; `None` for
     /// a target live since the start.
     up_since: Option<u64>,
@@ -95,7 +93,7 @@ impl Target {
     fn new(id: TargetId, spec: TargetSpec, addr: Option<SocketAddr>, group: Option<Group>, rank: Rank) -> Target {
         let key = hash::fnv1a(spec.url.as_bytes());
         let live = addr.is_some() && group.is_none();
-        Target { id, spec, addr, group, rank, live, in_flight: 0, current: 0, last_pick: 0, up_since: None, key }
+        Target { id, spec, addr, group, rank, live, in_flight: 0, current: 0, up_since: None, key }
     }
 }
 
@@ -115,6 +113,8 @@ pub struct Request<'a> {
 pub struct Reconciled {
     pub added: Vec<TargetId>,
     pub removed: Vec<TargetId>,
+    /// The URLs of the removed targets, for log lines (their slots are empty by now).
+    pub gone: Vec<String>,
     /// Addresses left out: the table holds `MAX_TARGETS` at most.
     pub refused: usize,
 }
@@ -130,12 +130,16 @@ pub struct Targets {
     slow_start_ms: u64,
     /// For `p2c`'s random choices (xorshift64*: no crate, no syscall).
     rng: u64,
+    refused: usize,
 }
 
 impl Targets {
     /// The config's targets. `addrs[i]` is what entry i of `ports` resolved to at start: a
     /// listed target without an address starts out of the rotation, and each address of a
     /// `discover` entry is a target of its own, live from the start.
+    ///
+    /// Listed targets take their slots first, so that addresses of a name can never crowd one
+    /// out of the table; addresses beyond `MAX_TARGETS` are left out (`Targets::refused`).
     pub fn new(config: &Config, addrs: Vec<Vec<SocketAddr>>) -> Targets {
         let mut targets = Targets {
             slots: Vec::new(),
@@ -144,24 +148,36 @@ impl Targets {
             policy: config.policy,
             slow_start_ms: 0,
             rng: hash::fnv1a(&std::process::id().to_le_bytes()) | 1,
+            refused: 0,
         };
         targets.configure(config);
-        for (i, (spec, found)) in config.targets.iter().zip(addrs).enumerate() {
-            if spec.discover {
-                let group = Group::of(spec);
-                for addr in found {
-                    let member = member_spec(spec, addr);
-                    if let Some(id) = targets.add(member, Some(addr), Some(group.clone()), (i, Some(addr))) {
-                        targets.set_live(id, true);
-                    }
+        for (i, (spec, found)) in config.targets.iter().zip(&addrs).enumerate().filter(|(_, (s, _))| !s.discover) {
+            targets.add(spec.clone(), found.first().copied(), None, (i, None));
+        }
+        for (i, (spec, found)) in config.targets.iter().zip(&addrs).enumerate().filter(|(_, (s, _))| s.discover) {
+            let group = Group::of(spec);
+            for &addr in found {
+                if targets.holds(addr) {
+                    continue;
                 }
-            } else {
-                let addr = found.first().copied();
-                targets.add(spec.clone(), addr, None, (i, None));
+                match targets.add(member_spec(spec, addr), Some(addr), Some(group.clone()), (i, Some(addr))) {
+                    Some(id) => targets.set_live(id, true),
+                    None => targets.refused += 1,
+                }
             }
         }
         targets.rebuild_ring();
         targets
+    }
+
+    /// Addresses of discovered names left out at start: the table was full.
+    pub fn refused(&self) -> usize {
+        self.refused
+    }
+
+    /// Some target already has this address: another name's, or a listed one.
+    fn holds(&self, addr: SocketAddr) -> bool {
+        self.iter().any(|t| t.addr == Some(addr))
     }
 
     /// Takes the policy and slow start of a (re)loaded config.
@@ -237,6 +253,7 @@ impl Targets {
                 }
                 None => {
                     changes.removed.push(t.id);
+                    changes.gone.push(std::mem::take(&mut t.spec.url));
                     *slot = None;
                 }
             }
@@ -267,15 +284,17 @@ impl Targets {
         let (group, i) = (Group::of(entry), index);
         let mut changes = Reconciled::default();
         for slot in &mut self.slots {
-            if let Some(t) = slot.as_ref().filter(|t| t.group.as_ref() == Some(&group)) {
+            if let Some(t) = slot.as_mut().filter(|t| t.group.as_ref() == Some(&group)) {
                 if !t.addr.is_some_and(|a| addrs.contains(&a)) {
                     changes.removed.push(t.id);
+                    changes.gone.push(std::mem::take(&mut t.spec.url));
                     *slot = None;
                 }
             }
         }
         for &addr in addrs {
-            if self.iter().any(|t| t.group.as_ref() == Some(&group) && t.addr == Some(addr)) {
+            // Already a target: of this name, or of another name or a listed entry.
+            if self.holds(addr) {
                 continue;
             }
             match self.add(member_spec(entry, addr), Some(addr), Some(group.clone()), (i, Some(addr))) {
@@ -378,21 +397,16 @@ impl Targets {
     /// The target for a request among live targets it has not tried, by the configured policy;
     /// with `fail_open`, when none is live, among all targets not tried yet.
     pub fn pick(&mut self, req: &Request<'_>, fail_open: bool) -> Option<TargetId> {
-        let (slow_start, now) = (self.slow_start_ms, req.now);
-        let weigh = move |t: &Target| weight(t, now, slow_start);
-        let candidates = self.slots.iter_mut().flatten().filter(|t| t.live && !req.tried.contains(t.id));
+        let candidates =
+            Candidates { slots: &mut self.slots, tried: req.tried, now: req.now, slow_start_ms: self.slow_start_ms };
         let picked = match self.policy {
             Policy::HashRing => self.ring.pick(req.seq, req.tried),
-            Policy::RoundRobin => round_robin::pick(candidates, weigh),
-            Policy::LeastConn => least_conn::pick(candidates, weigh),
-            Policy::P2c => p2c::pick(candidates, weigh, &mut self.rng),
-            Policy::Hash => hash::pick(candidates, weigh, req.key),
+            Policy::RoundRobin => round_robin::pick(candidates),
+            Policy::LeastConn => least_conn::pick(candidates),
+            Policy::P2c => p2c::pick(candidates, &mut self.rng),
+            Policy::Hash => hash::pick(candidates, req.key),
         };
-        let picked = picked.or_else(|| if fail_open { self.pick_any(req.seq, req.tried) } else { None });
-        if let Some(t) = picked.and_then(|id| self.slot_mut(id)) {
-            t.last_pick = req.seq;
-        }
-        picked
+        picked.or_else(|| if fail_open { self.pick_any(req.seq, req.tried) } else { None })
     }
 
     /// Like the ring's pick over every target, live or not, in the rotation's order: the
@@ -408,6 +422,31 @@ impl Targets {
         order.sort_unstable_by_key(|&(i, addr, _)| (i, addr));
         let first = (seq % n.max(1) as u64) as usize;
         (0..n).map(|k| order[(first + k) % n].2).find(|&t| !tried.contains(t))
+    }
+}
+
+/// The targets a policy may pick for one request: live, and not tried by it yet. A policy may
+/// walk them more than once; nothing is collected.
+pub struct Candidates<'a> {
+    slots: &'a mut [Option<Target>],
+    tried: &'a TargetSet,
+    now: u64,
+    slow_start_ms: u64,
+}
+
+impl Candidates<'_> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Target> {
+        self.slots.iter().flatten().filter(|t| t.live && !self.tried.contains(t.id))
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Target> {
+        let tried = self.tried;
+        self.slots.iter_mut().flatten().filter(move |t| t.live && !tried.contains(t.id))
+    }
+
+    /// A candidate's weight for this pick, slow start applied.
+    pub(crate) fn weight(&self, t: &Target) -> u64 {
+        weight(t, self.now, self.slow_start_ms)
     }
 }
 

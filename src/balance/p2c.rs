@@ -1,45 +1,35 @@
 //! `p2c`: the power of two random choices, as Envoy's LEAST_REQUEST and Traefik's p2c. Two
 //! distinct candidates are drawn at random and the one with fewer attempts in flight for its
-//! weight wins: nearly the balance of `least_conn`, without every pick herding onto the single
-//! least loaded target.
+//! weight wins; between equals (both idle) a coin weighted by their weights decides. Nearly
+//! the balance of `least_conn`, without every pick herding onto the single least loaded
+//! target.
 
 use super::least_conn::lighter;
-use super::{Target, TargetId};
+use super::{Candidates, TargetId};
+use std::cmp::Ordering;
 
-pub fn pick<'a>(
-    candidates: impl Iterator<Item = &'a mut Target>,
-    weigh: impl Fn(&Target) -> u64,
-    rng: &mut u64,
-) -> Option<TargetId> {
-    // Candidates are at most MAX_TARGETS: a reservoir of two keeps this one pass and no
-    // allocation. Each candidate replaces one of the two with the right probability.
-    let mut seen = 0u64;
-    let mut chosen: [Option<&Target>; 2] = [None, None];
-    for t in candidates {
-        seen += 1;
-        if seen <= 2 {
-            chosen[(seen - 1) as usize] = Some(t);
-        } else {
-            let r = next(rng) % seen;
-            if r < 2 {
-                chosen[r as usize] = Some(t);
-            }
+pub fn pick(candidates: Candidates<'_>, rng: &mut u64) -> Option<TargetId> {
+    let n = candidates.iter().count() as u64;
+    let (i, j) = match n {
+        0 => return None,
+        1 => return candidates.iter().next().map(|t| t.id),
+        _ => {
+            let i = next(rng) % n;
+            // A second index, never the first.
+            let j = (i + 1 + next(rng) % (n - 1)) % n;
+            (i, j)
         }
-    }
-    match chosen {
-        [Some(a), Some(b)] => {
-            let (wa, wb) = (weigh(a).max(1), weigh(b).max(1));
-            let winner = match lighter(a, wa, b, wb) {
-                std::cmp::Ordering::Less => a,
-                std::cmp::Ordering::Greater => b,
-                std::cmp::Ordering::Equal if next(rng) & 1 == 0 => a,
-                std::cmp::Ordering::Equal => b,
-            };
-            Some(winner.id)
-        }
-        [Some(only), None] => Some(only.id),
-        _ => None,
-    }
+    };
+    let a = candidates.iter().nth(i as usize)?;
+    let b = candidates.iter().nth(j as usize)?;
+    let (wa, wb) = (candidates.weight(a).max(1), candidates.weight(b).max(1));
+    let winner = match lighter(a, wa, b, wb) {
+        Ordering::Less => a,
+        Ordering::Greater => b,
+        Ordering::Equal if next(rng) % (wa + wb) < wa => a,
+        Ordering::Equal => b,
+    };
+    Some(winner.id)
 }
 
 /// xorshift64*.
@@ -68,8 +58,19 @@ mod tests {
             let id = t.pick(&Request { seq, key: 0, tried: &tried, now: 0 }, false).expect("a target");
             counts[id.slot()] += 1;
         }
-        // t1 wins only when drawn with itself, which p2c never does: it is never picked.
+        // t1 never wins a draw: p2c never pairs a target with itself.
         assert_eq!(counts[0], 0, "{counts:?}");
         assert!(counts[1..].iter().all(|&n| n > 1000), "{counts:?}");
+    }
+
+    #[test]
+    fn idle_targets_share_by_weight() {
+        let mut t = weighted(&[3, 1], "p2c");
+        let tried = TargetSet::default();
+        let mut counts = [0u32; 2];
+        for seq in 0..8000 {
+            counts[t.pick(&Request { seq, key: 0, tried: &tried, now: 0 }, false).expect("a target").slot()] += 1;
+        }
+        assert!((5600..6400).contains(&counts[0]), "3:1 gives about 6000 of 8000: {counts:?}");
     }
 }

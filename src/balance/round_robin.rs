@@ -2,13 +2,20 @@
 //! candidate's weight to its running weight, takes the candidate with the largest, and takes
 //! the total back from it: weights 5, 1, 1 give a a b a c a a, never a a a a a b c.
 
-use super::{Target, TargetId};
+use super::{Candidates, Target, TargetId};
 
-pub fn pick<'a>(candidates: impl Iterator<Item = &'a mut Target>, weigh: impl Fn(&Target) -> u64) -> Option<TargetId> {
+pub fn pick(mut candidates: Candidates<'_>) -> Option<TargetId> {
+    smooth(&mut candidates, |_| true)
+}
+
+/// Smooth weighted round robin among the candidates `among` accepts (`least_conn` uses it to
+/// break ties the way nginx does).
+pub(super) fn smooth(candidates: &mut Candidates<'_>, among: impl Fn(&Target) -> bool) -> Option<TargetId> {
+    let (slow_start_ms, now) = (candidates.slow_start_ms, candidates.now);
     let mut total = 0i64;
     let mut best: Option<&mut Target> = None;
-    for t in candidates {
-        let w = i64::try_from(weigh(t)).unwrap_or(i64::MAX / 1024);
+    for t in candidates.iter_mut().filter(|t| among(t)) {
+        let w = i64::try_from(super::weight(t, now, slow_start_ms)).unwrap_or(i64::MAX / 1024);
         t.current = t.current.saturating_add(w);
         total = total.saturating_add(w);
         if best.as_ref().is_none_or(|b| t.current > b.current) {
