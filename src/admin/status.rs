@@ -84,6 +84,7 @@ pub fn json(view: &View<'_>) -> String {
         "live": env.targets.live_count(),
         "connections": view.proxy.len(),
         "failovers_total": m.failovers,
+        "tunnels": m.tunnels_open,
         "reloads": {"success": m.reloads[0], "failure": m.reloads[1]},
         "targets": rows,
         "failovers": feed,

@@ -144,6 +144,10 @@ pub struct Config {
     pub slow_start: Duration,
     /// How often names of `discover` targets are looked up again.
     pub resolve_interval: Duration,
+    /// Protocols a client may switch to through the proxy (`Upgrade`), lower case.
+    pub upgrade_protocols: Vec<String>,
+    /// Longest silence, both ways, on a tunnel (a WebSocket after its `101`).
+    pub tunnel_timeout: Duration,
     /// Longest chunk-size line (with extensions) and trailer section of a chunked body.
     pub chunk_limits: ChunkLimits,
     /// Values the file asked for that were raised to their floor, one line each, for the log.
@@ -306,6 +310,20 @@ impl RawConfig {
         let retry_timeout = secs("retry_timeout", self.retry_timeout, TIMEOUT_FLOOR)?;
         let client_body_timeout = secs("client_body_timeout", self.client_body_timeout, TIMEOUT_FLOOR)?;
         let resolve_interval = secs("resolve_interval", self.resolve_interval, SLEEPING_FLOOR)?;
+        let tunnel_timeout = secs("tunnel_timeout", self.tunnel_timeout, TIMEOUT_FLOOR)?;
+        let token = |p: &String| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if let Some(bad) = self.upgrade_protocols.iter().find(|p| !token(p)) {
+            return Err(err("upgrade_protocols", format!("{bad:?} is not a protocol name like \"websocket\"")));
+        }
+        if let Some(h2c) = self.upgrade_protocols.iter().find(|p| p.eq_ignore_ascii_case("h2c")) {
+            return Err(err(
+                "upgrade_protocols",
+                format!("{h2c:?}: the proxy speaks HTTP/1.1 to targets and cannot tunnel h2c"),
+            ));
+        }
+        let upgrade_protocols = self.upgrade_protocols.iter().map(|p| p.to_ascii_lowercase()).collect();
         let slow_start = match self.slow_start {
             0.0 => Duration::ZERO,
             value => secs("slow_start", value, TIMEOUT_FLOOR)?,
@@ -341,6 +359,8 @@ impl RawConfig {
             hash_key,
             slow_start,
             resolve_interval,
+            upgrade_protocols,
+            tunnel_timeout,
             client_body_timeout,
             max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
             max_connections: self.max_connections,

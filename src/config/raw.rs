@@ -37,6 +37,8 @@ pub(super) struct RawConfig {
     pub(super) hash_key: String,
     pub(super) slow_start: f64,
     pub(super) resolve_interval: f64,
+    pub(super) upgrade_protocols: Vec<String>,
+    pub(super) tunnel_timeout: f64,
     pub(super) client_body_timeout: f64,
     /// 0: no limit.
     pub(super) max_body_size: u64,
@@ -94,6 +96,10 @@ impl RawConfig {
             hash_key: k.or("hash_key", "client_ip".to_owned())?,
             slow_start: k.or("slow_start", 0.0)?,
             resolve_interval: k.or("resolve_interval", 5.0)?,
+            upgrade_protocols: k.or("upgrade_protocols", vec!["websocket".to_owned()])?,
+            // A WebSocket may idle between messages for minutes; HAProxy's guides suggest an
+            // hour for `timeout tunnel`.
+            tunnel_timeout: k.or("tunnel_timeout", 3600.0)?,
             client_body_timeout: k.or("client_body_timeout", 10.0)?,
             max_body_size: k.or("max_body_size", 0)?,
             max_connections: k.or("max_connections", 10_000)?,

@@ -17,6 +17,8 @@ pub(super) enum Field {
     XForwardedProto,
     /// Kept when well formed, replaced otherwise: one per request, written by the proxy.
     RequestId,
+    /// Hop-by-hop; forwarded only with a protocol switch the proxy agreed to tunnel.
+    Upgrade,
     /// Describes one connection only and is never forwarded (RFC 9110 §7.6.1).
     HopByHop,
     /// One of the fields above spelled with `_` for `-` (`Content_Length`). The proxy does not
@@ -49,7 +51,8 @@ impl Field {
             2 if is("te") => Field::HopByHop,
             4 if is("host") => Field::Host,
             6 if is("expect") => Field::Expect,
-            7 if is("upgrade") || is("trailer") => Field::HopByHop,
+            7 if is("upgrade") => Field::Upgrade,
+            7 if is("trailer") => Field::HopByHop,
             10 if is("connection") => Field::Connection,
             10 if is("keep-alive") => Field::HopByHop,
             12 if is("x-request-id") => Field::RequestId,
@@ -152,6 +155,8 @@ pub(super) struct Fields<'b> {
     pub(super) close: bool,
     pub(super) keep_alive: bool,
     pub(super) expect_continue: bool,
+    /// `Connection` lists `upgrade`.
+    pub(super) upgrade: bool,
 }
 
 impl<'b> Fields<'b> {
@@ -167,6 +172,7 @@ impl<'b> Fields<'b> {
             close: false,
             keep_alive: false,
             expect_continue: false,
+            upgrade: false,
         }
     }
 
@@ -211,6 +217,8 @@ impl<'b> Fields<'b> {
                             f.close = true;
                         } else if token.eq_ignore_ascii_case(b"keep-alive") {
                             f.keep_alive = true;
+                        } else if token.eq_ignore_ascii_case(b"upgrade") {
+                            f.upgrade = true;
                         } else if f.option_count == MAX_CONNECTION_OPTIONS {
                             return Err(bad("too many Connection options"));
                         } else {
@@ -246,10 +254,18 @@ impl<'b> Fields<'b> {
             .flat_map(|(_, h)| list_items(h.value))
     }
 
+    /// The first `Upgrade` field's value, when `Connection` lists `upgrade` too.
+    pub(super) fn upgrade<'h>(&self, headers: &'h [httparse::Header<'b>]) -> Option<&'b [u8]> {
+        if !self.upgrade {
+            return None;
+        }
+        headers.iter().enumerate().find(|(i, _)| self.kinds[*i] == Field::Upgrade).map(|(_, h)| trim(h.value))
+    }
+
     /// Whether header `i`, named `name`, stays on this side of the proxy.
     pub(super) fn is_hop_by_hop(&self, i: usize, name: &str) -> bool {
         match self.kinds[i] {
-            Field::HopByHop | Field::Connection | Field::Underscored => true,
+            Field::HopByHop | Field::Connection | Field::Underscored | Field::Upgrade => true,
             kind if kind.immune_to_connection() => false,
             _ => self.options[..self.option_count].iter().any(|option| option.eq_ignore_ascii_case(name.as_bytes())),
         }

@@ -22,6 +22,8 @@ pub struct RequestHead {
     pub idempotent: bool,
     /// `Expect: 100-continue`: the client may hold the body back until it hears from the target.
     pub expect_continue: bool,
+    /// A protocol switch the proxy will tunnel (WebSocket) was asked for and forwarded.
+    pub upgrade: bool,
 }
 
 /// What the proxy adds to each request it forwards.
@@ -32,6 +34,8 @@ pub struct Forwarding<'a> {
     pub path_prefix: &'a str,
     /// The `X-Request-Id` to send when the client sent no well-formed one.
     pub request_id: &'a [u8],
+    /// Protocols a client may switch to through the proxy (`Upgrade`), lower case.
+    pub upgrades: &'a [String],
 }
 
 /// Parses a request head at the start of `input` and writes the head to forward into `out`.
@@ -84,6 +88,13 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
         (None, Some(n)) => BodyKind::Length(n),
     };
     let keep_alive = if minor == 1 { !fields.close } else { fields.keep_alive && !fields.close };
+    // A switch to a protocol the proxy tunnels: a bodiless HTTP/1.1 GET (RFC 6455 §4.1) whose
+    // every offered protocol is allowed. Any other Upgrade is dropped, as RFC 9110 §7.8 lets an
+    // intermediary do, and the request goes on as plain HTTP (h2c included).
+    let upgrade = fields
+        .upgrade(req.headers)
+        .filter(|_| minor == 1 && method == "GET" && body == BodyKind::None)
+        .filter(|offer| upgrade_allowed(offer, fwd.upgrades));
 
     let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
     w.put(method.as_bytes());
@@ -125,7 +136,10 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
         None => w.put(fwd.request_id),
     }
     w.put(b"\r\n");
-    if minor == 0 {
+    if let Some(offer) = upgrade {
+        w.field(b"Connection", b"Upgrade");
+        w.field(b"Upgrade", offer);
+    } else if minor == 0 {
         w.put(b"Connection: keep-alive\r\n");
     }
     w.put(b"\r\n");
@@ -133,7 +147,27 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
     let is_head = method == "HEAD";
     let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
     let expect_continue = fields.expect_continue && minor == 1;
-    Ok(Some(RequestHead { head_len, out_len, body, keep_alive, minor, is_head, idempotent, expect_continue }))
+    Ok(Some(RequestHead {
+        head_len,
+        out_len,
+        body,
+        keep_alive,
+        minor,
+        is_head,
+        idempotent,
+        expect_continue,
+        upgrade: upgrade.is_some(),
+    }))
+}
+
+/// Every protocol an `Upgrade` value offers (`websocket`, `foo/2`) is one of `allowed`.
+fn upgrade_allowed(offer: &[u8], allowed: &[String]) -> bool {
+    let mut protocols = super::fields::list_items(offer).peekable();
+    protocols.peek().is_some()
+        && protocols.all(|p| {
+            let name = p.split(|&b| b == b'/').next().unwrap_or(p);
+            allowed.iter().any(|a| name.eq_ignore_ascii_case(a.as_bytes()))
+        })
 }
 
 fn request_parse_error(e: httparse::Error) -> HttpError {

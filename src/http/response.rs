@@ -14,6 +14,9 @@ pub struct ResponseHead {
     pub body: BodyKind,
     /// A 1xx: another head follows for the same request.
     pub informational: bool,
+    /// `101 Switching Protocols` to an upgrade the proxy forwarded: the connection is a tunnel
+    /// from the end of this head.
+    pub switching: bool,
     /// The client connection may carry another request after this response.
     pub client_keep_alive: bool,
     /// The upstream connection may carry another request after this response.
@@ -27,6 +30,8 @@ pub struct ResponseContext {
     pub client_minor: u8,
     /// Whether the client connection may stay open as far as the request and proxy go.
     pub client_keep_alive: bool,
+    /// The request asked for a protocol switch the proxy forwarded.
+    pub upgrade_requested: bool,
 }
 
 /// Parses a response head at the start of `input` and writes the head to send the client.
@@ -45,18 +50,22 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
     if !(100..=599).contains(&status) {
         return Err(HttpError::BadResponse("status code out of range"));
     }
-    if status == 101 {
+    if status == 101 && !ctx.upgrade_requested {
         return Err(HttpError::BadResponse("101 Switching Protocols was not asked for"));
     }
-    let informational = status < 200;
     let mut fields = Fields::new();
     fields.scan(resp.headers, true)?;
+    let switching = status == 101;
+    if switching && fields.upgrade(resp.headers).is_none() {
+        return Err(HttpError::BadResponse("101 Switching Protocols without Connection: upgrade and Upgrade"));
+    }
+    let informational = status < 200 && !switching;
     if fields.transfer_encoding.is_some() && minor == 0 {
         // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
         return Err(HttpError::BadResponse("Transfer-Encoding in an HTTP/1.0 response"));
     }
     let chunked_and_length = fields.transfer_encoding.is_some() && fields.content_length.is_some();
-    let body = if ctx.request_is_head || informational || status == 204 || status == 304 {
+    let body = if ctx.request_is_head || informational || switching || status == 204 || status == 304 {
         BodyKind::None
     } else {
         match (fields.transfer_encoding, fields.content_length) {
@@ -91,7 +100,10 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
             _ => w.field(h.name.as_bytes(), h.value),
         }
     }
-    if !informational {
+    if let (true, Some(protocol)) = (switching, fields.upgrade(resp.headers)) {
+        w.field(b"Connection", b"Upgrade");
+        w.field(b"Upgrade", protocol);
+    } else if !informational {
         if !client_keep_alive {
             w.put(b"Connection: close\r\n");
         } else if ctx.client_minor == 0 {
@@ -100,7 +112,16 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
     }
     w.put(b"\r\n");
     let out_len = w.finish()?;
-    Ok(Some(ResponseHead { head_len, out_len, status, body, informational, client_keep_alive, upstream_reusable }))
+    Ok(Some(ResponseHead {
+        head_len,
+        out_len,
+        status,
+        body,
+        informational,
+        switching,
+        client_keep_alive: client_keep_alive && !switching,
+        upstream_reusable: upstream_reusable && !switching,
+    }))
 }
 
 /// Writes a complete response made by the proxy itself (errors, the all-down answer).

@@ -7,8 +7,12 @@ use super::writer::HeadWriter;
 use super::*;
 use std::net::IpAddr;
 
-const FWD: Forwarding<'static> =
-    Forwarding { client_ip: IpAddr::V4(std::net::Ipv4Addr::new(127, 1, 2, 3)), path_prefix: "", request_id: b"rid-1" };
+const FWD: Forwarding<'static> = Forwarding {
+    client_ip: IpAddr::V4(std::net::Ipv4Addr::new(127, 1, 2, 3)),
+    path_prefix: "",
+    request_id: b"rid-1",
+    upgrades: &[],
+};
 
 fn request(raw: &str) -> Result<(RequestHead, String), HttpError> {
     let mut out = [0u8; 4096];
@@ -178,7 +182,8 @@ fn response(raw: &str, ctx: ResponseContext) -> (ResponseHead, String) {
     (head, String::from_utf8_lossy(&out[..head.out_len]).into_owned())
 }
 
-const CTX: ResponseContext = ResponseContext { request_is_head: false, client_minor: 1, client_keep_alive: true };
+const CTX: ResponseContext =
+    ResponseContext { request_is_head: false, client_minor: 1, client_keep_alive: true, upgrade_requested: false };
 
 #[test]
 fn response_framing() {

@@ -171,6 +171,11 @@ pub struct Metrics {
     /// Where the next failover goes in `feed`.
     feed_next: usize,
     pub failovers: u64,
+    /// Tunnels (WebSockets) open now and ever, and the bytes they carried each way.
+    pub tunnels_open: u64,
+    pub tunnels: u64,
+    pub tunnel_bytes_up: u64,
+    pub tunnel_bytes_down: u64,
 }
 
 impl Default for Metrics {
@@ -186,6 +191,10 @@ impl Default for Metrics {
             feed: Box::new([None; FEED]),
             feed_next: 0,
             failovers: 0,
+            tunnels_open: 0,
+            tunnels: 0,
+            tunnel_bytes_up: 0,
+            tunnel_bytes_down: 0,
         }
     }
 }
@@ -291,6 +300,18 @@ impl Metrics {
         (1..=FEED).filter_map(move |back| self.feed[(self.feed_next + FEED - back) % FEED].as_ref())
     }
 
+    pub fn tunnel_opened(&mut self) {
+        self.tunnels_open += 1;
+        self.tunnels += 1;
+    }
+
+    /// A tunnel closed, having carried `up` bytes to its target and `down` to its client.
+    pub fn tunnel_closed(&mut self, up: u64, down: u64) {
+        self.tunnels_open = self.tunnels_open.saturating_sub(1);
+        self.tunnel_bytes_up += up;
+        self.tunnel_bytes_down += down;
+    }
+
     pub fn reloaded(&mut self, ok: bool) {
         self.reloads[usize::from(!ok)] += 1;
         if ok {
@@ -346,6 +367,13 @@ pub fn render(m: &Metrics, targets: &[TargetView<'_>], proxy: &ProxyView) -> Str
     }
     family(o, "ringproxy_failovers_total", "counter", "Requests that needed more than one attempt.");
     let _ = writeln!(o, "ringproxy_failovers_total {}", m.failovers);
+    family(o, "ringproxy_tunnels", "gauge", "Tunnels (WebSockets) open now.");
+    let _ = writeln!(o, "ringproxy_tunnels {}", m.tunnels_open);
+    family(o, "ringproxy_tunnels_total", "counter", "Tunnels opened by a 101 Switching Protocols.");
+    let _ = writeln!(o, "ringproxy_tunnels_total {}", m.tunnels);
+    family(o, "ringproxy_tunnel_bytes_total", "counter", "Bytes tunnels carried, by direction, counted as they close.");
+    let _ = writeln!(o, "ringproxy_tunnel_bytes_total{{direction=\"upstream\"}} {}", m.tunnel_bytes_up);
+    let _ = writeln!(o, "ringproxy_tunnel_bytes_total{{direction=\"downstream\"}} {}", m.tunnel_bytes_down);
     family(o, "ringproxy_reloads_total", "counter", "Configuration reloads, by result.");
     for (result, n) in ["success", "failure"].iter().zip(m.reloads) {
         let _ = writeln!(o, "ringproxy_reloads_total{{result=\"{result}\"}} {n}");

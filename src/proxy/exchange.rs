@@ -55,6 +55,8 @@ pub struct Exchange {
     /// made of the rest, its connection is not trusted with another request.
     pub answered_early: bool,
     pub upstream_eof: bool,
+    /// In a tunnel: the target's close was passed on to the client (our write side is shut).
+    pub client_shut: bool,
     /// After the exchange ended: bytes of its unfinished body that may still be dropped before
     /// the connection is closed instead.
     pub discard_budget: u64,
@@ -90,6 +92,7 @@ impl Exchange {
             upstream_reusable: false,
             answered_early: false,
             upstream_eof: false,
+            client_shut: false,
             discard_budget: 0,
         }
     }

@@ -73,6 +73,9 @@ enum Mode {
     Discard(Box<Exchange>),
     /// Our side is shut: what the client still sends is read and dropped until it closes.
     Linger,
+    /// The target switched protocols (`101`, a WebSocket): bytes go both ways as they come,
+    /// until both sides have closed. The exchange's box is kept for its log line.
+    Tunnel(Box<Exchange>),
 }
 
 /// Which timeout applies.
@@ -89,6 +92,7 @@ enum Phase {
     Stream,
     Discard,
     Linger,
+    Tunnel,
 }
 
 impl Phase {
@@ -101,12 +105,13 @@ impl Phase {
             Phase::Connect => millis(c.connect_timeout),
             Phase::Response | Phase::Stream => millis(c.upstream_timeout),
             Phase::Linger => LINGER_MS,
+            Phase::Tunnel => millis(c.tunnel_timeout),
         }
     }
 
     /// Phases whose timeout is a limit on silence: any movement restarts it.
     fn is_idle_limit(self) -> bool {
-        matches!(self, Phase::Stream | Phase::Body | Phase::Discard)
+        matches!(self, Phase::Stream | Phase::Body | Phase::Discard | Phase::Tunnel)
     }
 }
 
@@ -225,6 +230,10 @@ impl Session {
                 warn!("{peer}: transfer stalled past the timeout, closing");
                 Err(Closed)
             }
+            Some(Phase::Tunnel) => {
+                debug!("{peer}: tunnel silent past tunnel_timeout, closing");
+                Err(Closed)
+            }
         };
         match outcome {
             Err(Closed) => Verdict::Close,
@@ -239,8 +248,14 @@ impl Session {
             cx.upstreams.close(up);
         }
         self.end_exchange(cx, None, false);
-        if let Mode::Discard(ex) = std::mem::replace(&mut self.mode, Mode::Waiting) {
-            cx.exchanges.recycle(ex);
+        match std::mem::replace(&mut self.mode, Mode::Waiting) {
+            Mode::Discard(ex) => cx.exchanges.recycle(ex),
+            Mode::Tunnel(ex) => {
+                cx.metrics.tunnel_closed(ex.body_total, ex.sent_bytes);
+                self.record(cx, &ex, None);
+                cx.exchanges.recycle(ex);
+            }
+            Mode::Waiting | Mode::Exchange(_) | Mode::Linger => {}
         }
         if let Some((id, _)) = self.deadline.entry.take() {
             cx.wheel.cancel(id);
@@ -254,11 +269,14 @@ impl Session {
         if matches!(self.mode, Mode::Linger) {
             return self.linger(cx);
         }
+        if matches!(self.mode, Mode::Tunnel(_)) {
+            return self.tunnel(cx);
+        }
         let mut moved = self.read_client(cx)?;
         match self.mode {
             Mode::Discard(_) => moved |= self.discard_body(cx)?,
             Mode::Waiting => moved |= self.start_request(cx)?,
-            Mode::Exchange(_) | Mode::Linger => {}
+            Mode::Exchange(_) | Mode::Linger | Mode::Tunnel(_) => {}
         }
         if matches!(self.mode, Mode::Exchange(_)) {
             moved |= self.classify_request_body(cx)?;
@@ -308,6 +326,7 @@ impl Session {
         let cout_pending = self.cout.as_ref().is_some_and(|b| !b.is_empty());
         match &self.mode {
             Mode::Linger => Phase::Linger,
+            Mode::Tunnel(_) => Phase::Tunnel,
             Mode::Discard(_) => Phase::Discard,
             // An answer still going out comes first: a header timeout must not cut into it.
             Mode::Waiting if cout_pending => Phase::Stream,
@@ -449,8 +468,12 @@ impl Session {
         uout.clear();
         let seq = *cx.seq;
         let id = request_id(cx.id_prefix, seq);
-        let fwd =
-            Forwarding { client_ip: self.client.peer().ip(), path_prefix: cx.config.path_prefix(), request_id: &id };
+        let fwd = Forwarding {
+            client_ip: self.client.peer().ip(),
+            path_prefix: cx.config.path_prefix(),
+            request_id: &id,
+            upgrades: &cx.config.upgrade_protocols,
+        };
         let max_head = cx.config.max_request_head;
         let limit = cin.len().min(max_head);
         let head = match http::parse_request(&cin.data()[..limit], &fwd, uout.space()) {
@@ -725,6 +748,7 @@ impl Session {
             request_is_head: ex.head.is_head,
             client_minor: ex.head.minor,
             client_keep_alive: ex.client_keep_alive && !cx.draining && !self.client.eof && !ex.body_withheld(),
+            upgrade_requested: ex.head.upgrade,
         };
         let head = match http::parse_response(uin.data(), &ctx, cout.space()) {
             Ok(Some(head)) => head,
@@ -742,6 +766,13 @@ impl Session {
             return Ok(true);
         }
         cout.fill(head.out_len);
+        if head.switching {
+            ex.status = head.status;
+            ex.answered = Some(cx.now);
+            ex.trace.push(ex.target, Outcome::Ok);
+            cx.target_answered(ex.target);
+            return self.start_tunnel(cx);
+        }
         ex.resp = Resp::Body(BodyFramer::with_limits(head.body, cx.config.chunk_limits));
         ex.client_keep_alive = head.client_keep_alive;
         ex.upstream_reusable = head.upstream_reusable;
@@ -758,6 +789,107 @@ impl Session {
         ex.trace.push(ex.target, Outcome::Ok);
         cx.target_answered(ex.target);
         Ok(true)
+    }
+
+    /// The target agreed to switch protocols: from here on the session relays bytes both ways.
+    /// Whatever the client sent after its request head, and the target after its `101`, is
+    /// the new protocol's already.
+    fn start_tunnel(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let Mode::Exchange(ex) = std::mem::replace(&mut self.mode, Mode::Waiting) else {
+            return Err(Closed);
+        };
+        debug!("{}: request #{} switched protocols: a tunnel to {}", self.peer(), ex.seq, cx.targets.url(ex.target));
+        cx.metrics.tunnel_opened();
+        self.mode = Mode::Tunnel(ex);
+        Ok(true)
+    }
+
+    /// One pass of a tunnel: each direction moves what it can, and a side's close is passed on
+    /// once everything it sent before has been delivered (half-close). The session ends when
+    /// both directions are closed, or either side fails.
+    fn tunnel(&mut self, cx: &mut Ctx<'_>) -> Step {
+        let (Mode::Tunnel(ex), Some(up)) = (&mut self.mode, self.up.as_mut()) else {
+            return Err(Closed);
+        };
+        let mut moved = false;
+        // Client to target.
+        let cin = buffer::ensure(&mut self.cin, cx.buffers);
+        if !cin.is_empty() {
+            match up.ready.write(&mut up.stream, cin.data(), &[]) {
+                Io::Bytes(n) => {
+                    cin.consume(n);
+                    ex.body_total += n as u64;
+                    moved = true;
+                }
+                Io::Failed(_) => return Err(Closed),
+                Io::Blocked | Io::Eof | Io::Retry => {}
+            }
+        }
+        if cin.is_empty() && !self.client.eof {
+            match self.client.read(cin.space()) {
+                Io::Bytes(n) => {
+                    cin.fill(n);
+                    moved = true;
+                }
+                Io::Eof => {
+                    self.client.eof = true;
+                    moved = true;
+                }
+                Io::Failed(_) => return Err(Closed),
+                Io::Blocked | Io::Retry => {}
+            }
+        }
+        if self.client.eof && cin.is_empty() && !ex.upload_cut {
+            // The client is done sending: the target hears it, and may still answer.
+            let _ = up.stream.shutdown(std::net::Shutdown::Write);
+            ex.upload_cut = true;
+            moved = true;
+        }
+        // Target to client, after the `101` head in `cout`.
+        let cout = self.cout.as_ref().map_or(&[][..], Buffer::data);
+        let uin = buffer::ensure(&mut self.uin, cx.buffers);
+        if !cout.is_empty() || !uin.is_empty() {
+            match self.client.write(cout, uin.data()) {
+                Io::Bytes(n) => {
+                    let from_head = n.min(cout.len());
+                    if let Some(cout) = self.cout.as_mut() {
+                        cout.consume(from_head);
+                    }
+                    uin.consume(n - from_head);
+                    ex.sent_bytes += (n - from_head) as u64;
+                    moved = true;
+                }
+                Io::Failed(_) => return Err(Closed),
+                Io::Blocked | Io::Eof | Io::Retry => {}
+            }
+        }
+        if uin.is_empty() && !ex.upstream_eof {
+            match up.ready.read(&mut up.stream, uin.space()) {
+                Io::Bytes(n) => {
+                    uin.fill(n);
+                    moved = true;
+                }
+                Io::Eof => {
+                    ex.upstream_eof = true;
+                    moved = true;
+                }
+                Io::Failed(_) => return Err(Closed),
+                Io::Blocked | Io::Retry => {}
+            }
+        }
+        let delivered = uin.is_empty() && self.cout.as_ref().is_none_or(Buffer::is_empty);
+        if ex.upstream_eof && delivered {
+            if ex.upload_cut {
+                return Err(Closed);
+            }
+            if !ex.client_shut {
+                // The target is done: the client hears it, and may still send.
+                let _ = self.client.shutdown_write();
+                ex.client_shut = true;
+                moved = true;
+            }
+        }
+        Ok(moved)
     }
 
     /// The target's response cannot be forwarded: 502 if the client has seen nothing yet.
@@ -866,6 +998,10 @@ impl Session {
     /// closes: it never becomes a request. `status` replaces the exchange's own (a local
     /// answer); `keep_alive` says whether the client connection may carry another request.
     fn end_exchange(&mut self, cx: &mut Ctx<'_>, status: Option<u16>, keep_alive: bool) {
+        // Only an exchange ends here: a discard, linger or tunnel keeps its mode for teardown.
+        if !matches!(self.mode, Mode::Exchange(_)) {
+            return;
+        }
         let Mode::Exchange(ex) = std::mem::replace(&mut self.mode, Mode::Waiting) else {
             return;
         };
