@@ -11,6 +11,7 @@ pub mod observe;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 
 /// The loop's module under its name before the redesign.
 pub use server as reactor;

@@ -89,6 +89,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(Err(e)) = config.tls.as_ref().map(ringproxy::tls::load) {
+        eprintln!("ringproxy: {}: {e}", args.config.display());
+        return ExitCode::from(1);
+    }
     if args.check {
         for warning in &config.warnings {
             println!("ringproxy: {}: {warning}", args.config.display());
@@ -123,6 +127,9 @@ fn main() -> ExitCode {
         urls.join(" "),
         config.sleeping
     );
+    if let Some(addr) = server.tls_addr() {
+        info!("TLS listening on {addr} (TLS 1.2 and 1.3, ALPN http/1.1)");
+    }
     match server.admin_addr() {
         Some(addr) => info!("admin endpoints on {addr}: /metrics /status /livez /readyz"),
         None => info!("admin endpoints off"),

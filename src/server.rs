@@ -21,6 +21,7 @@ use crate::runtime::signals::{self, Action};
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
+use crate::tls::{self, TlsConfig};
 use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
@@ -34,6 +35,15 @@ use std::time::Duration;
 
 /// The proxy's listener number in its token.
 const PROXY_LISTENER: usize = 0;
+/// The TLS listener's.
+const TLS_LISTENER: usize = 2;
+
+/// The TLS listener and the configuration its new connections get.
+struct TlsListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+    config: TlsConfig,
+}
 
 /// Whether the loop goes on after handling something.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,6 +67,7 @@ pub struct Server {
     admin: Option<Admin>,
     reload: Reload,
     discovery: Discovery,
+    tls: Option<TlsListener>,
 }
 
 /// A config file read and checked off the loop, with the access log it names opened if that
@@ -64,6 +75,8 @@ pub struct Server {
 struct Loaded {
     config: Config,
     log: Option<AccessLog>,
+    /// The certificates, read and checked.
+    tls: Option<TlsConfig>,
 }
 
 /// Reloads on SIGHUP: the file is read, validated and its access log opened on a helper
@@ -151,6 +164,17 @@ impl Server {
             let live = env.targets.is_live(id);
             env.health.schedule_probe(id, live, &env.config, &mut env.wheel, 0);
         }
+        let tls = match &env.config.tls {
+            Some(spec) => {
+                let config = tls::load(spec).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                let mut listener = TcpListener::bind(spec.listen)
+                    .map_err(|e| io::Error::new(e.kind(), format!("TLS listener {}: {e}", spec.listen)))?;
+                let addr = listener.local_addr()?;
+                env.registry.register(&mut listener, token(Kind::Listener(TLS_LISTENER)), Interest::READABLE)?;
+                Some(TlsListener { listener, addr, config })
+            }
+            None => None,
+        };
         let mut discovery = Discovery::start(Arc::clone(&waker))?;
         discovery.round(&env.config, &mut env.wheel, 0);
         Ok(Server {
@@ -167,11 +191,17 @@ impl Server {
             admin,
             reload,
             discovery,
+            tls,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the TLS listener accepts, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|t| t.addr)
     }
 
     /// Where the admin endpoints answer, when they are on.
@@ -239,7 +269,8 @@ impl Server {
                     admin.accept(&mut self.env);
                 }
             }
-            Some(Kind::Listener(_)) => self.accept(),
+            Some(Kind::Listener(TLS_LISTENER)) => self.accept(true),
+            Some(Kind::Listener(_)) => self.accept(false),
             Some(Kind::Admin(key)) => {
                 if let Some(admin) = self.admin.as_mut() {
                     let touched = admin.on_event(key, event, &View { env: &self.env, proxy: &self.proxy });
@@ -283,11 +314,20 @@ impl Server {
         }
     }
 
-    /// Accepts until the backlog is empty (edge-triggered: nothing will remind us).
-    fn accept(&mut self) {
-        while let Some(listener) = self.listener.as_ref().filter(|_| !self.accept_paused) {
+    /// Accepts until the backlog is empty (edge-triggered: nothing will remind us), on the
+    /// plain listener or the TLS one.
+    fn accept(&mut self, tls: bool) {
+        loop {
+            if self.accept_paused {
+                return;
+            }
+            let (listener, config) = match (tls, self.listener.as_ref(), self.tls.as_ref()) {
+                (false, Some(listener), _) => (listener, None),
+                (true, _, Some(t)) => (&t.listener, Some(&t.config)),
+                _ => return,
+            };
             match listener.accept() {
-                Ok((stream, peer)) => self.proxy.accept(stream, peer, &mut self.env),
+                Ok((stream, peer)) => self.proxy.accept(stream, peer, config, &mut self.env),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -323,7 +363,8 @@ impl Server {
             Timer::Discover => self.discovery.due(&self.env.config, &mut self.env.wheel, self.env.now),
             Timer::AcceptRetry => {
                 self.accept_paused = false;
-                self.accept();
+                self.accept(false);
+                self.accept(true);
             }
             Timer::DrainDeadline => {
                 warn!("shutdown timeout: cutting {} connections still in flight", self.proxy.len());
@@ -373,6 +414,7 @@ impl Server {
         let running_log = self.env.config.access_log.clone();
         let spawned = std::thread::Builder::new().name("reload".into()).spawn(move || {
             let loaded = Config::load(&path).and_then(|config| {
+                let tls = config.tls.as_ref().map(tls::load).transpose()?;
                 let log =
                     match config.access_log == running_log {
                         true => None,
@@ -380,7 +422,7 @@ impl Server {
                             ConfigError { key: "access_log".into(), problem: format!("cannot open: {e}") }
                         })?),
                     };
-                Ok(Loaded { config, log })
+                Ok(Loaded { config, log, tls })
             });
             let _ = done.send(loaded);
             let _ = waker.wake();
@@ -412,7 +454,7 @@ impl Server {
     /// Swaps a new config in. Requests in flight finish on the target they were sent to; a
     /// removed target's idle connections close now. What cannot change without dropping
     /// connections (the listen address, the buffer size) keeps its running value, with a line.
-    fn apply_config(&mut self, Loaded { mut config, log }: Loaded) {
+    fn apply_config(&mut self, Loaded { mut config, log, tls }: Loaded) {
         let old = &self.env.config;
         for warning in &config.warnings {
             warn!("reload: {warning}");
@@ -426,7 +468,15 @@ impl Server {
             warn!("reload: `max_request_head`, `max_chunk_line` and `max_trailer_size` size the buffers and need a restart; keeping the running values");
             (config.max_request_head, config.chunk_limits) = (old.max_request_head, old.chunk_limits);
         }
-        if config.admin != old.admin {
+        let old_tls_listen = old.tls.as_ref().map(|t| t.listen);
+        if config.tls.as_ref().map(|t| t.listen) != old_tls_listen {
+            warn!("reload: the TLS listener (`tls.listen`) changed: that needs a restart; keeping the running one");
+            config.tls = old.tls.clone();
+        } else if let (Some(running), Some(renewed)) = (self.tls.as_mut(), tls) {
+            // New connections get the certificates just read; open ones keep theirs.
+            running.config = renewed;
+        }
+        if config.admin != self.env.config.admin {
             config.admin = self.move_admin(config.admin);
         }
         if let Some(log) = log {
@@ -537,6 +587,11 @@ impl Server {
         if let Some(mut listener) = self.listener.take() {
             if let Err(e) = self.env.registry.deregister(&mut listener) {
                 warn!("deregistering the listener: {e}");
+            }
+        }
+        if let Some(mut t) = self.tls.take() {
+            if let Err(e) = self.env.registry.deregister(&mut t.listener) {
+                warn!("deregistering the TLS listener: {e}");
             }
         }
         self.env.draining = true;

@@ -10,7 +10,7 @@ use ringproxy::http::{parse_request, BodyFramer, Forwarding, HttpError, MAX_HEAD
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, data)) = data.split_first() else { return };
-    let fwd = Forwarding { client_ip: [127, 0, 0, 1].into(), path_prefix: "", request_id: b"0", upgrades: &[] };
+    let fwd = Forwarding { client_ip: [127, 0, 0, 1].into(), path_prefix: "", request_id: b"0", upgrades: &[], tls: false };
     let mut out = [0u8; 20 * 1024];
     let Ok(Some(head)) = parse_request(data, &fwd, &mut out) else { return };
     assert!(head.head_len <= data.len() && head.out_len <= out.len());

@@ -63,6 +63,25 @@ pub enum HashKey {
     Path,
 }
 
+/// The TLS listener: where, and the certificates it serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsSpec {
+    pub listen: SocketAddr,
+    /// The default certificate chain and its key (PEM files).
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// More certificates, each chosen when the client's SNI matches one of its names.
+    pub sni: Vec<SniSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SniSpec {
+    /// Host names, lower case; `*.example.com` matches one label in front of `example.com`.
+    pub names: Vec<String>,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
 /// Where the admin endpoints listen when the config does not say.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9000";
 
@@ -148,6 +167,7 @@ pub struct Config {
     pub upgrade_protocols: Vec<String>,
     /// Longest silence, both ways, on a tunnel (a WebSocket after its `101`).
     pub tunnel_timeout: Duration,
+    pub tls: Option<TlsSpec>,
     /// Longest chunk-size line (with extensions) and trailer section of a chunked body.
     pub chunk_limits: ChunkLimits,
     /// Values the file asked for that were raised to their floor, one line each, for the log.
@@ -324,6 +344,7 @@ impl RawConfig {
             ));
         }
         let upgrade_protocols = self.upgrade_protocols.iter().map(|p| p.to_ascii_lowercase()).collect();
+        let tls = self.tls.as_ref().map(parse_tls).transpose()?;
         let slow_start = match self.slow_start {
             0.0 => Duration::ZERO,
             value => secs("slow_start", value, TIMEOUT_FLOOR)?,
@@ -361,6 +382,7 @@ impl RawConfig {
             resolve_interval,
             upgrade_protocols,
             tunnel_timeout,
+            tls,
             client_body_timeout,
             max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
             max_connections: self.max_connections,
@@ -442,6 +464,41 @@ fn parse_port(entry: &Value) -> Result<TargetSpec, ConfigError> {
     }
     (spec.weight, spec.discover) = (weight, discover);
     Ok(spec)
+}
+
+/// `{"listen": ADDR, "cert": PEM, "key": PEM, "sni": [{"names": [...], "cert", "key"}]}`. The
+/// files are read and checked by `tls::load`, for `--check`, at start and on reload.
+fn parse_tls(value: &Value) -> Result<TlsSpec, ConfigError> {
+    let Value::Object(keys) = value else {
+        return Err(err(
+            "tls",
+            "must be an object like {\"listen\": \":8443\", \"cert\": \"chain.pem\", \"key\": \"key.pem\"}",
+        ));
+    };
+    if let Some(unknown) = keys.keys().find(|k| !matches!(k.as_str(), "listen" | "cert" | "key" | "sni")) {
+        return Err(err("tls", format!("unknown key `{unknown}` (listen, cert, key, sni)")));
+    }
+    let text = |key: &str, v: Option<&Value>| -> Result<String, ConfigError> {
+        v.and_then(Value::as_str).map(str::to_owned).ok_or_else(|| err(&format!("tls.{key}"), "must be a string"))
+    };
+    let listen = text("listen", keys.get("listen").or(Some(&Value::String(":8443".into()))))?;
+    let listen = parse_listen(&listen)
+        .ok_or_else(|| err("tls.listen", format!("{listen:?} is not an address like 0.0.0.0:8443")))?;
+    let mut sni = Vec::new();
+    for (i, entry) in keys.get("sni").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let key = format!("tls.sni[{i}]");
+        let names: Vec<String> = entry
+            .get("names")
+            .and_then(Value::as_array)
+            .map(|names| names.iter().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect())
+            .filter(|names: &Vec<String>| !names.is_empty())
+            .ok_or_else(|| err(&key, "needs \"names\": a list of host names"))?;
+        let file = |k: &str| {
+            entry.get(k).and_then(Value::as_str).map(Into::into).ok_or_else(|| err(&key, format!("needs \"{k}\"")))
+        };
+        sni.push(SniSpec { names, cert: file("cert")?, key: file("key")? });
+    }
+    Ok(TlsSpec { listen, cert: text("cert", keys.get("cert"))?.into(), key: text("key", keys.get("key"))?.into(), sni })
 }
 
 /// `client_ip`, `path`, `header:NAME` or `cookie:NAME`.

@@ -38,6 +38,8 @@ pub(super) struct RawConfig {
     pub(super) slow_start: f64,
     pub(super) resolve_interval: f64,
     pub(super) upgrade_protocols: Vec<String>,
+    /// `{"listen", "cert", "key", "sni": [{"names", "cert", "key"}]}`, or absent.
+    pub(super) tls: Option<Value>,
     pub(super) tunnel_timeout: f64,
     pub(super) client_body_timeout: f64,
     /// 0: no limit.
@@ -97,6 +99,7 @@ impl RawConfig {
             slow_start: k.or("slow_start", 0.0)?,
             resolve_interval: k.or("resolve_interval", 5.0)?,
             upgrade_protocols: k.or("upgrade_protocols", vec!["websocket".to_owned()])?,
+            tls: k.take("tls")?,
             // A WebSocket may idle between messages for minutes; HAProxy's guides suggest an
             // hour for `timeout tunnel`.
             tunnel_timeout: k.or("tunnel_timeout", 3600.0)?,

@@ -36,6 +36,8 @@ pub struct Forwarding<'a> {
     pub request_id: &'a [u8],
     /// Protocols a client may switch to through the proxy (`Upgrade`), lower case.
     pub upgrades: &'a [String],
+    /// The request came over TLS: `X-Forwarded-Proto: https`.
+    pub tls: bool,
 }
 
 /// Parses a request head at the start of `input` and writes the head to forward into `out`.
@@ -129,7 +131,11 @@ pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Resu
         }
     }
     w.ip(fwd.client_ip);
-    w.put(b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    w.put(if fwd.tls {
+        b"\r\nX-Forwarded-Proto: https\r\nX-Request-Id: "
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: "
+    });
     let sent_id = req.headers.iter().enumerate().find(|(i, _)| fields.kinds[*i] == Field::RequestId);
     match sent_id.map(|(_, h)| trim(h.value)).filter(|id| valid_request_id(id)) {
         Some(id) => w.put(id),

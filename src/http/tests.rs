@@ -12,7 +12,43 @@ const FWD: Forwarding<'static> = Forwarding {
     path_prefix: "",
     request_id: b"rid-1",
     upgrades: &[],
+    tls: false,
 };
+
+#[test]
+fn a_websocket_upgrade_is_forwarded_and_any_other_dropped() {
+    let ws = [String::from("websocket")];
+    let fwd = Forwarding { upgrades: &ws, ..FWD };
+    let mut out = [0u8; 512];
+    let raw = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\r\n";
+    let head = parse_request(raw, &fwd, &mut out).expect("valid").expect("complete");
+    let text = String::from_utf8_lossy(&out[..head.out_len]).into_owned();
+    assert!(head.upgrade && text.contains("Connection: Upgrade\r\nUpgrade: WebSocket\r\n"), "{text}");
+    for other in ["h2c", "websocket, h2c", "TLS/1.0"] {
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {other}\r\n\r\n");
+        let head = parse_request(raw.as_bytes(), &fwd, &mut out).expect("valid").expect("complete");
+        let text = String::from_utf8_lossy(&out[..head.out_len]).to_ascii_lowercase();
+        assert!(!head.upgrade && !text.contains("upgrade"), "{other}: {text}");
+    }
+    let raw = b"GET / HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert!(!parse_request(raw, &fwd, &mut out).expect("valid").expect("complete").upgrade, "not over HTTP/1.0");
+}
+
+#[test]
+fn a_101_is_a_switch_only_when_one_was_asked_for() {
+    let mut out = [0u8; 512];
+    let raw = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n";
+    assert!(parse_response(raw, &CTX, &mut out).is_err(), "a 101 nobody asked for");
+    let ctx = ResponseContext { upgrade_requested: true, ..CTX };
+    let head = parse_response(raw, &ctx, &mut out).expect("valid").expect("complete");
+    assert!(head.switching && !head.informational && !head.upstream_reusable && !head.client_keep_alive);
+    let text = String::from_utf8_lossy(&out[..head.out_len]).into_owned();
+    assert!(
+        text.contains("Connection: Upgrade\r\nUpgrade: websocket\r\n") && text.contains("Sec-WebSocket-Accept"),
+        "{text}"
+    );
+    assert!(parse_response(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", &ctx, &mut out).is_err(), "without Upgrade");
+}
 
 fn request(raw: &str) -> Result<(RequestHead, String), HttpError> {
     let mut out = [0u8; 4096];

@@ -1,11 +1,23 @@
-//! The client's side of a session: its socket, the socket's sticky readiness, and whether the
-//! client has closed its side. A TLS transport will make this a two-variant type, each with its
-//! own rule for when a read has drained the socket (for TLS records, a short read does not mean
-//! the socket is empty); the session only ever goes through these methods.
+//! The client's side of a session: its socket, the socket's sticky readiness, whether the
+//! client has closed its side, and for a TLS connection the rustls state between the socket
+//! and the session. The session only ever goes through these methods, so it moves plaintext
+//! the same way over both.
+//!
+//! TLS follows rustls' non-blocking pattern, as sozu drives it on mio: `read_tls` what the
+//! socket has, `process_new_packets`, read the plaintext out; write plaintext in, and
+//! `write_tls` to the socket while it takes bytes. A short TLS read does not mean the socket is
+//! drained of plaintext: rustls may hold decrypted bytes the session has no room for yet, so
+//! `readable` asks rustls too. Bytes rustls holds for the socket are flushed on every call, and
+//! `pending_output` tells the session not to close before they are out.
 
 use crate::runtime::ready::{Io, Ready};
 use mio::net::TcpStream;
+use rustls::ServerConnection;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+
+/// Most plaintext rustls buffers for the socket: beyond it, a write reports `Blocked`.
+const TLS_BUFFER: usize = 64 * 1024;
 
 pub struct Client {
     stream: TcpStream,
@@ -13,37 +25,179 @@ pub struct Client {
     peer: SocketAddr,
     /// The client closed its side (read EOF).
     pub eof: bool,
+    /// `Some` on the TLS listener.
+    tls: Option<Box<Tls>>,
+}
+
+struct Tls {
+    conn: ServerConnection,
+    /// Decrypted bytes waiting in rustls.
+    plaintext: usize,
+    /// The client sent close_notify or closed its TCP side: after the plaintext, the end.
+    closed: bool,
 }
 
 impl Client {
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Client {
-        Client { stream, ready: Ready::default(), peer, eof: false }
+        Client { stream, ready: Ready::default(), peer, eof: false, tls: None }
+    }
+
+    /// A client of the TLS listener; the handshake happens as the session reads.
+    pub fn tls(stream: TcpStream, peer: SocketAddr, mut conn: ServerConnection) -> Client {
+        conn.set_buffer_limit(Some(TLS_BUFFER));
+        Client {
+            stream,
+            ready: Ready::default(),
+            peer,
+            eof: false,
+            tls: Some(Box::new(Tls { conn, plaintext: 0, closed: false })),
+        }
     }
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
 
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A TLS client whose handshake has not completed.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.conn.is_handshaking())
+    }
+
     pub fn event(&mut self, event: &mio::event::Event) {
         self.ready.update(event);
     }
 
-    /// Whether a read may find bytes: the socket has not been seen drained since its last event.
+    /// Whether a read may find bytes: the socket has not been seen drained since its last
+    /// event, or rustls holds decrypted bytes.
     pub fn readable(&self) -> bool {
-        self.ready.read
+        self.ready.read || self.tls.as_ref().is_some_and(|t| t.plaintext > 0)
     }
 
     pub fn read(&mut self, buf: &mut [u8]) -> Io {
-        self.ready.read(&mut self.stream, buf)
+        let Some(tls) = self.tls.as_mut() else {
+            return self.ready.read(&mut self.stream, buf);
+        };
+        loop {
+            if tls.plaintext > 0 {
+                match tls.conn.reader().read(buf) {
+                    Ok(0) => return Io::Eof,
+                    Ok(n) => {
+                        tls.plaintext = tls.plaintext.saturating_sub(n);
+                        return Io::Bytes(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => tls.plaintext = 0,
+                    // The TCP connection closed without close_notify: a truncation rustls
+                    // reports as an error; for the session it is the end it is.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Io::Eof,
+                    Err(e) => return Io::Failed(e),
+                }
+            }
+            if tls.closed {
+                return Io::Eof;
+            }
+            if !self.ready.read {
+                return match flush(tls, &mut self.stream, &mut self.ready) {
+                    Ok(()) => Io::Blocked,
+                    Err(e) => Io::Failed(e),
+                };
+            }
+            match tls.conn.read_tls(&mut self.stream) {
+                // The end of the TCP stream: what is decrypted already is still read out.
+                Ok(0) => tls.closed = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready.read = false;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Io::Retry,
+                Err(e) => return Io::Failed(e),
+            }
+            match tls.conn.process_new_packets() {
+                Ok(state) => {
+                    tls.plaintext = state.plaintext_bytes_to_read();
+                    tls.closed |= state.peer_has_closed();
+                }
+                Err(e) => {
+                    // The alert rustls queued tells the client why.
+                    let _ = flush(tls, &mut self.stream, &mut self.ready);
+                    return Io::Failed(io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")));
+                }
+            }
+            // Handshake messages go out as soon as rustls has them.
+            if let Err(e) = flush(tls, &mut self.stream, &mut self.ready) {
+                return Io::Failed(e);
+            }
+        }
     }
 
-    /// One vectored write of `head` then `body`.
+    /// One write of `head` then `body`: straight to the socket, or into rustls and from it to
+    /// the socket as far as the socket takes bytes.
     pub fn write(&mut self, head: &[u8], body: &[u8]) -> Io {
-        self.ready.write(&mut self.stream, head, body)
+        let Some(tls) = self.tls.as_mut() else {
+            return self.ready.write(&mut self.stream, head, body);
+        };
+        if let Err(e) = flush(tls, &mut self.stream, &mut self.ready) {
+            return Io::Failed(e);
+        }
+        if !tls.conn.is_handshaking() && (!head.is_empty() || !body.is_empty()) {
+            let mut taken = 0;
+            for part in [head, body] {
+                match tls.conn.writer().write(part) {
+                    Ok(n) => {
+                        taken += n;
+                        if n < part.len() {
+                            break;
+                        }
+                    }
+                    Err(e) => return Io::Failed(e),
+                }
+            }
+            if let Err(e) = flush(tls, &mut self.stream, &mut self.ready) {
+                return Io::Failed(e);
+            }
+            if taken > 0 {
+                return Io::Bytes(taken);
+            }
+        }
+        Io::Blocked
     }
 
-    /// Sends our FIN, keeping the read side open (lingering close).
-    pub fn shutdown_write(&self) -> std::io::Result<()> {
+    /// Bytes written that have not reached the socket yet (TLS records rustls holds).
+    pub fn pending_output(&mut self) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return false;
+        };
+        let _ = flush(tls, &mut self.stream, &mut self.ready);
+        tls.conn.wants_write()
+    }
+
+    /// Sends our FIN, keeping the read side open (lingering close); over TLS a close_notify
+    /// first.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.conn.send_close_notify();
+            flush(tls, &mut self.stream, &mut self.ready)?;
+        }
         self.stream.shutdown(Shutdown::Write)
     }
+}
+
+/// Writes what rustls holds for the socket, while the socket takes it.
+fn flush(tls: &mut Tls, stream: &mut TcpStream, ready: &mut Ready) -> io::Result<()> {
+    while tls.conn.wants_write() && ready.write {
+        match tls.conn.write_tls(stream) {
+            Ok(0) => {
+                ready.write = false;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.write = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -24,10 +24,13 @@ use crate::runtime::buffer::BufferPool;
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
+use crate::tls::TlsConfig;
+use client::Client;
 use exchange::ExchangePool;
 use log::{error, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
+use rustls::ServerConnection;
 use session::Session;
 use slab::Slab;
 use std::net::SocketAddr;
@@ -248,8 +251,9 @@ impl Proxy {
         self.res.upstreams.counts(id)
     }
 
-    /// Takes a new client connection, or turns it away over `max_connections`.
-    pub fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, env: &mut Env) {
+    /// Takes a new client connection, or turns it away over `max_connections`; with `tls`, a
+    /// connection of the TLS listener.
+    pub fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: Option<&TlsConfig>, env: &mut Env) {
         if self.sessions.len() >= env.config.max_connections {
             return self.turn_away(stream, env);
         }
@@ -264,7 +268,16 @@ impl Proxy {
         }
         // Best effort: a failure here only costs latency.
         let _ = stream.set_nodelay(true);
-        entry.insert(Session::new(key, stream, peer));
+        let client = match tls.map(|config| ServerConnection::new(std::sync::Arc::clone(config))) {
+            None => Client::new(stream, peer),
+            Some(Ok(conn)) => Client::tls(stream, peer, conn),
+            Some(Err(e)) => {
+                error!("cannot start TLS for {peer}: {e}");
+                let _ = env.registry.deregister(&mut stream);
+                return;
+            }
+        };
+        entry.insert(Session::new(key, client));
     }
 
     /// A best-effort 503 and a close, so the client is told and the loop spends one write on

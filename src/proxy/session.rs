@@ -35,8 +35,7 @@ use crate::runtime::clock::millis;
 use crate::runtime::ready::Io;
 use crate::runtime::timer::Timer;
 use crate::runtime::wheel::TimerId;
-use log::{debug, warn};
-use mio::net::TcpStream;
+use log::{debug, info, warn};
 use std::io;
 use std::net::SocketAddr;
 
@@ -144,10 +143,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(key: usize, stream: TcpStream, peer: SocketAddr) -> Session {
+    pub fn new(key: usize, client: Client) -> Session {
         Session {
             key,
-            client: Client::new(stream, peer),
+            client,
             mode: Mode::Waiting,
             cin: None,
             uout: None,
@@ -211,6 +210,10 @@ impl Session {
             Some(Phase::Idle | Phase::Linger) | None => Err(Closed),
             Some(Phase::Discard) => {
                 debug!("{peer}: the rest of a request body stalled; closing");
+                Err(Closed)
+            }
+            Some(Phase::Header) if self.client.is_handshaking() => {
+                info!("{peer}: TLS handshake not completed within client_header_timeout; closed");
                 Err(Closed)
             }
             // Nothing sent at all: close quietly, as nginx and HAProxy do.
@@ -392,6 +395,11 @@ impl Session {
             }
             Io::Blocked => Ok(false),
             Io::Retry => Ok(true),
+            Io::Failed(e) if e.kind() == io::ErrorKind::InvalidData && self.client.is_tls() => {
+                // A bad handshake (an old protocol, plain HTTP on the TLS port, garbage).
+                info!("{}: {e}; closed", self.peer());
+                Err(Closed)
+            }
             Io::Failed(e) => {
                 debug!("{}: client read failed: {e}", self.peer());
                 Err(Closed)
@@ -433,6 +441,10 @@ impl Session {
     /// pass: closing with unread data sends a reset, which can destroy the response in the
     /// client's receive buffer before it reads it (nginx's lingering close).
     fn close_or_linger(&mut self, cx: &mut Ctx<'_>) -> Step {
+        if self.client.pending_output() {
+            // TLS records of the last answer are still on their way: close once they are out.
+            return Ok(false);
+        }
         let unread = self.owes_body || self.client.readable() || self.cin.as_ref().is_some_and(|b| !b.is_empty());
         if self.client.eof || !unread || self.client.shutdown_write().is_err() {
             return Err(Closed);
@@ -473,6 +485,7 @@ impl Session {
             path_prefix: cx.config.path_prefix(),
             request_id: &id,
             upgrades: &cx.config.upgrade_protocols,
+            tls: self.client.is_tls(),
         };
         let max_head = cx.config.max_request_head;
         let limit = cin.len().min(max_head);

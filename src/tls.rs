@@ -1,0 +1,87 @@
+//! TLS termination's configuration: the certificates of `"tls"` read from their PEM files and
+//! checked (each key must match its certificate), TLS 1.2 and 1.3 only, ALPN `http/1.1`, and
+//! the certificate picked by the client's SNI. It is built off the loop (at start, by
+//! `--check`, on the reload thread) and shared by every TLS connection through an `Arc`, so
+//! that a reload's renewed certificate serves new connections while old ones keep theirs.
+
+use crate::config::{ConfigError, TlsSpec};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What every TLS connection of the listener shares.
+pub type TlsConfig = Arc<ServerConfig>;
+
+/// Reads and checks the certificates `spec` names; an error names the key at fault.
+pub fn load(spec: &TlsSpec) -> Result<TlsConfig, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let default = certified(&spec.cert, &spec.key, "tls", &provider)?;
+    let mut by_name = Vec::new();
+    for (i, sni) in spec.sni.iter().enumerate() {
+        let key = certified(&sni.cert, &sni.key, &format!("tls.sni[{i}]"), &provider)?;
+        for name in &sni.names {
+            by_name.push((name.clone(), Arc::clone(&key)));
+        }
+    }
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| problem("tls", format!("{e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(BySni { default, by_name }));
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn problem(key: &str, what: String) -> ConfigError {
+    ConfigError { key: key.to_owned(), problem: what }
+}
+
+/// A certificate chain and its private key, checked to belong together.
+fn certified(cert: &Path, key: &Path, at: &str, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, ConfigError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| problem(&format!("{at}.cert"), format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(problem(&format!("{at}.cert"), format!("{}: no certificate in it", cert.display())));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| problem(&format!("{at}.key"), format!("{}: {e}", key.display())))?;
+    CertifiedKey::from_der(chain, private, provider).map(Arc::new).map_err(|e| {
+        problem(&format!("{at}.key"), format!("{} does not go with {}: {e}", key.display(), cert.display()))
+    })
+}
+
+/// Picks the certificate for a client's SNI: an exact name first, then `*.parent`, then the
+/// default certificate (also for clients that send no SNI).
+#[derive(Debug)]
+struct BySni {
+    default: Arc<CertifiedKey>,
+    by_name: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl BySni {
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return Arc::clone(&self.default);
+        };
+        let wildcard = name.split_once('.').map(|(_, parent)| format!("*.{parent}"));
+        let found = self
+            .by_name
+            .iter()
+            .find(|(n, _)| *n == name)
+            .or_else(|| self.by_name.iter().find(|(n, _)| Some(n) == wildcard.as_ref()));
+        Arc::clone(found.map_or(&self.default, |(_, key)| key))
+    }
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}

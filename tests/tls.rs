@@ -1,0 +1,214 @@
+//! TLS termination with real clients (curl, `openssl s_client`, Python's websockets over
+//! wss) against certificates the test makes with `openssl req`: the right certificate by SNI,
+//! TLS 1.2 and 1.3 only, `X-Forwarded-Proto: https`, bad clients closed with one log line,
+//! renewed certificates served after SIGHUP, and `--check` naming a bad key or certificate.
+
+mod common;
+
+use common::{targets, Proxy};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// A directory of certificates: `localhost` (with 127.0.0.1) and `other.test`.
+struct Certs(PathBuf);
+
+impl Certs {
+    fn make(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("ringproxy-tls-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cert dir");
+        let certs = Certs(dir);
+        certs.issue("localhost", "DNS:localhost,IP:127.0.0.1");
+        certs.issue("other", "DNS:other.test");
+        certs
+    }
+
+    /// A self-signed certificate `name.pem` with key `name-key.pem`.
+    fn issue(&self, name: &str, san: &str) {
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+            .arg("-keyout")
+            .arg(self.key(name))
+            .arg("-out")
+            .arg(self.cert(name))
+            .args(["-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName={san}")])
+            .output()
+            .expect("openssl req");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn cert(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}.pem"))
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}-key.pem"))
+    }
+
+    fn tls_json(&self) -> String {
+        format!(
+            "\"tls\": {{\"listen\": \"127.0.0.1:0\", \"cert\": \"{}\", \"key\": \"{}\", \
+             \"sni\": [{{\"names\": [\"other.test\"], \"cert\": \"{}\", \"key\": \"{}\"}}]}}",
+            self.cert("localhost").display(),
+            self.key("localhost").display(),
+            self.cert("other").display(),
+            self.key("other").display()
+        )
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tls_addr(proxy: &Proxy) -> SocketAddr {
+    let line = proxy.proc.wait_line("TLS listening on", Duration::from_secs(10));
+    line.split("TLS listening on ").nth(1).and_then(|r| r.split(' ').next()).and_then(|a| a.parse().ok()).expect("addr")
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl").args(["-sS", "-m", "10"]).args(args).output().expect("curl")
+}
+
+fn s_client(addr: SocketAddr, args: &[&str]) -> Output {
+    Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-servername", "localhost"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client")
+}
+
+#[test]
+fn https_with_the_certificate_sni_picks_and_x_forwarded_proto() {
+    let certs = Certs::make("sni");
+    let t = targets(1);
+    let proxy = Proxy::start(&t, &certs.tls_json());
+    let addr = tls_addr(&proxy);
+    let url = format!("https://localhost:{}/headers", addr.port());
+    let out = curl(&["-v", "--cacert", &certs.cert("localhost").to_string_lossy(), &url]);
+    let (body, trace) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{trace}");
+    assert!(body.contains("X-Forwarded-Proto: https\r\n"), "{body}");
+    assert!(trace.contains("ALPN: server accepted http/1.1"), "{trace}");
+    // SNI: other.test gets its own certificate, which only its own CA file accepts.
+    let resolve = format!("other.test:{}:127.0.0.1", addr.port());
+    let other = format!("https://other.test:{}/", addr.port());
+    let out = curl(&["--resolve", &resolve, "--cacert", &certs.cert("other").to_string_lossy(), &other]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world!", "{}", String::from_utf8_lossy(&out.stderr));
+    let wrong = curl(&["--resolve", &resolve, "--cacert", &certs.cert("localhost").to_string_lossy(), &other]);
+    assert!(!wrong.status.success(), "the localhost certificate is not served for other.test");
+    // Plain HTTP keeps working beside it.
+    assert_eq!(proxy.get("/").status, 200);
+}
+
+#[test]
+fn only_tls_1_2_and_1_3_are_offered() {
+    let certs = Certs::make("versions");
+    let t = targets(1);
+    let proxy = Proxy::start(&t, &certs.tls_json());
+    let addr = tls_addr(&proxy);
+    for (flag, ok) in [("-tls1", false), ("-tls1_1", false), ("-tls1_2", true), ("-tls1_3", true)] {
+        let out = s_client(addr, &[flag]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let agreed = text.contains("Cipher is ") && !text.contains("Cipher is (NONE)");
+        assert_eq!(agreed, ok, "{flag}: {text}");
+    }
+}
+
+#[test]
+fn plain_http_garbage_and_a_stalled_handshake_are_closed_with_one_line_each() {
+    let certs = Certs::make("bad");
+    let t = targets(1);
+    let proxy = Proxy::start(&t, &format!("{}, \"client_header_timeout\": 0.5", certs.tls_json()));
+    let addr = tls_addr(&proxy);
+    let exchange = |bytes: &[u8]| {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        std::io::Write::write_all(&mut s, bytes).expect("send");
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+        answer
+    };
+    let plain = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(!plain.starts_with(b"HTTP/1.1 200"), "no HTTP answer on the TLS port");
+    exchange(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut stalled = std::net::TcpStream::connect(addr).expect("connect");
+    std::io::Write::write_all(&mut stalled, &[0x16, 0x03, 0x01]).expect("a third of a record");
+    proxy.proc.wait_line("TLS handshake not completed", Duration::from_secs(5));
+    let closed = proxy.proc.lines().iter().filter(|l| l.contains("TLS") && l.contains("closed")).count();
+    assert!(closed >= 3, "{:?}", proxy.proc.lines());
+    let url = format!("https://localhost:{}/", addr.port());
+    let out = curl(&["--cacert", &certs.cert("localhost").to_string_lossy(), &url]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world!", "the listener still serves");
+}
+
+#[test]
+fn a_renewed_certificate_is_served_after_sighup_without_a_restart() {
+    let certs = Certs::make("renew");
+    let t = targets(1);
+    let proxy = Proxy::start(&t, &certs.tls_json());
+    let addr = tls_addr(&proxy);
+    let url = format!("https://localhost:{}/", addr.port());
+    let old = std::fs::read(certs.cert("localhost")).expect("old cert");
+    let old_ca = certs.0.join("old.pem");
+    std::fs::write(&old_ca, &old).expect("keep the old cert");
+    certs.issue("localhost", "DNS:localhost,IP:127.0.0.1");
+    proxy.reload(&common::config_json(&t, &certs.tls_json()));
+    proxy.proc.wait_line("reloaded the config", Duration::from_secs(5));
+    let new = curl(&["--cacert", &certs.cert("localhost").to_string_lossy(), &url]);
+    assert_eq!(String::from_utf8_lossy(&new.stdout), "Hello, world!", "{}", String::from_utf8_lossy(&new.stderr));
+    let stale = curl(&["--cacert", &old_ca.to_string_lossy(), &url]);
+    assert!(!stale.status.success(), "the old certificate is no longer served");
+}
+
+#[test]
+fn check_names_a_missing_certificate_and_a_key_that_does_not_match() {
+    let certs = Certs::make("check");
+    let config = certs.0.join("config.json");
+    let check = |tls: String| {
+        std::fs::write(&config, format!("{{\"ports\": [\"http://127.0.0.1:1/\"], {tls}}}")).expect("config");
+        let out = Command::new(common::proxy_bin()).arg("--check").arg("--config").arg(&config).output().expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    };
+    let (code, text) = check(certs.tls_json());
+    assert_eq!(code, Some(0), "{text}");
+    let missing = certs.tls_json().replace(&*certs.cert("localhost").to_string_lossy(), "/nonexistent/cert.pem");
+    let (code, text) = check(missing);
+    assert!(code == Some(1) && text.contains("`tls.cert`"), "{text}");
+    let mismatched =
+        certs.tls_json().replacen(&*certs.key("localhost").to_string_lossy(), &certs.key("other").to_string_lossy(), 1);
+    let (code, text) = check(mismatched);
+    assert!(code == Some(1) && text.contains("`tls.key`") && text.contains("does not go with"), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+}
+
+#[test]
+fn a_websocket_works_over_tls() {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ws.py");
+    if !Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|s| s.success()) {
+        assert!(!common::in_ci(), "CI needs websockets");
+        eprintln!("NOTICE: python3 -m pip install websockets to run the wss test; skipped");
+        return;
+    }
+    let certs = Certs::make("wss");
+    let server = common::Proc::spawn(Command::new("python3").arg(&ws).arg("serve"));
+    let port: u16 =
+        server.wait_line("PORT ", Duration::from_secs(10)).trim_start_matches("PORT ").trim().parse().expect("port");
+    let proxy = Proxy::with_config(&format!(
+        "{{\"ports\": [\"http://127.0.0.1:{port}/\"], \"listen\": \"127.0.0.1:0\", {}}}",
+        certs.tls_json()
+    ));
+    let addr = tls_addr(&proxy);
+    let out = Command::new("python3")
+        .arg(&ws)
+        .args(["echo", &format!("wss://localhost:{}/chat", addr.port())])
+        .env("SSL_CERT_FILE", certs.cert("localhost"))
+        .output()
+        .expect("the client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("OK 100 messages"), "{text}");
+}
