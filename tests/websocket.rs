@@ -118,3 +118,19 @@ fn an_upgrade_the_target_declines_stays_http_and_h2c_is_never_forwarded() {
     let post = c.request("POST", "/headers", &upgrade, b"x");
     assert!(!post.text().contains("Upgrade:"), "{}", post.text());
 }
+
+#[test]
+fn on_sigterm_an_open_tunnel_gets_shutdown_timeout_then_closes() {
+    if !have_websockets() {
+        return;
+    }
+    let (_server, port) = echo_server();
+    let mut proxy = proxy_for(port, "\"shutdown_timeout\": 1");
+    let client = Proc::spawn(Command::new("python3").arg(script()).args(["hold", &format!("ws://{}/", proxy.addr)]));
+    client.wait_line("OPEN", Duration::from_secs(10));
+    proxy.signal("TERM");
+    let closed = client.wait_line("CLOSED after", Duration::from_secs(10));
+    let secs: f64 = closed.split_whitespace().nth(2).and_then(|s| s.parse().ok()).expect("seconds");
+    assert!((0.8..3.0).contains(&secs), "the tunnel lived {secs} s into a 1 s drain");
+    assert!(proxy.proc.wait_exit(Duration::from_secs(5)).is_some(), "the proxy exited");
+}
