@@ -212,3 +212,59 @@ fn a_websocket_works_over_tls() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("OK 100 messages"), "{text}");
 }
+
+fn peers() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tls_peers.py")
+}
+
+/// `tls_peers.py fetch` against the proxy's TLS port: its one line of output.
+fn fetch(addr: SocketAddr, path: &str, flags: &[&str]) -> common::Proc {
+    let port = addr.port().to_string();
+    common::Proc::spawn(Command::new("python3").arg(peers()).args(["fetch", "127.0.0.1", &port, path]).args(flags))
+}
+
+#[test]
+fn a_slow_tls_client_gets_every_byte_even_through_a_drain_and_then_a_close_notify() {
+    let certs = Certs::make("drain");
+    let t = targets(1);
+    let proxy = Proxy::start(&t, &certs.tls_json());
+    let addr = tls_addr(&proxy);
+    let slow = fetch(addr, "/bytes/2840000", &["tls", "slow"]);
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.signal("TERM");
+    let line = slow.wait_line("STATUS", Duration::from_secs(15));
+    assert!(line.starts_with("STATUS 200 BODY 2840000 "), "{line} {:?}", slow.lines());
+    assert!(!slow.lines().iter().any(|l| l.starts_with("RAGGED")), "{:?}", slow.lines());
+}
+
+#[test]
+fn a_close_delimited_response_over_tls_ends_with_close_notify() {
+    let certs = Certs::make("notify");
+    let t = targets(1);
+    let proxy = Proxy::start(&t, &certs.tls_json());
+    let client = fetch(tls_addr(&proxy), "/close/100000", &["tls"]);
+    let line = client.wait_line("STATUS", Duration::from_secs(10));
+    assert!(line.starts_with("STATUS 200 BODY 100000 "), "{line}");
+    assert!(
+        !client.lines().iter().any(|l| l.starts_with("RAGGED")),
+        "a truncation, to the client: {:?}",
+        client.lines()
+    );
+}
+
+#[test]
+fn a_slow_wss_client_gets_all_a_target_sent_before_closing() {
+    let certs = Certs::make("bulk");
+    let portfile = certs.0.join("port");
+    let _target = common::Proc::spawn(Command::new("python3").arg(peers()).arg("upgrader").arg(&portfile).arg("bulk"));
+    let port: u16 = common::eventually(Duration::from_secs(10), "the upgrader's port", || {
+        std::fs::read_to_string(&portfile).ok()?.trim().parse().ok()
+    });
+    let proxy = Proxy::with_config(&format!(
+        "{{\"ports\": [\"http://127.0.0.1:{port}/\"], \"listen\": \"127.0.0.1:0\", {}}}",
+        certs.tls_json()
+    ));
+    let client = fetch(tls_addr(&proxy), "/", &["tls", "slow", "upgrade"]);
+    let line = client.wait_line("STATUS", Duration::from_secs(15));
+    assert!(line.starts_with("STATUS 101 BODY 2820000 "), "{line} {:?}", client.lines());
+}

@@ -134,3 +134,26 @@ fn on_sigterm_an_open_tunnel_gets_shutdown_timeout_then_closes() {
     assert!((0.8..3.0).contains(&secs), "the tunnel lived {secs} s into a 1 s drain");
     assert!(proxy.proc.wait_exit(Duration::from_secs(5)).is_some(), "the proxy exited");
 }
+
+#[test]
+fn a_client_that_half_closes_before_the_101_still_hears_the_target() {
+    let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/tls_peers.py");
+    let portfile = std::env::temp_dir().join(format!("ringproxy-upgrader-{}", std::process::id()));
+    let _ = std::fs::remove_file(&portfile);
+    let _target = Proc::spawn(Command::new("python3").arg(&peers).arg("upgrader").arg(&portfile).arg("late"));
+    let port: u16 = common::eventually(Duration::from_secs(10), "the upgrader's port", || {
+        std::fs::read_to_string(&portfile).ok()?.trim().parse().ok()
+    });
+    let proxy = proxy_for(port, "");
+    let client = Proc::spawn(Command::new("python3").arg(&peers).args([
+        "fetch",
+        "127.0.0.1",
+        &proxy.addr.port().to_string(),
+        "/",
+        "upgrade",
+        "halfclose",
+    ]));
+    let line = client.wait_line("STATUS", Duration::from_secs(10));
+    assert_eq!(line, "STATUS 101 BODY 11 b'hello world'");
+    let _ = std::fs::remove_file(&portfile);
+}

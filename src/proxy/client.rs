@@ -35,6 +35,10 @@ struct Tls {
     plaintext: usize,
     /// The client sent close_notify or closed its TCP side: after the plaintext, the end.
     closed: bool,
+    /// Our close_notify is queued: nothing more is written.
+    notified: bool,
+    /// Our FIN is owed once rustls has written everything out.
+    fin_owed: bool,
 }
 
 impl Client {
@@ -50,7 +54,7 @@ impl Client {
             ready: Ready::default(),
             peer,
             eof: false,
-            tls: Some(Box::new(Tls { conn, plaintext: 0, closed: false })),
+            tls: Some(Box::new(Tls { conn, plaintext: 0, closed: false, notified: false, fin_owed: false })),
         }
     }
 
@@ -166,21 +170,55 @@ impl Client {
         Io::Blocked
     }
 
-    /// Bytes written that have not reached the socket yet (TLS records rustls holds).
+    /// Bytes written that have not reached the socket yet (TLS records rustls holds), after
+    /// writing what the socket takes now; a FIN owed goes out once they have.
     pub fn pending_output(&mut self) -> bool {
         let Some(tls) = self.tls.as_mut() else {
             return false;
         };
         let _ = flush(tls, &mut self.stream, &mut self.ready);
-        tls.conn.wants_write()
+        if tls.conn.wants_write() {
+            return true;
+        }
+        if std::mem::take(&mut tls.fin_owed) {
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+        false
     }
 
-    /// Sends our FIN, keeping the read side open (lingering close); over TLS a close_notify
-    /// first.
+    /// The same without writing: for a caller that only looks.
+    pub fn has_pending_output(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.conn.wants_write() || t.fin_owed)
+    }
+
+    /// Ends our side of a TLS session: a close_notify, so that the client can tell the end of
+    /// the stream from a truncation. True once it and everything before it are on the wire;
+    /// until then the caller waits for the socket to take more. Always true in plain HTTP.
+    pub fn finish_tls(&mut self) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return true;
+        };
+        if !tls.notified {
+            tls.conn.send_close_notify();
+            tls.notified = true;
+        }
+        !self.pending_output()
+    }
+
+    /// Sends our FIN, keeping the read side open (lingering close, a tunnel's half-close). Over
+    /// TLS a close_notify goes first, and the FIN only after every record rustls holds: if the
+    /// socket cannot take them all now, the FIN is owed and `pending_output` sends it.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         if let Some(tls) = self.tls.as_mut() {
-            tls.conn.send_close_notify();
+            if !tls.notified {
+                tls.conn.send_close_notify();
+                tls.notified = true;
+            }
             flush(tls, &mut self.stream, &mut self.ready)?;
+            if tls.conn.wants_write() {
+                tls.fin_owed = true;
+                return Ok(());
+            }
         }
         self.stream.shutdown(Shutdown::Write)
     }

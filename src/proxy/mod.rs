@@ -255,7 +255,7 @@ impl Proxy {
     /// connection of the TLS listener.
     pub fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: Option<&TlsConfig>, env: &mut Env) {
         if self.sessions.len() >= env.config.max_connections {
-            return self.turn_away(stream, env);
+            return self.turn_away(stream, tls.is_some(), env);
         }
         env.metrics.connections_accepted += 1;
         let entry = self.sessions.vacant_entry();
@@ -281,11 +281,14 @@ impl Proxy {
     }
 
     /// A best-effort 503 and a close, so the client is told and the loop spends one write on
-    /// it. Logged at most once a second.
-    fn turn_away(&mut self, mut stream: TcpStream, env: &mut Env) {
-        let mut answer = [0u8; 160];
-        let n = local::busy(&mut answer);
-        let _ = std::io::Write::write(&mut stream, &answer[..n]);
+    /// it; a TLS client only gets the close, as plain bytes would be garbage to it. Logged at
+    /// most once a second.
+    fn turn_away(&mut self, mut stream: TcpStream, tls: bool, env: &mut Env) {
+        if !tls {
+            let mut answer = [0u8; 160];
+            let n = local::busy(&mut answer);
+            let _ = std::io::Write::write(&mut stream, &answer[..n]);
+        }
         self.turned_away += 1;
         env.metrics.connections_refused += 1;
         if self.turned_away_logged.is_none_or(|at| env.now >= at + 1000) {

@@ -180,6 +180,7 @@ impl Session {
         matches!(self.mode, Mode::Waiting)
             && self.cin.as_ref().is_none_or(Buffer::is_empty)
             && self.cout.as_ref().is_none_or(Buffer::is_empty)
+            && !self.client.has_pending_output()
     }
 
     /// Makes every move readiness allows, up to one turn.
@@ -290,6 +291,11 @@ impl Session {
             moved |= self.classify_response_body(cx)?;
         }
         moved |= self.write_client()?;
+        if matches!(self.mode, Mode::Tunnel(_)) {
+            // Switched in this step: the tunnel's own rules apply from the next one (a client
+            // that half-closed before the 101 may still hear the target).
+            return Ok(true);
+        }
         if matches!(self.mode, Mode::Exchange(_)) {
             moved |= self.finish_if_complete(cx)?;
         } else if self.cout.as_ref().is_none_or(Buffer::is_empty) {
@@ -297,7 +303,7 @@ impl Session {
                 return self.close_or_linger(cx);
             }
             if cx.draining && self.is_idle() {
-                return Err(Closed);
+                return self.close_or_linger(cx);
             }
         }
         Ok(moved)
@@ -441,8 +447,9 @@ impl Session {
     /// pass: closing with unread data sends a reset, which can destroy the response in the
     /// client's receive buffer before it reads it (nginx's lingering close).
     fn close_or_linger(&mut self, cx: &mut Ctx<'_>) -> Step {
-        if self.client.pending_output() {
-            // TLS records of the last answer are still on their way: close once they are out.
+        if !self.client.finish_tls() {
+            // TLS records of the last answer, and the close_notify after them, are still on
+            // their way: close once they are out.
             return Ok(false);
         }
         let unread = self.owes_body || self.client.readable() || self.cin.as_ref().is_some_and(|b| !b.is_empty());
@@ -835,7 +842,8 @@ impl Session {
                     moved = true;
                 }
                 Io::Failed(_) => return Err(Closed),
-                Io::Blocked | Io::Eof | Io::Retry => {}
+                Io::Retry => moved = true,
+                Io::Blocked | Io::Eof => {}
             }
         }
         if cin.is_empty() && !self.client.eof {
@@ -849,7 +857,8 @@ impl Session {
                     moved = true;
                 }
                 Io::Failed(_) => return Err(Closed),
-                Io::Blocked | Io::Retry => {}
+                Io::Retry => moved = true,
+                Io::Blocked => {}
             }
         }
         if self.client.eof && cin.is_empty() && !ex.upload_cut {
@@ -873,7 +882,8 @@ impl Session {
                     moved = true;
                 }
                 Io::Failed(_) => return Err(Closed),
-                Io::Blocked | Io::Eof | Io::Retry => {}
+                Io::Retry => moved = true,
+                Io::Blocked | Io::Eof => {}
             }
         }
         if uin.is_empty() && !ex.upstream_eof {
@@ -887,12 +897,14 @@ impl Session {
                     moved = true;
                 }
                 Io::Failed(_) => return Err(Closed),
-                Io::Blocked | Io::Retry => {}
+                Io::Retry => moved = true,
+                Io::Blocked => {}
             }
         }
-        let delivered = uin.is_empty() && self.cout.as_ref().is_none_or(Buffer::is_empty);
+        let delivered =
+            uin.is_empty() && self.cout.as_ref().is_none_or(Buffer::is_empty) && !self.client.pending_output();
         if ex.upstream_eof && delivered {
-            if ex.upload_cut {
+            if ex.upload_cut && !self.client.has_pending_output() {
                 return Err(Closed);
             }
             if !ex.client_shut {
