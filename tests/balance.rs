@@ -203,13 +203,7 @@ fn a_discovered_name_stands_for_every_address_and_follows_its_changes() {
         config.display()
     );
     let proc = common::Proc::spawn(Command::new("unshare").args(["--mount", "sh", "-c", &script]));
-    let line = proc.wait_line("listening on", Duration::from_secs(10));
-    let addr: std::net::SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split(';').next())
-        .and_then(|a| a.parse().ok())
-        .expect("addr");
+    let addr = common::listening_addr(&proc.wait_line("listening on", Duration::from_secs(10)));
     let served = |n: usize| {
         let mut c = Client::connect(addr);
         let mut seen = std::collections::BTreeSet::new();

@@ -65,8 +65,7 @@ impl Drop for Certs {
 }
 
 fn tls_addr(proxy: &Proxy) -> SocketAddr {
-    let line = proxy.proc.wait_line("TLS listening on", Duration::from_secs(10));
-    line.split("TLS listening on ").nth(1).and_then(|r| r.split(' ').next()).and_then(|a| a.parse().ok()).expect("addr")
+    common::listening_addr(&proxy.proc.wait_line("TLS listening on", Duration::from_secs(10)))
 }
 
 fn curl(args: &[&str]) -> Output {

@@ -345,32 +345,42 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
 
+/// A family of one sample without labels.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// The Prometheus text exposition (format 0.0.4).
 pub fn render(m: &Metrics, targets: &[TargetView<'_>], proxy: &ProxyView) -> String {
     let mut out = String::with_capacity(4096 + targets.len() * 2048);
     let o = &mut out;
     family(o, "ringproxy_build_info", "gauge", "Version of the running ringproxy.");
     let _ = writeln!(o, "ringproxy_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-    family(o, "ringproxy_process_start_time_seconds", "gauge", "When the process started, in seconds since the epoch.");
-    let _ = writeln!(o, "ringproxy_process_start_time_seconds {:.3}", m.started);
-    family(o, "ringproxy_draining", "gauge", "1 while the proxy drains after SIGTERM.");
-    let _ = writeln!(o, "ringproxy_draining {}", u8::from(proxy.draining));
-    family(o, "ringproxy_client_connections", "gauge", "Client connections open now.");
-    let _ = writeln!(o, "ringproxy_client_connections {}", proxy.client_connections);
-    family(o, "ringproxy_client_connections_total", "counter", "Client connections accepted.");
-    let _ = writeln!(o, "ringproxy_client_connections_total {}", m.connections_accepted);
-    family(o, "ringproxy_client_connections_refused_total", "counter", "Connections turned away over max_connections.");
-    let _ = writeln!(o, "ringproxy_client_connections_refused_total {}", m.connections_refused);
+    single(
+        o,
+        "ringproxy_process_start_time_seconds",
+        "gauge",
+        "When the process started, in seconds since the epoch.",
+        format_args!("{:.3}", m.started),
+    );
+    single(o, "ringproxy_draining", "gauge", "1 while the proxy drains after SIGTERM.", u8::from(proxy.draining));
+    single(o, "ringproxy_client_connections", "gauge", "Client connections open now.", proxy.client_connections);
+    single(o, "ringproxy_client_connections_total", "counter", "Client connections accepted.", m.connections_accepted);
+    single(
+        o,
+        "ringproxy_client_connections_refused_total",
+        "counter",
+        "Connections turned away over max_connections.",
+        m.connections_refused,
+    );
     family(o, "ringproxy_local_responses_total", "counter", "Responses the proxy made itself, by status.");
     for (code, n) in m.local.iter().enumerate().filter(|(_, n)| **n > 0) {
         let _ = writeln!(o, "ringproxy_local_responses_total{{code=\"{code}\"}} {n}");
     }
-    family(o, "ringproxy_failovers_total", "counter", "Requests that needed more than one attempt.");
-    let _ = writeln!(o, "ringproxy_failovers_total {}", m.failovers);
-    family(o, "ringproxy_tunnels", "gauge", "Tunnels (WebSockets) open now.");
-    let _ = writeln!(o, "ringproxy_tunnels {}", m.tunnels_open);
-    family(o, "ringproxy_tunnels_total", "counter", "Tunnels opened by a 101 Switching Protocols.");
-    let _ = writeln!(o, "ringproxy_tunnels_total {}", m.tunnels);
+    single(o, "ringproxy_failovers_total", "counter", "Requests that needed more than one attempt.", m.failovers);
+    single(o, "ringproxy_tunnels", "gauge", "Tunnels (WebSockets) open now.", m.tunnels_open);
+    single(o, "ringproxy_tunnels_total", "counter", "Tunnels opened by a 101 Switching Protocols.", m.tunnels);
     family(o, "ringproxy_tunnel_bytes_total", "counter", "Bytes tunnels carried, by direction, counted as they close.");
     let _ = writeln!(o, "ringproxy_tunnel_bytes_total{{direction=\"upstream\"}} {}", m.tunnel_bytes_up);
     let _ = writeln!(o, "ringproxy_tunnel_bytes_total{{direction=\"downstream\"}} {}", m.tunnel_bytes_down);
@@ -378,8 +388,13 @@ pub fn render(m: &Metrics, targets: &[TargetView<'_>], proxy: &ProxyView) -> Str
     for (result, n) in ["success", "failure"].iter().zip(m.reloads) {
         let _ = writeln!(o, "ringproxy_reloads_total{{result=\"{result}\"}} {n}");
     }
-    family(o, "ringproxy_last_reload_success_timestamp_seconds", "gauge", "When the config was last reloaded.");
-    let _ = writeln!(o, "ringproxy_last_reload_success_timestamp_seconds {:.3}", m.last_reload.unwrap_or(m.started));
+    single(
+        o,
+        "ringproxy_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the config was last reloaded.",
+        format_args!("{:.3}", m.last_reload.unwrap_or(m.started)),
+    );
     render_targets(o, m, targets);
     out
 }

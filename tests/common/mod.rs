@@ -109,7 +109,7 @@ impl Drop for Proc {
 }
 
 /// The address in a "listening on ADDR" line.
-fn listening_addr(line: &str) -> SocketAddr {
+pub fn listening_addr(line: &str) -> SocketAddr {
     let addr = line.split("listening on ").nth(1).expect("address").split([';', ' ']).next().expect("address");
     addr.parse().expect("a socket address")
 }
