@@ -15,12 +15,21 @@ Then, for each proxy:
   - syscalls per proxied request on a warm keep-alive connection (strace -c);
   - user-space instructions per proxied keep-alive request (callgrind: two runs of N1 and N2
     requests, the difference divided by N2 - N1), stable where wall time is noisy.
-Results go to bench/results/compare-<date>.md and bench/results/latest.md, and the table in
-README.md between the bench markers is replaced. Every process it starts is stopped at the end.
+Then the workload matrix, each workload in alternation the same way: keep-alive GETs at c50,
+`Connection: close` at c50, 1 MiB responses at c10 (MiB/s), 1 MiB POST bodies the target reads
+whole before answering at c10, keep-alive at c1000 and at c1; per cell requests/s, p50, p99,
+the ratios, and the proxy's CPU µs per request.
 
-    bench/compare.py                 # full: 3 rounds of 10 s, 10 000 idle connections
-    bench/compare.py --quick         # 3 rounds of 3 s, 2 000 idle connections: a smoke run
-    bench/compare.py --perf          # also `perf record -a -g` behind each proxy (Debian linux-perf)
+The report is written to a directory outside the repository (--out, by default a fresh
+temporary one) and printed; --update also writes bench/results/compare-<date>.md and
+bench/results/latest.md and replaces the table in README.md between the bench markers. Every
+process it starts is stopped at the end.
+
+    bench/compare.py                       # full: 3 rounds of 10 s, 10 000 idle connections, every workload
+    bench/compare.py --quick               # 3 rounds of 3 s, 2 000 idle connections: a smoke run
+    bench/compare.py --workload close      # one row of the matrix, without the keep-alive extras
+    bench/compare.py --update              # and update the committed results and the README table
+    bench/compare.py --perf                # also `perf record -a -g` behind each proxy (Debian linux-perf)
 
 Traffic goes only to 127.0.0.1. Needs wrk, nginx-light, haproxy, strace and valgrind, and
 linux-perf for --perf (Debian packages; installed with apt-get when missing and running as root).
@@ -50,6 +59,17 @@ RESULTS = ROOT / "bench" / "results"
 PROXIES = ["ringproxy", "haproxy", "nginx"]
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "strace": "strace", "valgrind": "valgrind"}
+MIB = 1 << 20
+# The matrix: what wrk asks for, at which concurrency. "bytes": the response size, to report
+# MiB/s; "body": a request body the target reads whole before it answers.
+WORKLOADS = {
+    "keepalive": {"label": "keep-alive GET, c50", "connections": 50, "path": "/"},
+    "close": {"label": "`Connection: close`, c50", "connections": 50, "path": "/", "headers": ["Connection: close"]},
+    "bulk": {"label": "1 MiB responses, c10", "connections": 10, "path": f"/bytes/{MIB}", "bytes": MIB},
+    "post": {"label": "1 MiB POST bodies, c10", "connections": 10, "path": "/", "body": MIB},
+    "c1000": {"label": "keep-alive GET, c1000", "connections": 1000, "path": "/"},
+    "c1": {"label": "keep-alive GET, c1", "connections": 1, "path": "/"},
+}
 
 
 def log(msg):
@@ -64,7 +84,11 @@ def parse_args():
     p.add_argument("--backend", choices=["target-svc", "nginx"], default="target-svc")
     p.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections for the RSS figure")
     p.add_argument("--quick", action="store_true", help="3 rounds of 3 s, 2 000 idle connections")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    p.add_argument("--workload", choices=list(WORKLOADS), help="run one row of the matrix only")
+    p.add_argument("--out", type=Path, help="where the report goes (default: a new temporary directory)")
+    p.add_argument("--update", action="store_true",
+                   help="also write bench/results/ and the README table (the committed copies)")
+    p.add_argument("--no-readme", action="store_true", help="with --update: leave the README table alone")
     p.add_argument("--perf", action="store_true", help="also profile the machine with perf record -a -g behind each proxy")
     a = p.parse_args()
     if a.quick:
@@ -164,6 +188,8 @@ events {{ worker_connections 16000; multi_accept on; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
+    # No body size limit, as ringproxy and HAProxy have none by default (nginx's is 1 MiB).
+    client_max_body_size 0;
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
@@ -212,9 +238,23 @@ def proxy_command(name, config):
 
 # --- measurements ---------------------------------------------------------------------------
 
-def run_wrk(port, duration, connections):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+def wrk_args(workload, tmp):
+    """wrk's arguments for a workload of the matrix (a Lua script for a request body)."""
+    w = WORKLOADS[workload]
+    args = []
+    for header in w.get("headers", []):
+        args += ["-H", header]
+    if "body" in w:
+        script = tmp / f"{workload}.lua"
+        script.write_text(f'wrk.method = "POST"\nwrk.body = string.rep("x", {w["body"]})\n'
+                          f'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+        args += ["-s", str(script)]
+    return args, w["path"]
+
+
+def run_wrk(port, duration, connections, extra=(), path="/"):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *extra,
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
 
     def latency(pct):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -262,14 +302,14 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def measured_wrk(port, duration, connections, proxy_pids, backend_pids):
+def measured_wrk(port, duration, connections, proxy_pids, backend_pids, extra=(), path="/"):
     """A wrk run, and where the machine's CPU went per request during it: the proxy (user and
     kernel), the backends, wrk itself and the whole machine, plus TCP segments per request.
     On two shared cores the whole machine's figure is what sets requests/s."""
     proxy0, backends0 = cpu_split(proxy_pids), sum(cpu_split(backend_pids))
     wrk0, machine0, segments0 = children_cpu(), machine_busy(), tcp_out_segments()
-    result = run_wrk(port, duration, connections)
-    per_request = 1e6 / result["requests"]
+    result = run_wrk(port, duration, connections, extra, path)
+    per_request = 1e6 / max(result["requests"], 1)
     proxy1 = cpu_split(proxy_pids)
     result["proxy_user_us"] = (proxy1[0] - proxy0[0]) * per_request
     result["proxy_kernel_us"] = (proxy1[1] - proxy0[1]) * per_request
@@ -534,20 +574,51 @@ def main():
 
         # "none": wrk straight to one backend, no proxy: what the machine carries without a hop.
         ports["none"], pids["none"] = backends[0], None
-        loads = PROXIES + ["none"]
-        log("warming up")
-        for name in loads:
-            run_wrk(ports[name], 2, args.connections)
-        load = {name: [] for name in loads}
-        for r in range(1, args.rounds + 1):
+        selected = [args.workload] if args.workload else list(WORKLOADS)
+        extras = args.workload is None
+        load = {}
+        if "keepalive" in selected:
+            loads = PROXIES + ["none"]
+            log("warming up")
             for name in loads:
-                proxy_pids = [pids[name]] if pids[name] else []
-                result = measured_wrk(ports[name], args.duration, args.connections, proxy_pids, backend_pids)
-                load[name].append(result)
-                log(f"round {r}/{args.rounds} {name:9} {result['rps']:>9.0f} req/s  p50 {result['p50']:.2f} ms  "
-                    f"p99 {result['p99']:.2f} ms  errors {result['errors']}  CPU us/request: proxy "
-                    f"{result['proxy_user_us']:.1f} user + {result['proxy_kernel_us']:.1f} kernel, backends "
-                    f"{result['backend_us']:.1f}, wrk {result['wrk_us']:.1f}, machine {result['machine_us']:.1f}")
+                run_wrk(ports[name], 2, args.connections)
+            load = {name: [] for name in loads}
+            for r in range(1, args.rounds + 1):
+                for name in loads:
+                    proxy_pids = [pids[name]] if pids[name] else []
+                    result = measured_wrk(ports[name], args.duration, args.connections, proxy_pids, backend_pids)
+                    load[name].append(result)
+                    log(f"round {r}/{args.rounds} {name:9} {result['rps']:>9.0f} req/s  p50 {result['p50']:.2f} ms  "
+                        f"p99 {result['p99']:.2f} ms  errors {result['errors']}  CPU us/request: proxy "
+                        f"{result['proxy_user_us']:.1f} user + {result['proxy_kernel_us']:.1f} kernel, backends "
+                        f"{result['backend_us']:.1f}, wrk {result['wrk_us']:.1f}, machine {result['machine_us']:.1f}")
+        matrix = {}
+        for workload in selected:
+            if workload == "keepalive":
+                matrix[workload] = {n: load[n] for n in PROXIES}
+                continue
+            if args.backend == "nginx" and workload in ("bulk", "post"):
+                log(f"{workload}: needs the target-svc backends (/bytes, a target that reads the body); skipped")
+                continue
+            extra, path = wrk_args(workload, tmp)
+            conns = WORKLOADS[workload]["connections"]
+            for name in PROXIES:
+                run_wrk(ports[name], 1, conns, extra, path)
+            cells = {name: [] for name in PROXIES}
+            for r in range(1, args.rounds + 1):
+                for name in PROXIES:
+                    result = measured_wrk(ports[name], args.duration, conns, [pids[name]], backend_pids, extra, path)
+                    cells[name].append(result)
+                    log(f"{workload} round {r}/{args.rounds} {name:9} {result['rps']:>9.0f} req/s  "
+                        f"p99 {result['p99']:.2f} ms  errors {result['errors']}  proxy CPU "
+                        f"{result['proxy_user_us'] + result['proxy_kernel_us']:.1f} us/request")
+            matrix[workload] = cells
+        if not extras:
+            report = render_matrix(args, matrix)
+            print("\n" + report)
+            write_report(args, report, "")
+            shutil.rmtree(tmp, ignore_errors=True)
+            return 0
         profiles = {}
         if args.perf:
             for name in PROXIES:
@@ -580,22 +651,64 @@ def main():
     finally:
         procs.stop_all()
 
-    report = render(args, load, rss, idle, syscalls, instructions, profiles)
+    report = render(args, load, rss, idle, syscalls, instructions, profiles) + "\n" + render_matrix(args, matrix)
     print("\n" + report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
-    (RESULTS / f"compare-{stamp}.md").write_text(report + "\n## strace -c of ringproxy\n\n```\n"
-                                                 + traces["ringproxy"] + "```\n")
-    (RESULTS / "latest.md").write_text(report)
-    if not args.no_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            readme.write_text(head + start + "\n" + report + end + rest.split(end, 1)[1])
+    write_report(args, report, "\n## strace -c of ringproxy\n\n```\n" + traces["ringproxy"] + "```\n")
     shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def write_report(args, report, appendix):
+    """The report into --out (outside the repository by default); with --update, the committed
+    copies too: bench/results/ and the README table."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
+    out = args.out or Path(tempfile.mkdtemp(prefix="ringproxy-compare-results-"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"compare-{stamp}.md").write_text(report + appendix)
+    log(f"wrote {out / f'compare-{stamp}.md'}")
+    if not args.update:
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"compare-{stamp}.md").write_text(report + appendix)
+    (RESULTS / "latest.md").write_text(report)
     log(f"wrote bench/results/compare-{stamp}.md and bench/results/latest.md")
+    if args.no_readme or args.workload:
+        return
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + "\n" + report + end + rest.split(end, 1)[1])
+        log("replaced the README table")
+
+
+def render_matrix(args, matrix):
+    """One row per workload: each proxy's medians and ringproxy's ratios to the others."""
+    lines = [
+        f"The workload matrix ({args.rounds} rounds of {args.duration} s per cell, in alternation; medians). "
+        "Throughput is requests/s, or MiB/s for 1 MiB responses; a ratio above 1 is better for throughput, "
+        "below 1 for p99 and CPU.",
+        "",
+        "| workload | ringproxy | HAProxy | nginx | / HAProxy | / nginx | p99 ms ringproxy, HAProxy, nginx "
+        "| p99 / HAProxy | p99 / nginx | proxy CPU µs per request ringproxy, HAProxy, nginx | CPU / HAProxy | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload, cells in matrix.items():
+        scale = WORKLOADS[workload].get("bytes", 0) / MIB
+        med = {n: {k: statistics.median(r[k] for r in cells[n]) for k in ("rps", "p99")} for n in PROXIES}
+        cpu = {n: statistics.median(r["proxy_user_us"] + r["proxy_kernel_us"] for r in cells[n]) for n in PROXIES}
+        errors = sum(r["errors"] for n in PROXIES for r in cells[n])
+        tput = {n: med[n]["rps"] * scale if scale else med[n]["rps"] for n in PROXIES}
+        unit = " MiB/s" if scale else ""
+        r, h, x = "ringproxy", "haproxy", "nginx"
+        lines.append(
+            f"| {WORKLOADS[workload]['label']} | {tput[r]:,.0f}{unit} | {tput[h]:,.0f} | {tput[x]:,.0f} | "
+            f"{tput[r] / tput[h]:.2f}× | {tput[r] / tput[x]:.2f}× | "
+            f"{med[r]['p99']:.2f}, {med[h]['p99']:.2f}, {med[x]['p99']:.2f} | "
+            f"{med[r]['p99'] / med[h]['p99']:.2f}× | {med[r]['p99'] / med[x]['p99']:.2f}× | "
+            f"{cpu[r]:.1f}, {cpu[h]:.1f}, {cpu[x]:.1f} | {cpu[r] / cpu[h]:.2f}× | {errors} |")
+    return "\n".join(lines) + "\n"
 
 
 def render(args, load, rss, idle, syscalls, instructions, profiles):
