@@ -169,11 +169,14 @@ def nginx_config(tmp, name, port, backends, master=True):
     prefix = tmp / name
     for sub in ("logs", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
+        # Started as root, nginx's worker runs as nobody and must write its temporary files here.
+        (prefix / sub).chmod(0o777)
     if backends:
         servers = "\n".join(f"        server 127.0.0.1:{b};" for b in backends)
         upstream = f"    upstream backends {{\n{servers}\n        keepalive 64;\n    }}\n"
+        # Request bodies stream to the target as they come, as ringproxy and HAProxy send them.
         location = ("proxy_pass http://backends; proxy_http_version 1.1; "
-                    "proxy_set_header Connection \"\";")
+                    "proxy_set_header Connection \"\"; proxy_request_buffering off;")
     else:
         upstream = ""
         location = 'default_type text/plain; return 200 "Hello, world!";'
