@@ -300,6 +300,7 @@ fn a_busy_default_admin_port_turns_the_admin_off_but_a_named_one_is_fatal() {
     .expect("config");
     let mut named = common::Proc::spawn(Command::new(common::proxy_bin()).arg("--config").arg(&config));
     assert_eq!(named.wait_exit(Duration::from_secs(10)), Some(1), "{:?}", named.lines());
-    assert!(named.lines().iter().any(|l| l.contains("admin listener 127.0.0.1:9000")), "{:?}", named.lines());
+    // The exit can be seen before the reader thread has collected the last line: wait for it.
+    named.wait_line("admin listener 127.0.0.1:9000", Duration::from_secs(5));
     let _ = std::fs::remove_file(&config);
 }
