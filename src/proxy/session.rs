@@ -56,6 +56,9 @@ const TURN: usize = 32;
 /// closes the connection instead.
 const DISCARD_LIMIT: u64 = 16 << 20;
 
+/// Response bodies longer than this stream through a large buffer, when one is free.
+const BULK_BODY: u64 = 64 * 1024;
+
 /// How long a closing connection keeps reading what its client still sends, so that our close
 /// does not become a reset that destroys a response the client has not read yet.
 const LINGER_MS: u64 = 5_000;
@@ -786,6 +789,12 @@ impl Session {
             return Ok(true);
         }
         cout.fill(head.out_len);
+        if matches!(head.body, BodyKind::Chunked | BodyKind::UntilClose)
+            || matches!(head.body, BodyKind::Length(n) if n > BULK_BODY)
+        {
+            // A bulk body: fewer, larger reads and writes (and wake-ups of the reader).
+            buffer::enlarge(&mut self.uin, cx.buffers);
+        }
         if head.switching {
             ex.status = head.status;
             ex.answered = Some(cx.now);

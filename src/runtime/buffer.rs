@@ -80,24 +80,50 @@ impl Buffer {
     }
 }
 
-/// A free list of equally sized buffers.
+/// Size of a large buffer: a bulk response body moves through it in 8 times fewer reads and
+/// writes, and wakes its reader 8 times less often, than through a head-sized one.
+pub const LARGE: usize = 128 * 1024;
+
+/// Large buffers lent out at once at most: beyond, bulk bodies use head-sized ones, so that ten
+/// thousand downloads cannot take 1.3 GB.
+const LARGE_MAX: usize = 64;
+
+/// Free lists of buffers: head-sized ones for everything, and a few large ones for bulk
+/// response bodies.
 pub struct BufferPool {
     size: usize,
     free: Vec<Buffer>,
+    large: Vec<Buffer>,
+    /// Large buffers lent out now.
+    large_out: usize,
 }
 
 impl BufferPool {
     pub fn new(size: usize) -> BufferPool {
-        BufferPool { size, free: Vec::new() }
+        BufferPool { size, free: Vec::new(), large: Vec::new(), large_out: 0 }
     }
 
     pub fn get(&mut self) -> Buffer {
         self.free.pop().unwrap_or_else(|| Buffer::new(self.size))
     }
 
+    /// A large buffer, if fewer than `LARGE_MAX` are lent out (and the head size is smaller).
+    pub fn get_large(&mut self) -> Option<Buffer> {
+        if self.large_out >= LARGE_MAX || self.size >= LARGE {
+            return None;
+        }
+        self.large_out += 1;
+        Some(self.large.pop().unwrap_or_else(|| Buffer::new(LARGE)))
+    }
+
     pub fn put(&mut self, mut buf: Buffer) {
         buf.clear();
-        self.free.push(buf);
+        if buf.mem.len() == LARGE && self.size != LARGE {
+            self.large_out = self.large_out.saturating_sub(1);
+            self.large.push(buf);
+        } else {
+            self.free.push(buf);
+        }
     }
 
     /// Buffers waiting in the pool (for tests and statistics).
@@ -118,6 +144,22 @@ pub fn release_if_empty(slot: &mut Option<Buffer>, pool: &mut BufferPool) {
             pool.put(buf);
         }
     }
+}
+
+/// Swaps the buffer in `slot` for a large one when the pool has one to lend, keeping its data
+/// (which fits: a large buffer is larger than any other).
+pub fn enlarge(slot: &mut Option<Buffer>, pool: &mut BufferPool) {
+    if slot.as_ref().is_some_and(|b| b.mem.len() >= LARGE) {
+        return;
+    }
+    let Some(mut large) = pool.get_large() else {
+        return;
+    };
+    if let Some(small) = slot.take() {
+        large.append(small.data());
+        pool.put(small);
+    }
+    *slot = Some(large);
 }
 
 /// Returns the buffer in `slot` to the pool, dropping any data it held.
@@ -151,6 +193,21 @@ mod tests {
         assert!(!buf.append(b"1234"));
         assert!(buf.append(b"123"));
         assert_eq!(buf.data(), b"defgh123");
+    }
+
+    #[test]
+    fn a_large_buffer_keeps_the_data_and_goes_back_to_its_own_list() {
+        let mut pool = BufferPool::new(8);
+        let mut slot = None;
+        ensure(&mut slot, &mut pool).append(b"abc");
+        enlarge(&mut slot, &mut pool);
+        assert_eq!(slot.as_ref().map(Buffer::data), Some(&b"abc"[..]));
+        assert_eq!(slot.as_mut().map(|b| b.space().len()), Some(LARGE - 3));
+        release(&mut slot, &mut pool);
+        assert_eq!((pool.idle(), pool.large.len(), pool.large_out), (1, 1, 0));
+        let lent: Vec<Buffer> = (0..LARGE_MAX).filter_map(|_| pool.get_large()).collect();
+        assert_eq!(lent.len(), LARGE_MAX);
+        assert!(pool.get_large().is_none(), "no more than LARGE_MAX at once");
     }
 
     #[test]
