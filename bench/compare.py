@@ -595,6 +595,21 @@ def main():
                         f"p99 {result['p99']:.2f} ms  errors {result['errors']}  CPU us/request: proxy "
                         f"{result['proxy_user_us']:.1f} user + {result['proxy_kernel_us']:.1f} kernel, backends "
                         f"{result['backend_us']:.1f}, wrk {result['wrk_us']:.1f}, machine {result['machine_us']:.1f}")
+        # The keep-alive extras come before the other workloads: RSS per idle connection is
+        # measured on a proxy that has not yet grown its heap for c1000 or 1 MiB bodies.
+        profiles, rss, syscalls, traces = {}, {}, {}, {}
+        if extras and args.perf:
+            for name in PROXIES:
+                log(f"{name}: perf record -a -g over 5 s of wrk")
+                profiles[name] = perf_profile(ports[name], 5, args.connections, tmp, name, pids[name], backend_pids)
+        for name in PROXIES if extras else []:
+            log(f"{name}: RSS with {idle[name]} idle keep-alive connections")
+            rss[name] = idle_rss_per_connection(ports[name], pids[name], idle[name])
+            time.sleep(1)  # the closes above are processed before the next proxy is measured
+        for name in PROXIES if extras else []:
+            log(f"{name}: syscalls per request (strace -c, 2000 keep-alive requests)")
+            syscalls[name], traces[name] = syscalls_per_request(ports[name], pids[name], 2000, tmp)
+
         matrix = {}
         for workload in selected:
             if workload == "keepalive":
@@ -622,22 +637,6 @@ def main():
             write_report(args, report, "")
             shutil.rmtree(tmp, ignore_errors=True)
             return 0
-        profiles = {}
-        if args.perf:
-            for name in PROXIES:
-                log(f"{name}: perf record -a -g over 5 s of wrk")
-                profiles[name] = perf_profile(ports[name], 5, args.connections, tmp, name, pids[name], backend_pids)
-
-        rss = {}
-        for name in PROXIES:
-            log(f"{name}: RSS with {idle[name]} idle keep-alive connections")
-            rss[name] = idle_rss_per_connection(ports[name], pids[name], idle[name])
-            time.sleep(1)  # the closes above are processed before the next proxy is measured
-        syscalls, traces = {}, {}
-        for name in PROXIES:
-            log(f"{name}: syscalls per request (strace -c, 2000 keep-alive requests)")
-            syscalls[name], traces[name] = syscalls_per_request(ports[name], pids[name], 2000, tmp)
-
         for proc in running.values():
             procs.stop(proc)
         instructions = {}
