@@ -47,7 +47,8 @@ pub struct Exchange {
     pub resp_ready: usize,
     /// Some byte of a final response reached the client: no retry is possible any more.
     pub resp_started: bool,
-    /// Raw request body bytes seen so far, for `max_body_size`.
+    /// Raw request body bytes seen so far, for `max_body_size`; in a tunnel, the bytes sent to
+    /// the target (and `sent_bytes` those sent to the client).
     pub body_total: u64,
     pub client_keep_alive: bool,
     pub upstream_reusable: bool,

@@ -7,8 +7,8 @@
 //! costs at most one wasted syscall, never a wrong action.
 
 use crate::admin::{self, Admin, View};
-use crate::balance::{Reconciled, Targets};
-use crate::config::{Config, ConfigError, MAX_TARGETS};
+use crate::balance::Targets;
+use crate::config::{Config, MAX_TARGETS};
 use crate::discovery::Discovery;
 use crate::health::probe::{ProbeResult, Prober};
 use crate::health::Health;
@@ -22,6 +22,9 @@ use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
 use crate::tls::{self, TlsConfig};
+use reload::Reload;
+
+mod reload;
 use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
@@ -29,7 +32,6 @@ use signal_hook_mio::v1_0::Signals;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,27 +72,6 @@ pub struct Server {
     tls: Option<TlsListener>,
 }
 
-/// A config file read and checked off the loop, with the access log it names opened if that
-/// changed.
-struct Loaded {
-    config: Config,
-    log: Option<AccessLog>,
-    /// The certificates, read and checked.
-    tls: Option<TlsConfig>,
-}
-
-/// Reloads on SIGHUP: the file is read, validated and its access log opened on a helper
-/// thread, and the result comes back through a channel and the loop's waker.
-struct Reload {
-    path: Option<PathBuf>,
-    waker: Arc<Waker>,
-    done: Sender<Result<Loaded, ConfigError>>,
-    results: Receiver<Result<Loaded, ConfigError>>,
-    /// A reload is being read; another SIGHUP meanwhile asks for one more after it.
-    running: bool,
-    again: bool,
-}
-
 impl Server {
     /// Binds the listener and looks up every target once. Blocking here is fine: the loop has
     /// not started.
@@ -102,8 +83,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, token(Kind::Listener(PROXY_LISTENER)), Interest::READABLE)?;
         let waker = Arc::new(Waker::new(&registry, token(Kind::Waker))?);
-        let (done, results) = channel();
-        let reload = Reload { path: None, waker: Arc::clone(&waker), done, results, running: false, again: false };
+        let reload = Reload::new(Arc::clone(&waker));
         let mut signals = Signals::new(signals::HANDLED)?;
         registry.register(&mut signals, token(Kind::Signals), Interest::READABLE)?;
 
@@ -211,7 +191,7 @@ impl Server {
 
     /// The file SIGHUP reloads; without one, SIGHUP is logged and ignored.
     pub fn reload_from(&mut self, path: PathBuf) {
-        self.reload.path = Some(path);
+        self.reload.watch(path);
     }
 
     /// Runs until a signal's drain completes.
@@ -393,187 +373,6 @@ impl Server {
             Some(name) => self.drain(name),
             None => Flow::Go,
         }
-    }
-
-    /// SIGHUP: reads the config file again, off the loop; `take_reload` applies it.
-    fn start_reload(&mut self, signal: &str) {
-        let Some(path) = self.reload.path.clone() else {
-            warn!("{signal}: no config file to reload; ignored");
-            return;
-        };
-        if self.env.draining {
-            warn!("{signal}: draining; reload ignored");
-            return;
-        }
-        if self.reload.running {
-            self.reload.again = true;
-            return;
-        }
-        info!("{signal}: reloading {}", path.display());
-        let (done, waker) = (self.reload.done.clone(), Arc::clone(&self.reload.waker));
-        let running_log = self.env.config.access_log.clone();
-        let spawned = std::thread::Builder::new().name("reload".into()).spawn(move || {
-            let loaded = Config::load(&path).and_then(|config| {
-                let tls = config.tls.as_ref().map(tls::load).transpose()?;
-                let log =
-                    match config.access_log == running_log {
-                        true => None,
-                        false => Some(AccessLog::start(&config.access_log, config.access_log_format).map_err(|e| {
-                            ConfigError { key: "access_log".into(), problem: format!("cannot open: {e}") }
-                        })?),
-                    };
-                Ok(Loaded { config, log, tls })
-            });
-            let _ = done.send(loaded);
-            let _ = waker.wake();
-        });
-        match spawned {
-            Ok(_) => self.reload.running = true,
-            Err(e) => error!("{signal}: cannot start reading the config: {e}"),
-        }
-    }
-
-    /// Applies a config read by `start_reload`, or keeps the running one if it was invalid.
-    fn take_reload(&mut self) {
-        while let Ok(result) = self.reload.results.try_recv() {
-            self.reload.running = false;
-            match result {
-                Ok(loaded) => self.apply_config(loaded),
-                Err(e) => {
-                    let path = self.reload.path.as_deref().unwrap_or(std::path::Path::new("-")).display();
-                    error!("reload failed: {path}: {e}; keeping the running config");
-                    self.env.metrics.reloaded(false);
-                }
-            }
-            if std::mem::take(&mut self.reload.again) {
-                self.start_reload("SIGHUP");
-            }
-        }
-    }
-
-    /// Swaps a new config in. Requests in flight finish on the target they were sent to; a
-    /// removed target's idle connections close now. What cannot change without dropping
-    /// connections (the listen address, the buffer size) keeps its running value, with a line.
-    fn apply_config(&mut self, Loaded { mut config, log, tls }: Loaded) {
-        let old = &self.env.config;
-        for warning in &config.warnings {
-            warn!("reload: {warning}");
-        }
-        if config.listen != old.listen {
-            let running = self.local_addr;
-            warn!("reload: `listen` changed to {}: that needs a restart; still listening on {running}", config.listen);
-            config.listen = old.listen;
-        }
-        if config.max_request_head != old.max_request_head || config.chunk_limits != old.chunk_limits {
-            warn!("reload: `max_request_head`, `max_chunk_line` and `max_trailer_size` size the buffers and need a restart; keeping the running values");
-            (config.max_request_head, config.chunk_limits) = (old.max_request_head, old.chunk_limits);
-        }
-        let old_tls_listen = old.tls.as_ref().map(|t| t.listen);
-        if config.tls.as_ref().map(|t| t.listen) != old_tls_listen {
-            warn!("reload: the TLS listener (`tls.listen`) changed: that needs a restart; keeping the running one");
-            config.tls = old.tls.clone();
-        } else if let (Some(running), Some(renewed)) = (self.tls.as_mut(), tls) {
-            // New connections get the certificates just read; open ones keep theirs.
-            running.config = renewed;
-        }
-        if config.admin != self.env.config.admin {
-            config.admin = self.move_admin(config.admin);
-        }
-        if let Some(log) = log {
-            self.env.log.replace(log);
-        }
-        self.env.log.set_format(config.access_log_format);
-        self.env.targets.configure(&config);
-        let changes = self.env.targets.reconcile(&config.targets, self.env.now);
-        self.env.config = config;
-        self.targets_changed(&changes);
-        let env = &mut self.env;
-        let ids: Vec<_> = env.targets.ids().collect();
-        for id in ids {
-            let live = env.targets.is_live(id);
-            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, env.now);
-        }
-        self.discovery.round(&env.config, &mut env.wheel, env.now);
-        env.metrics.reloaded(true);
-        let (live, all) = (env.targets.live_count(), env.targets.len());
-        let (added, removed) = (changes.added.len(), changes.removed.len());
-        info!("reloaded the config: {all} targets ({added} added, {removed} removed), {live} live");
-    }
-
-    /// The target table changed (a reload, a lookup of a discovered name): every per-target
-    /// store follows it, and a new target out of the rotation is probed at once.
-    fn targets_changed(&mut self, changes: &Reconciled) {
-        let env = &mut self.env;
-        for &id in &changes.removed {
-            env.health.target_removed(id, &mut env.wheel);
-            env.metrics.target_removed(id);
-        }
-        for &id in &changes.added {
-            env.health.target_added(id);
-            env.metrics.target_added(id);
-            if !env.targets.is_live(id) {
-                env.health.probe_now(id, &mut env.wheel, env.now);
-            }
-        }
-        if changes.refused > 0 {
-            warn!("{} addresses left out: the table holds {MAX_TARGETS} targets at most", changes.refused);
-        }
-        self.proxy.targets_changed(&changes.added, &changes.removed);
-        self.prober.reconfigure(&env.config, &env.targets);
-    }
-
-    /// Applies what lookups of discovered names found.
-    fn take_discoveries(&mut self) {
-        for (index, addrs) in self.discovery.answers(&self.env.config) {
-            let entry = self.env.config.targets[index].clone();
-            let changes = self.env.targets.discovered(index, &entry, &addrs);
-            if changes.added.is_empty() && changes.removed.is_empty() {
-                continue;
-            }
-            let (added, removed) = (changes.added.len(), changes.removed.len());
-            info!("{}: {} addresses ({added} new, {removed} gone)", entry.url, addrs.len());
-            for url in &changes.gone {
-                info!("target {url} gone: its name no longer resolves to it");
-            }
-            self.targets_changed(&changes);
-        }
-    }
-
-    /// Moves the admin listener to `to`; the address it ends up on. A move to another address
-    /// on the same port (127.0.0.1:9000 to 0.0.0.0:9000) must close the old listener first.
-    fn move_admin(&mut self, to: Option<SocketAddr>) -> Option<SocketAddr> {
-        let (from, configured) = (self.admin_addr(), self.env.config.admin);
-        let bound = match to {
-            Some(addr) => match Admin::bind(addr, &self.env) {
-                Ok(admin) => Some(admin),
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse && from.is_some_and(|f| f.port() == addr.port()) => {
-                    if let Some(old) = self.admin.take() {
-                        old.close(&mut self.env);
-                    }
-                    match Admin::bind(addr, &self.env) {
-                        Ok(admin) => Some(admin),
-                        Err(e) => {
-                            error!("reload: cannot move the admin listener to {addr}: {e}; it stays where it was");
-                            self.admin = from.and_then(|f| Admin::bind(f, &self.env).ok());
-                            return configured;
-                        }
-                    }
-                }
-                Err(e) => {
-                    error!("reload: cannot move the admin listener to {addr}: {e}; it stays where it was");
-                    return configured;
-                }
-            },
-            None => None,
-        };
-        if let Some(old) = std::mem::replace(&mut self.admin, bound) {
-            old.close(&mut self.env);
-        }
-        match self.admin_addr() {
-            Some(addr) => info!("admin endpoints on {addr}"),
-            None => info!("admin endpoints off"),
-        }
-        to
     }
 
     /// Stops accepting and lets requests in flight finish; a second signal stops at once.
