@@ -17,13 +17,13 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from compose import compose_command
 from loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,14 +32,6 @@ COMPOSE = ROOT / "docker" / "compose.scale.yaml"
 
 def log(msg):
     print(f"scale: {msg}", flush=True)
-
-
-def compose_command():
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    raise SystemExit("scale: neither `docker compose` nor `docker-compose` is installed")
 
 
 def get(port):
@@ -74,7 +66,7 @@ def main():
 
     port, admin = free_port(), free_port()
     project = f"ringproxy-scale-{os.getpid()}"
-    base = compose_command() + ["-f", str(COMPOSE), "-p", project]
+    base = compose_command("scale") + ["-f", str(COMPOSE), "-p", project]
     env = dict(os.environ, RINGPROXY_PORT=str(port), RINGPROXY_ADMIN_PORT=str(admin))
 
     def compose(*more):

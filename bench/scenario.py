@@ -22,7 +22,6 @@ import http.client
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from compose import compose_command
 from loopback import can_connect, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,14 +133,6 @@ class Local:
         self.config.unlink(missing_ok=True)
 
 
-def compose_command():
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    raise SystemExit("scenario: neither `docker compose` nor `docker-compose` is installed")
-
-
 class Compose:
     """docker compose with the images docker/build.sh makes; stopping a target stops its container."""
 
@@ -148,7 +140,7 @@ class Compose:
         self.port = free_port()
         self.admin_port = free_port()
         self.project = f"ringproxy-scenario-{os.getpid()}"
-        self.base = compose_command() + ["-f", str(ROOT / "docker" / "compose.yaml"), "-p", self.project]
+        self.base = compose_command("scenario") + ["-f", str(ROOT / "docker" / "compose.yaml"), "-p", self.project]
         self.env = dict(os.environ, RINGPROXY_PORT=str(self.port), RINGPROXY_ADMIN_PORT=str(self.admin_port))
         self.sleeping = json.loads((ROOT / "docker" / "config" / "appsettings.json").read_text()).get("sleeping", 1)
 

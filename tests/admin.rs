@@ -9,17 +9,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Whether Python's `prometheus_client` is installed; without it the parser test is skipped
-/// with a notice, unless CI requires it.
-fn have_parser() -> bool {
-    let found = Command::new("python3").args(["-c", "import prometheus_client"]).status().is_ok_and(|s| s.success());
-    if !found {
-        assert!(!common::in_ci(), "CI needs prometheus_client (python3 -m pip install prometheus_client)");
-        eprintln!("NOTICE: python3 -m pip install prometheus_client to run the metrics parser test; skipped");
-    }
-    found
-}
-
 /// Parses exposition text with the Python `prometheus_client` parser (the reference
 /// implementation's own); every sample as (name, labels, value). Panics on text it refuses.
 fn parse_metrics(text: &str) -> Vec<(String, serde_json::Map<String, Value>, f64)> {
@@ -59,7 +48,7 @@ fn sum(samples: &[(String, serde_json::Map<String, Value>, f64)], name: &str, la
 
 #[test]
 fn metrics_parse_with_the_prometheus_parser_and_move_with_traffic_and_failures() {
-    if !have_parser() {
+    if !common::needs_python("prometheus_client") {
         return;
     }
     let mut t = targets(2);

@@ -151,11 +151,7 @@ fn slow_start_ramps_a_revived_target_up_instead_of_all_at_once() {
 /// Whether this process may make a mount namespace (root, with `unshare` installed).
 fn can_unshare() -> bool {
     let ok = Command::new("unshare").args(["--mount", "true"]).status().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(!common::in_ci(), "CI needs `unshare --mount` (root) for the discovery test");
-        eprintln!("NOTICE: `unshare --mount` is not allowed here; the discovery test is skipped");
-    }
-    ok
+    common::needs(ok, "`unshare --mount`", "run as root")
 }
 
 #[test]

@@ -188,9 +188,7 @@ fn check_names_a_missing_certificate_and_a_key_that_does_not_match() {
 #[test]
 fn a_websocket_works_over_tls() {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ws.py");
-    if !Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|s| s.success()) {
-        assert!(!common::in_ci(), "CI needs websockets");
-        eprintln!("NOTICE: python3 -m pip install websockets to run the wss test; skipped");
+    if !common::needs_python("websockets") {
         return;
     }
     let certs = Certs::make("wss");

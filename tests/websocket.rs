@@ -14,16 +14,6 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/ws.py")
 }
 
-/// Whether Python's `websockets` is installed; skipped with a notice otherwise, unless CI.
-fn have_websockets() -> bool {
-    let found = Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|s| s.success());
-    if !found {
-        assert!(!common::in_ci(), "CI needs websockets (python3 -m pip install websockets)");
-        eprintln!("NOTICE: python3 -m pip install websockets to run the WebSocket tests; skipped");
-    }
-    found
-}
-
 /// The echo server, and the port it listens on.
 fn echo_server() -> (Proc, u16) {
     let server = Proc::spawn(Command::new("python3").arg(script()).arg("serve"));
@@ -41,7 +31,7 @@ fn proxy_for(port: u16, extra: &str) -> Proxy {
 
 #[test]
 fn messages_pings_and_the_close_handshake_pass_through_the_tunnel() {
-    if !have_websockets() {
+    if !common::needs_python("websockets") {
         return;
     }
     let (_server, port) = echo_server();
@@ -77,7 +67,7 @@ fn messages_pings_and_the_close_handshake_pass_through_the_tunnel() {
 
 #[test]
 fn a_target_killed_mid_tunnel_closes_the_client_promptly() {
-    if !have_websockets() {
+    if !common::needs_python("websockets") {
         return;
     }
     let (mut server, port) = echo_server();
@@ -121,7 +111,7 @@ fn an_upgrade_the_target_declines_stays_http_and_h2c_is_never_forwarded() {
 
 #[test]
 fn on_sigterm_an_open_tunnel_gets_shutdown_timeout_then_closes() {
-    if !have_websockets() {
+    if !common::needs_python("websockets") {
         return;
     }
     let (_server, port) = echo_server();

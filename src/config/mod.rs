@@ -4,7 +4,7 @@
 
 mod raw;
 
-use crate::http::ChunkLimits;
+use crate::http::{self, ChunkLimits};
 use raw::{Keys, RawConfig};
 use serde_json::Value;
 use std::fmt;
@@ -331,10 +331,7 @@ impl RawConfig {
         let client_body_timeout = secs("client_body_timeout", self.client_body_timeout, TIMEOUT_FLOOR)?;
         let resolve_interval = secs("resolve_interval", self.resolve_interval, SLEEPING_FLOOR)?;
         let tunnel_timeout = secs("tunnel_timeout", self.tunnel_timeout, TIMEOUT_FLOOR)?;
-        let token = |p: &String| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        };
-        if let Some(bad) = self.upgrade_protocols.iter().find(|p| !token(p)) {
+        if let Some(bad) = self.upgrade_protocols.iter().find(|p| !http::is_token(p)) {
             return Err(err("upgrade_protocols", format!("{bad:?} is not a protocol name like \"websocket\"")));
         }
         if let Some(h2c) = self.upgrade_protocols.iter().find(|p| p.eq_ignore_ascii_case("h2c")) {
@@ -503,14 +500,11 @@ fn parse_tls(value: &Value) -> Result<TlsSpec, ConfigError> {
 
 /// `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
 fn parse_hash_key(text: &str) -> Result<HashKey, ConfigError> {
-    let token = |name: &str| {
-        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    };
     match text.split_once(':') {
         None if text == "client_ip" => Ok(HashKey::ClientIp),
         None if text == "path" => Ok(HashKey::Path),
-        Some(("header", name)) if token(name) => Ok(HashKey::Header(name.to_ascii_lowercase())),
-        Some(("cookie", name)) if token(name) => Ok(HashKey::Cookie(name.to_owned())),
+        Some(("header", name)) if http::is_token(name) => Ok(HashKey::Header(name.to_ascii_lowercase())),
+        Some(("cookie", name)) if http::is_token(name) => Ok(HashKey::Cookie(name.to_owned())),
         _ => Err(err(
             "hash_key",
             format!("must be \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\", got {text:?}"),

@@ -1,5 +1,6 @@
 //! Message bodies: where one ends, however its bytes are split across reads.
 
+use super::is_tchar;
 use super::{BodyKind, HttpError};
 
 /// How far the framing bytes of a chunked body may run: one chunk-size line with its
@@ -107,11 +108,6 @@ pub struct Progress {
     pub used: usize,
     /// The body ended within them.
     pub done: bool,
-}
-
-/// `tchar` (RFC 9110 §5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A field-value or quoted-string character besides the quote and backslash: SP, HTAB,

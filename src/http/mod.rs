@@ -116,3 +116,13 @@ pub fn field_value<'h>(head: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
         line[..colon].eq_ignore_ascii_case(name).then(|| fields::trim(&line[colon + 1..]))
     })
 }
+
+/// `tchar` (RFC 9110 §5.6.2).
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A `token`: one or more `tchar`s (a field name, a protocol name).
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(is_tchar)
+}

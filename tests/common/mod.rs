@@ -28,6 +28,22 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// Whether something a test needs is here (a tool, a Python package, a permission). Without it
+/// the test is skipped with a notice naming `how` to get it, or fails under CI=true.
+pub fn needs(present: bool, what: &str, how: &str) -> bool {
+    if !present {
+        assert!(!in_ci(), "CI needs {what} ({how})");
+        eprintln!("NOTICE: {what} is missing ({how}); skipped");
+    }
+    present
+}
+
+/// Whether Python can import `module`; see `needs`.
+pub fn needs_python(module: &str) -> bool {
+    let found = Command::new("python3").args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+    needs(found, &format!("the Python package {module}"), &format!("python3 -m pip install {module}"))
+}
+
 /// Polls `check` until it gives a value or `within` passes.
 pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
