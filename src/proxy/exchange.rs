@@ -40,7 +40,8 @@ pub struct Exchange {
     pub attempts: usize,
     /// Attempts that ended in a response timeout.
     pub timeouts: u8,
-    /// Writing the request to the target failed: nothing more is sent on this attempt.
+    /// Writing the request to the target failed: nothing more is sent on this attempt. In a
+    /// tunnel: the client's close was passed on (our write side to the target is shut).
     pub upload_cut: bool,
     pub resp: Resp,
     /// Bytes at the front of `uin` that belong to the response body.
