@@ -170,9 +170,15 @@ pub struct Config {
     pub tls: Option<TlsSpec>,
     /// Longest chunk-size line (with extensions) and trailer section of a chunked body.
     pub chunk_limits: ChunkLimits,
+    /// Event loops, each on its own thread with its own listener (`SO_REUSEPORT`).
+    pub workers: usize,
     /// Values the file asked for that were raised to their floor, one line each, for the log.
     pub warnings: Vec<String>,
 }
+
+/// The most event loops: one per core on any machine this runs on, and the peers' mailboxes
+/// stay small.
+pub const MAX_WORKERS: usize = 64;
 
 /// The shortest period between probes of one target: shorter spins the probe loop.
 pub const SLEEPING_FLOOR: f64 = 0.1;
@@ -318,6 +324,7 @@ impl RawConfig {
             return Err(err("max_connections", "must be at least 1"));
         }
         let chunk_limits = self.chunk_limits()?;
+        let workers = parse_workers(&self.workers)?;
         let mut warnings = Vec::new();
         let mut secs = |key: &str, value: f64, floor: f64| seconds(key, value, floor, &mut warnings);
         let sleeping = secs("sleeping", self.sleeping, SLEEPING_FLOOR)?;
@@ -384,6 +391,7 @@ impl RawConfig {
             max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
             max_connections: self.max_connections,
             chunk_limits,
+            workers,
             warnings,
         })
     }
@@ -499,6 +507,21 @@ fn parse_tls(value: &Value) -> Result<TlsSpec, ConfigError> {
 }
 
 /// `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
+/// `workers`: a count from 1 to `MAX_WORKERS`, or `"auto"`: the cores this process may run on.
+fn parse_workers(value: &serde_json::Value) -> Result<usize, ConfigError> {
+    let bad = || err("workers", format!("must be a number from 1 to {MAX_WORKERS} or \"auto\", got {value}"));
+    match value {
+        serde_json::Value::String(s) if s == "auto" => {
+            Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS))
+        }
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(n @ 1..) if n <= MAX_WORKERS as u64 => Ok(n as usize),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
 fn parse_hash_key(text: &str) -> Result<HashKey, ConfigError> {
     match text.split_once(':') {
         None if text == "client_ip" => Ok(HashKey::ClientIp),
@@ -674,5 +697,19 @@ mod tests {
         assert_eq!(c.admin, Some("0.0.0.0:9100".parse().expect("addr")));
         assert!(refused(r#"{"ports": ["http://a/"], "admin": "x"}"#).contains("`admin`"));
         assert!(refused(r#"{"ports": ["http://a/"], "access_log_format": "xml"}"#).contains("`access_log_format`"));
+    }
+
+    #[test]
+    fn workers_are_a_count_or_auto() {
+        assert_eq!(Config::parse(r#"{"ports": ["http://a/"]}"#).expect("valid").workers, 1);
+        assert_eq!(Config::parse(r#"{"ports": ["http://a/"], "workers": 2}"#).expect("valid").workers, 2);
+        let auto = Config::parse(r#"{"ports": ["http://a/"], "workers": "auto"}"#).expect("valid").workers;
+        assert!((1..=MAX_WORKERS).contains(&auto));
+        for bad in ["0", "-1", "65", "1.5", "\"many\"", "null"] {
+            assert!(
+                refused(&format!(r#"{{"ports": ["http://a/"], "workers": {bad}}}"#)).contains("`workers`"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -49,6 +49,8 @@ pub(super) struct RawConfig {
     pub(super) max_chunk_line: Option<u32>,
     /// Defaults to the smaller of 8 KiB and half of `max_request_head`.
     pub(super) max_trailer_size: Option<u32>,
+    /// A number, or `"auto"` for one per available core.
+    pub(super) workers: Value,
 }
 
 /// The keys of a config object, taken one by one so that an error names its key.
@@ -108,6 +110,7 @@ impl RawConfig {
             max_connections: k.or("max_connections", 10_000)?,
             max_chunk_line: k.take("max_chunk_line")?,
             max_trailer_size: k.take("max_trailer_size")?,
+            workers: k.or("workers", Value::from(1))?,
         };
         if let Some(unknown) = k.0.keys().next() {
             return Err(err("", format!("unknown field `{unknown}`")));
