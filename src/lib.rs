@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod workers;
 
 /// The loop's module under its name before the redesign.
 pub use server as reactor;

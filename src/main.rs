@@ -127,6 +127,9 @@ fn main() -> ExitCode {
         urls.join(" "),
         config.sleeping
     );
+    if config.workers > 1 {
+        info!("{} workers, each with its own event loop and listener (SO_REUSEPORT)", config.workers);
+    }
     if let Some(addr) = server.tls_addr() {
         info!("TLS listening on {addr} (TLS 1.2 and 1.3, ALPN http/1.1)");
     }

@@ -1,32 +1,71 @@
-//! What `/metrics` and `/status.json` say, read from the loop's state at the moment of asking.
+//! What `/metrics` and `/status.json` say, read from the loop's state at the moment of asking:
+//! the leader's own counters, plus every other worker's last copy of theirs.
 
 use super::View;
-use crate::observe::metrics::{self, unix_now, ProxyView, TargetView};
+use crate::observe::metrics::{self, unix_now, Metrics, ProxyView, TargetView};
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
-/// The loop's view of every target, for the renderers.
-fn targets<'a>(view: &View<'a>) -> Vec<TargetView<'a>> {
+/// Every worker's counters and connections, added up.
+struct Totals<'a> {
+    metrics: Cow<'a, Metrics>,
+    targets: Vec<TargetView<'a>>,
+    client_connections: usize,
+    accepted_by_worker: Vec<u64>,
+}
+
+fn totals<'a>(view: &View<'a>) -> Totals<'a> {
     let env = view.env;
-    env.targets
+    let mut targets: Vec<TargetView<'a>> = env
+        .targets
         .ids()
         .map(|id| {
             let (active, idle) = view.proxy.upstream_counts(id);
             TargetView { id, url: env.targets.url(id), live: env.targets.is_live(id), active, idle }
         })
-        .collect()
+        .collect();
+    let mut totals = Totals {
+        metrics: Cow::Borrowed(&env.metrics),
+        targets: Vec::new(),
+        client_connections: view.proxy.len(),
+        accepted_by_worker: vec![env.metrics.connections_accepted],
+    };
+    env.link.with_snapshots(|snapshot| {
+        let theirs = snapshot.metrics.as_ref();
+        totals.accepted_by_worker.push(theirs.map_or(0, |m| m.connections_accepted));
+        if let Some(theirs) = theirs {
+            totals.metrics.to_mut().absorb(theirs);
+        }
+        totals.client_connections += snapshot.client_connections;
+        for &(id, active, idle) in &snapshot.upstreams {
+            if let Some(t) = targets.iter_mut().find(|t| t.id == id) {
+                t.active += active;
+                t.idle += idle;
+            }
+        }
+    });
+    totals.targets = targets;
+    totals
 }
 
 /// The Prometheus text exposition.
 pub fn metrics(view: &View<'_>) -> String {
-    let proxy = ProxyView { client_connections: view.proxy.len(), draining: view.env.draining };
-    metrics::render(&view.env.metrics, &targets(view), &proxy)
+    let totals = totals(view);
+    let proxy = ProxyView {
+        client_connections: totals.client_connections,
+        draining: view.env.draining,
+        accepted_by_worker: totals.accepted_by_worker,
+    };
+    metrics::render(&totals.metrics, &totals.targets, &proxy)
 }
 
 /// What the status page shows, as JSON.
 pub fn json(view: &View<'_>) -> String {
     let env = view.env;
-    let m = &env.metrics;
-    let rows: Vec<Value> = targets(view)
+    let totals = totals(view);
+    let m = &*totals.metrics;
+    let rows: Vec<Value> = totals
+        .targets
         .iter()
         .filter_map(|t| {
             let tm = m.target(t.id)?;
@@ -82,7 +121,8 @@ pub fn json(view: &View<'_>) -> String {
         "now": unix_now(),
         "draining": env.draining,
         "live": env.targets.live_count(),
-        "connections": view.proxy.len(),
+        "connections": totals.client_connections,
+        "workers": env.link.count(),
         "failovers_total": m.failovers,
         "tunnels": m.tunnels_open,
         "reloads": {"success": m.reloads[0], "failure": m.reloads[1]},

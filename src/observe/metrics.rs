@@ -36,6 +36,13 @@ struct Rate {
 impl Rate {
     fn tick(&mut self, now_ms: u64) {
         let sec = now_ms / 1000;
+        self.advance(sec);
+        let at = (sec % RATE_SECONDS as u64) as usize;
+        self.buckets[at] = self.buckets[at].saturating_add(1);
+    }
+
+    /// Moves the newest bucket to `sec`, emptying the seconds skipped.
+    fn advance(&mut self, sec: u64) {
         if sec > self.last {
             let stale = (sec - self.last).min(RATE_SECONDS as u64);
             for s in sec + 1 - stale..=sec {
@@ -43,8 +50,18 @@ impl Rate {
             }
             self.last = sec;
         }
-        let at = (sec % RATE_SECONDS as u64) as usize;
-        self.buckets[at] = self.buckets[at].saturating_add(1);
+    }
+
+    /// Adds another worker's counts, second by second.
+    fn absorb(&mut self, other: &Rate) {
+        self.advance(other.last);
+        let window = RATE_SECONDS as u64;
+        for s in self.last.saturating_sub(window - 1)..=self.last {
+            if s <= other.last && s + window > other.last {
+                let at = (s % window) as usize;
+                self.buckets[at] = self.buckets[at].saturating_add(other.buckets[at]);
+            }
+        }
     }
 
     /// The last `RATE_SECONDS` whole seconds before `now_ms`, oldest first (zeros before the
@@ -122,6 +139,29 @@ impl TargetMetrics {
     pub fn rate(&self, now_ms: u64) -> impl Iterator<Item = u32> + '_ {
         self.rate.series(now_ms)
     }
+
+    /// Adds another worker's counts for the same target.
+    fn absorb(&mut self, other: &TargetMetrics) {
+        add(&mut self.responses, &other.responses);
+        add(&mut self.failures, &other.failures);
+        add(&mut self.probes, &other.probes);
+        add(&mut self.duration_buckets, &other.duration_buckets);
+        self.retries += other.retries;
+        self.duration_sum_ms += other.duration_sum_ms;
+        self.duration_count += other.duration_count;
+        self.changed = self.changed.max(other.changed);
+        if other.last_probe.is_some_and(|o| self.last_probe.is_none_or(|p| o.at > p.at)) {
+            self.last_probe = other.last_probe;
+        }
+        self.rate.absorb(&other.rate);
+    }
+}
+
+/// Adds `from` into `to`, element by element.
+fn add(to: &mut [u64], from: &[u64]) {
+    for (t, f) in to.iter_mut().zip(from) {
+        *t += f;
+    }
 }
 
 /// A request that needed more than one attempt, for the status page's feed.
@@ -157,7 +197,8 @@ pub struct Ended<'a> {
     pub now_ms: u64,
 }
 
-/// What the proxy as a whole did.
+/// What the proxy as a whole did (or one worker of it).
+#[derive(Clone)]
 pub struct Metrics {
     pub started: f64,
     targets: Vec<Option<TargetMetrics>>,
@@ -312,6 +353,32 @@ impl Metrics {
         self.tunnel_bytes_down += down;
     }
 
+    /// Adds a follower's counters to these (the leader's): what the admin endpoints show.
+    /// Reloads and probes are the leader's alone, and the newest failovers of both are kept.
+    pub fn absorb(&mut self, other: &Metrics) {
+        self.connections_accepted += other.connections_accepted;
+        self.connections_refused += other.connections_refused;
+        add(&mut self.local[..], &other.local[..]);
+        self.failovers += other.failovers;
+        self.tunnels_open += other.tunnels_open;
+        self.tunnels += other.tunnels;
+        self.tunnel_bytes_up += other.tunnel_bytes_up;
+        self.tunnel_bytes_down += other.tunnel_bytes_down;
+        for theirs in other.targets.iter().flatten() {
+            if let Some(mine) = self.target_mut(theirs.id) {
+                mine.absorb(theirs);
+            }
+        }
+        let mut feed: Vec<Failover> = self.feed().chain(other.feed()).copied().collect();
+        feed.sort_by(|a, b| b.at.total_cmp(&a.at));
+        feed.truncate(FEED);
+        *self.feed = [None; FEED];
+        for (i, f) in feed.into_iter().rev().enumerate() {
+            self.feed[i] = Some(f);
+        }
+        self.feed_next = self.feed.iter().position(Option::is_none).unwrap_or(0);
+    }
+
     pub fn reloaded(&mut self, ok: bool) {
         self.reloads[usize::from(!ok)] += 1;
         if ok {
@@ -333,6 +400,8 @@ pub struct TargetView<'a> {
 pub struct ProxyView {
     pub client_connections: usize,
     pub draining: bool,
+    /// Client connections each worker accepted, leader first: how the kernel spread them.
+    pub accepted_by_worker: Vec<u64>,
 }
 
 /// A label value with `\`, `"` and newlines escaped, as the text format requires.
@@ -374,6 +443,10 @@ pub fn render(m: &Metrics, targets: &[TargetView<'_>], proxy: &ProxyView) -> Str
         "Connections turned away over max_connections.",
         m.connections_refused,
     );
+    family(o, "ringproxy_worker_connections_total", "counter", "Client connections accepted, by worker.");
+    for (worker, n) in proxy.accepted_by_worker.iter().enumerate() {
+        let _ = writeln!(o, "ringproxy_worker_connections_total{{worker=\"{worker}\"}} {n}");
+    }
     family(o, "ringproxy_local_responses_total", "counter", "Responses the proxy made itself, by status.");
     for (code, n) in m.local.iter().enumerate().filter(|(_, n)| **n > 0) {
         let _ = writeln!(o, "ringproxy_local_responses_total{{code=\"{code}\"}} {n}");
@@ -469,6 +542,41 @@ mod tests {
         assert!(later.iter().all(|&n| n == 0), "{later:?}");
         r.tick(200_000);
         assert_eq!(r.series(201_000).last(), Some(1));
+    }
+
+    #[test]
+    fn a_followers_counts_add_up_with_the_leaders() {
+        let id = TargetId::first(0);
+        let (mut leader, mut follower) = (Metrics::default(), Metrics::default());
+        leader.target_added(id);
+        follower.target_added(id);
+        let mut trace = Trace::default();
+        trace.push(id, Outcome::Ok);
+        let mut failed = Trace::default();
+        failed.push(id, Outcome::Stale);
+        failed.push(id, Outcome::Ok);
+        let ended = |seq, trace| Ended {
+            seq,
+            trace,
+            answered_by: Some(id),
+            status: 200,
+            request_line: b"GET / HTTP/1.1",
+            duration_ms: 2,
+            now_ms: 61_500,
+        };
+        for seq in 0..3 {
+            leader.exchange_ended(&ended(seq, &trace));
+        }
+        follower.exchange_ended(&Ended { now_ms: 62_100, ..ended(3, &trace) });
+        follower.exchange_ended(&Ended { now_ms: 62_200, ..ended(4, &failed) });
+        follower.connections_accepted = 2;
+        leader.absorb(&follower);
+        let tm = leader.target(id).expect("target");
+        assert_eq!((tm.requests(), tm.duration_count, leader.connections_accepted), (5, 5, 2));
+        let rate: Vec<u32> = tm.rate(63_000).collect();
+        assert_eq!(&rate[rate.len() - 2..], &[3, 2]);
+        assert_eq!(leader.feed().map(|f| f.seq).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(leader.failovers, 1);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
 use crate::tls::TlsConfig;
+use crate::workers::{Link, Note};
 use client::Client;
 use exchange::ExchangePool;
 use log::{error, info, warn};
@@ -52,6 +53,8 @@ pub struct Env {
     pub health: Health,
     pub log: AccessLog,
     pub metrics: Metrics,
+    /// This worker's place among the workers, and what they share.
+    pub link: Link,
 }
 
 impl Env {
@@ -71,7 +74,8 @@ pub struct Resources {
     pub buffers: BufferPool,
     pub upstreams: Upstreams,
     pub exchanges: ExchangePool,
-    /// The next request's sequence number, for the ring.
+    /// This worker's count of requests, for the ids it makes. The ring's position is shared
+    /// by the workers (`Link::next_seq`); with one worker the two are the same.
     pub seq: u64,
     /// Random per process, in hex: generated request ids are this and the sequence number.
     pub id_prefix: [u8; 16],
@@ -93,6 +97,7 @@ pub struct Ctx<'a> {
     pub exchanges: &'a mut ExchangePool,
     pub seq: &'a mut u64,
     pub id_prefix: &'a [u8; 16],
+    pub link: &'a Link,
 }
 
 impl<'a> Ctx<'a> {
@@ -112,6 +117,7 @@ impl<'a> Ctx<'a> {
             exchanges: &mut res.exchanges,
             seq: &mut res.seq,
             id_prefix: &res.id_prefix,
+            link: &env.link,
         }
     }
 
@@ -124,14 +130,17 @@ impl<'a> Ctx<'a> {
 
     /// `id` sent a response head, or passed a probe.
     pub fn target_answered(&mut self, id: TargetId) {
-        if self.health.succeeded(id, self.targets.is_live(id), self.config) == Change::Up {
+        // Only the leader's probes bring a target back, for every worker at once.
+        if self.health.succeeded(id, self.targets.is_live(id), self.config) == Change::Up && self.link.is_leader() {
             self.bring_back(id);
         }
     }
 
     /// A request to `id` timed out: probe it now rather than count it.
     pub fn target_suspect(&mut self, id: TargetId) {
-        if self.targets.is_live(id) {
+        if !self.link.is_leader() {
+            self.link.send(0, Note::Suspect(id));
+        } else if self.targets.is_live(id) {
             self.health.suspect(id, self.wheel, self.now);
         }
     }
@@ -159,13 +168,18 @@ impl<'a> Ctx<'a> {
         let (live, all) = (self.targets.live_count(), self.targets.len());
         warn!("target {} down: {why} ({fails} in a row; {live} of {all} live)", self.targets.url(id));
         self.upstreams.drop_idle(id);
-        self.health.schedule_probe(id, false, self.config, self.wheel, self.now);
+        self.link.tell_others(|| Note::Down(id, why));
+        if self.link.is_leader() {
+            self.health.schedule_probe(id, false, self.config, self.wheel, self.now);
+        }
     }
 
     /// Puts `id` back into the rotation, with one line.
     fn bring_back(&mut self, id: TargetId) {
         self.targets.mark_up(id, self.now);
         self.metrics.state_changed(id);
+        let addr = self.targets.addr(id);
+        self.link.tell_others(|| Note::Up(id, addr));
         let (live, all) = (self.targets.live_count(), self.targets.len());
         info!("target {} up ({live} of {all} live)", self.targets.url(id));
     }
@@ -244,6 +258,11 @@ impl Proxy {
         for &id in added {
             self.res.upstreams.target_added(id);
         }
+    }
+
+    /// Another worker took `id` out of the rotation: its idle connections here go too.
+    pub fn target_down(&mut self, id: TargetId) {
+        self.res.upstreams.drop_idle(id);
     }
 
     /// Upstream connections to `id`: (serving a request, idle in the pool).

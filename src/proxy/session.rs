@@ -517,7 +517,7 @@ impl Session {
         cin.consume(head.head_len);
         uout.fill(head.out_len);
         *cx.seq += 1;
-        let mut exchange = Exchange::new(seq, cx.now, head, cx.config.chunk_limits);
+        let mut exchange = Exchange::new(cx.link.next_seq(), cx.now, head, cx.config.chunk_limits);
         if cx.config.policy == Policy::Hash {
             exchange.key = request_key(&cx.config.hash_key, self.client.peer().ip(), uout.data());
         }

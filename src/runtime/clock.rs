@@ -8,6 +8,7 @@ pub fn millis(d: Duration) -> u64 {
 }
 
 /// Milliseconds since the loop started.
+#[derive(Clone, Copy)]
 pub struct Clock(Instant);
 
 impl Clock {

@@ -16,14 +16,17 @@ use crate::observe::accesslog::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::proxy::{Env, Proxy};
 use crate::runtime::clock::{millis, Clock};
+use crate::runtime::listen;
 use crate::runtime::resolve::{self, Resolver};
 use crate::runtime::signals::{self, Action};
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
 use crate::tls::{self, TlsConfig};
+use crate::workers::{Link, Note};
 use reload::Reload;
 
+mod notes;
 mod reload;
 use log::{error, info, warn};
 use mio::net::TcpListener;
@@ -34,6 +37,30 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Looks every target up once, before the loops start: an address list per entry of
+/// `ports`, empty for a name that does not resolve yet.
+fn lookup_targets(config: &Config) -> Vec<Vec<SocketAddr>> {
+    config
+        .targets
+        .iter()
+        .map(|t| match t.literal_addr() {
+            Some(addr) => vec![addr],
+            None => match resolve::lookup_all(t.bare_host(), t.port) {
+                Ok(all) if t.discover => all,
+                Ok(all) => resolve::preferred(&all).into_iter().collect(),
+                Err(e) if t.discover => {
+                    warn!("{}: {e}; looking it up again every {:?}", t.url, config.resolve_interval);
+                    Vec::new()
+                }
+                Err(e) => {
+                    warn!("target {} down: {e} (probing every {:?})", t.url, config.sleeping);
+                    Vec::new()
+                }
+            },
+        })
+        .collect()
+}
 
 /// The proxy's listener number in its token.
 const PROXY_LISTENER: usize = 0;
@@ -47,6 +74,9 @@ struct TlsListener {
     config: TlsConfig,
 }
 
+/// How often at most a busy follower copies its counters for the leader's admin endpoints.
+const PUBLISH_EVERY: Duration = Duration::from_millis(1);
+
 /// Whether the loop goes on after handling something.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -58,77 +88,149 @@ pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
-    signals: Signals,
+    /// The leader's: the followers hear of signals from it.
+    signals: Option<Signals>,
     clock: Clock,
     accept_paused: bool,
-    prober: Prober,
+    /// The leader's: a target is probed once, not once per worker.
+    prober: Option<Prober>,
     proxy: Proxy,
     env: Env,
     /// Probe results waiting to be applied, reused between passes.
     probe_results: Vec<ProbeResult>,
     admin: Option<Admin>,
     reload: Reload,
-    discovery: Discovery,
+    /// The leader's.
+    discovery: Option<Discovery>,
+    tls: Option<TlsListener>,
+    /// The other workers, built by `new` and started by `run`.
+    followers: Vec<Server>,
+    /// Notes taken from the mailbox, reused between passes.
+    notes: Vec<Note>,
+    /// A follower's counters changed since it last copied them for the leader, and when that was.
+    unpublished: bool,
+    published_at: u64,
+}
+
+/// One worker's own sockets and loop, before its role is known.
+struct Parts {
+    poll: Poll,
+    waker: Arc<Waker>,
+    listener: TcpListener,
     tls: Option<TlsListener>,
 }
 
 impl Server {
-    /// Binds the listener and looks up every target once. Blocking here is fine: the loop has
-    /// not started.
+    /// Binds the listeners (one per worker) and looks up every target once. Blocking here is
+    /// fine: no loop has started.
     pub fn new(config: &Config) -> io::Result<Server> {
         let config = config.clone();
-        let poll = Poll::new()?;
-        let registry = poll.registry().try_clone()?;
-        let mut listener = TcpListener::bind(config.listen)?;
-        let local_addr = listener.local_addr()?;
-        registry.register(&mut listener, token(Kind::Listener(PROXY_LISTENER)), Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(&registry, token(Kind::Waker))?);
-        let reload = Reload::new(Arc::clone(&waker));
-        let mut signals = Signals::new(signals::HANDLED)?;
-        registry.register(&mut signals, token(Kind::Signals), Interest::READABLE)?;
-
-        let addrs = config
-            .targets
-            .iter()
-            .map(|t| match t.literal_addr() {
-                Some(addr) => vec![addr],
-                None => match resolve::lookup_all(t.bare_host(), t.port) {
-                    Ok(all) if t.discover => all,
-                    Ok(all) => resolve::preferred(&all).into_iter().collect(),
-                    Err(e) if t.discover => {
-                        warn!("{}: {e}; looking it up again every {:?}", t.url, config.resolve_interval);
-                        Vec::new()
-                    }
-                    Err(e) => {
-                        warn!("target {} down: {e} (probing every {:?})", t.url, config.sleeping);
-                        Vec::new()
-                    }
-                },
-            })
-            .collect();
-        let seed = crate::proxy::random_seed();
-        let targets = Targets::new(&config, addrs);
-        if targets.refused() > 0 {
-            warn!("{} discovered addresses left out: the table holds {MAX_TARGETS} targets at most", targets.refused());
+        let workers = config.workers.max(1);
+        let listeners = listen::bind(config.listen, workers)?;
+        let local_addr = listeners[0].local_addr()?;
+        let mut tls_listeners: Vec<Option<TlsListener>> = match &config.tls {
+            Some(spec) => {
+                let tls_config =
+                    tls::load(spec).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                let bound = listen::bind(spec.listen, workers)
+                    .map_err(|e| io::Error::new(e.kind(), format!("TLS listener {}: {e}", spec.listen)))?;
+                let mut all = Vec::with_capacity(workers);
+                for listener in bound {
+                    let addr = listener.local_addr()?;
+                    all.push(Some(TlsListener { listener, addr, config: Arc::clone(&tls_config) }));
+                }
+                all
+            }
+            None => (0..workers).map(|_| None).collect(),
+        };
+        let mut parts = Vec::with_capacity(workers);
+        for (listener, tls) in listeners.into_iter().zip(tls_listeners.drain(..)) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), token(Kind::Waker))?);
+            parts.push(Parts { poll, waker, listener, tls });
         }
-        let health = Health::new(&targets, seed);
+        let links = Link::group(parts.iter().map(|p| Arc::clone(&p.waker)).collect());
+        let addrs = lookup_targets(&config);
+        let clock = Clock::start();
+        let mut built = Vec::with_capacity(workers);
+        for (part, link) in parts.into_iter().zip(links) {
+            built.push(Server::worker(part, link, &config, addrs.clone(), clock)?);
+        }
+        let mut leader = built.remove(0);
+        leader.followers = built;
+        leader.local_addr = local_addr;
+        leader.lead()?;
+        Ok(leader)
+    }
+
+    /// A worker with its sockets, its copy of the table and nothing of the leader's.
+    fn worker(
+        part: Parts,
+        link: Link,
+        config: &Config,
+        addrs: Vec<Vec<SocketAddr>>,
+        clock: Clock,
+    ) -> io::Result<Server> {
+        let Parts { poll, waker, mut listener, mut tls } = part;
+        let registry = poll.registry().try_clone()?;
+        registry.register(&mut listener, token(Kind::Listener(PROXY_LISTENER)), Interest::READABLE)?;
+        if let Some(t) = tls.as_mut() {
+            registry.register(&mut t.listener, token(Kind::Listener(TLS_LISTENER)), Interest::READABLE)?;
+        }
+        let targets = Targets::new(config, addrs);
         let mut env = Env {
             log: AccessLog::start(&config.access_log, config.access_log_format)?,
-            now: 0,
+            now: clock.now(),
             draining: false,
             registry,
-            wheel: Wheel::new(0),
+            wheel: Wheel::new(clock.now()),
+            health: Health::new(&targets, crate::proxy::random_seed()),
             targets,
-            health,
             metrics: Metrics::default(),
-            config,
+            config: config.clone(),
+            link,
         };
         let ids: Vec<_> = env.targets.ids().collect();
-        for &id in &ids {
+        for id in ids {
             env.metrics.target_added(id);
         }
-        let admin = match env.config.admin {
-            Some(addr) => match Admin::bind(addr, &env) {
+        Ok(Server {
+            local_addr: listener.local_addr()?,
+            poll,
+            listener: Some(listener),
+            signals: None,
+            clock,
+            accept_paused: false,
+            prober: None,
+            proxy: Proxy::new(&env.config),
+            env,
+            probe_results: Vec::new(),
+            admin: None,
+            reload: Reload::new(waker),
+            discovery: None,
+            tls,
+            followers: Vec::new(),
+            notes: Vec::new(),
+            unpublished: false,
+            published_at: 0,
+        })
+    }
+
+    /// Makes this worker the leader: signals, the admin endpoints, probes and discovery.
+    fn lead(&mut self) -> io::Result<()> {
+        let waker = Arc::clone(&self.reload.waker);
+        let mut signals = Signals::new(signals::HANDLED)?;
+        self.env.registry.register(&mut signals, token(Kind::Signals), Interest::READABLE)?;
+        self.signals = Some(signals);
+        let env = &mut self.env;
+        if env.targets.refused() > 0 {
+            warn!(
+                "{} discovered addresses left out: the table holds {MAX_TARGETS} targets at most",
+                env.targets.refused()
+            );
+        }
+        self.admin = match env.config.admin {
+            Some(addr) => match Admin::bind(addr, env) {
                 Ok(admin) => Some(admin),
                 Err(e) if env.config.admin_named => {
                     return Err(io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))
@@ -140,39 +242,16 @@ impl Server {
             },
             None => None,
         };
+        let ids: Vec<_> = env.targets.ids().collect();
         for id in ids {
             let live = env.targets.is_live(id);
-            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, 0);
+            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, env.now);
         }
-        let tls = match &env.config.tls {
-            Some(spec) => {
-                let config = tls::load(spec).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                let mut listener = TcpListener::bind(spec.listen)
-                    .map_err(|e| io::Error::new(e.kind(), format!("TLS listener {}: {e}", spec.listen)))?;
-                let addr = listener.local_addr()?;
-                env.registry.register(&mut listener, token(Kind::Listener(TLS_LISTENER)), Interest::READABLE)?;
-                Some(TlsListener { listener, addr, config })
-            }
-            None => None,
-        };
         let mut discovery = Discovery::start(Arc::clone(&waker))?;
-        discovery.round(&env.config, &mut env.wheel, 0);
-        Ok(Server {
-            poll,
-            listener: Some(listener),
-            local_addr,
-            signals,
-            clock: Clock::start(),
-            accept_paused: false,
-            prober: Prober::new(Resolver::start(waker)?, &env.config, &env.targets),
-            proxy: Proxy::new(&env.config),
-            env,
-            probe_results: Vec::new(),
-            admin,
-            reload,
-            discovery,
-            tls,
-        })
+        discovery.round(&env.config, &mut env.wheel, env.now);
+        self.discovery = Some(discovery);
+        self.prober = Some(Prober::new(Resolver::start(waker)?, &env.config, &env.targets));
+        Ok(())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -194,17 +273,52 @@ impl Server {
         self.reload.watch(path);
     }
 
-    /// Runs until a signal's drain completes.
+    /// Starts the other workers, runs this one (the leader) until a signal's drain completes,
+    /// and waits for the others to finish.
     pub fn run(&mut self) -> io::Result<()> {
+        let mut threads = Vec::with_capacity(self.followers.len());
+        for mut follower in self.followers.drain(..) {
+            let name = format!("worker-{}", follower.env.link.index());
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                let result = follower.serve();
+                follower.env.link.exited();
+                result
+            });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    self.env.link.tell_others(|| Note::Stop);
+                    return Err(e);
+                }
+            }
+        }
+        let result = self.serve();
+        self.env.link.tell_others(|| Note::Stop);
+        for thread in threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!("a worker's event loop failed: {e}"),
+                Err(_) => error!("a worker panicked"),
+            }
+        }
+        result
+    }
+
+    /// This worker's loop, until its drain completes or it is told to stop.
+    fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
+        let follower = !self.env.link.is_leader();
         loop {
             let admin_requeued = self.admin.as_ref().is_some_and(Admin::has_requeued);
-            let timeout = if self.proxy.has_requeued() || admin_requeued {
+            let mut timeout = if self.proxy.has_requeued() || admin_requeued {
                 Some(Duration::ZERO)
             } else {
                 self.env.wheel.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(self.env.now)))
             };
+            if self.unpublished {
+                timeout = Some(timeout.map_or(PUBLISH_EVERY, |t| t.min(PUBLISH_EVERY)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
@@ -214,6 +328,12 @@ impl Server {
             self.proxy.sweep_idle(&events, &self.env);
             let mut flow = Flow::Go;
             for event in events.iter() {
+                if self.env.link.has_mail() {
+                    flow = self.take_mail();
+                    if flow == Flow::Stop {
+                        break;
+                    }
+                }
                 flow = self.on_event(event);
                 if flow == Flow::Stop {
                     break;
@@ -231,11 +351,17 @@ impl Server {
                 }
             }
             self.env.log.flush();
+            if follower {
+                self.unpublished |= !events.is_empty();
+                self.publish(flow == Flow::Stop);
+            }
             if flow == Flow::Stop {
                 return Ok(());
             }
-            if self.env.draining && self.proxy.is_empty() {
-                info!("drained; exiting");
+            if self.env.draining && self.proxy.is_empty() && self.env.link.followers_running() == 0 {
+                if !follower {
+                    info!("drained; exiting");
+                }
                 return Ok(());
             }
         }
@@ -260,16 +386,23 @@ impl Server {
             Some(Kind::Client(key)) => self.proxy.client_event(key, event, &mut self.env),
             Some(Kind::Upstream(slot)) => self.proxy.upstream_event(slot, event, &mut self.env),
             Some(Kind::Probe(key)) => {
-                let result = self.prober.on_event(key, event, &mut self.env.probe_cx());
-                self.apply_probes(result);
+                if let Some(prober) = self.prober.as_mut() {
+                    let result = prober.on_event(key, event, &mut self.env.probe_cx());
+                    self.apply_probes(result);
+                }
             }
             Some(Kind::Waker) => {
+                if self.take_mail() == Flow::Stop {
+                    return Flow::Stop;
+                }
                 self.take_reload();
                 self.take_discoveries();
-                let mut results = std::mem::take(&mut self.probe_results);
-                self.prober.resolved(&mut self.env.probe_cx(), &mut results);
-                self.apply_probes(results.drain(..));
-                self.probe_results = results;
+                if let Some(prober) = self.prober.as_mut() {
+                    let mut results = std::mem::take(&mut self.probe_results);
+                    prober.resolved(&mut self.env.probe_cx(), &mut results);
+                    self.apply_probes(results.drain(..));
+                    self.probe_results = results;
+                }
             }
             Some(Kind::Signals) => return self.on_signals(),
             None => {}
@@ -325,14 +458,18 @@ impl Server {
         match timer {
             Timer::Session(key) => self.proxy.on_timer(key, &mut self.env),
             Timer::Probe(key) => {
-                let result = self.prober.on_timer(key, &mut self.env.probe_cx());
-                self.apply_probes(result);
+                if let Some(prober) = self.prober.as_mut() {
+                    let result = prober.on_timer(key, &mut self.env.probe_cx());
+                    self.apply_probes(result);
+                }
             }
             Timer::ProbeDue(id, round) => {
                 let live = self.env.targets.is_live(id);
-                if self.env.health.probe_due(id, round, live, &self.env.config) {
-                    let result = self.prober.start(id, &mut self.env.probe_cx());
-                    self.apply_probes(result);
+                if let Some(prober) = self.prober.as_mut() {
+                    if self.env.health.probe_due(id, round, live, &self.env.config) {
+                        let result = prober.start(id, &mut self.env.probe_cx());
+                        self.apply_probes(result);
+                    }
                 }
             }
             Timer::Admin(key) => {
@@ -340,14 +477,20 @@ impl Server {
                     admin.on_timer(key);
                 }
             }
-            Timer::Discover => self.discovery.due(&self.env.config, &mut self.env.wheel, self.env.now),
+            Timer::Discover => {
+                if let Some(discovery) = self.discovery.as_mut() {
+                    discovery.due(&self.env.config, &mut self.env.wheel, self.env.now);
+                }
+            }
             Timer::AcceptRetry => {
                 self.accept_paused = false;
                 self.accept(false);
                 self.accept(true);
             }
             Timer::DrainDeadline => {
-                warn!("shutdown timeout: cutting {} connections still in flight", self.proxy.len());
+                if self.env.link.is_leader() {
+                    warn!("shutdown timeout: cutting {} connections still in flight", self.proxy.len());
+                }
                 return Flow::Stop;
             }
         }
@@ -357,13 +500,17 @@ impl Server {
     /// Acts on the signals that came (`runtime::signals` says what each means).
     fn on_signals(&mut self) -> Flow {
         let mut drain = None;
-        for signal in self.signals.pending() {
+        let Some(signals) = self.signals.as_mut() else {
+            return Flow::Go;
+        };
+        for signal in signals.pending() {
             let name = signals::name(signal);
             match signals::action(signal) {
                 Action::Drain => drain = Some(name),
                 Action::ReopenLog => {
                     info!("{name}: reopening the access log");
                     self.env.log.reopen();
+                    self.env.link.tell_others(|| Note::ReopenLog);
                 }
                 Action::Reload => self.start_reload(name),
                 Action::Ignore => warn!("{name}: ignored"),
@@ -376,13 +523,21 @@ impl Server {
     }
 
     /// Stops accepting and lets requests in flight finish; a second signal stops at once.
-    fn drain(&mut self, signal: &str) -> Flow {
+    /// The leader tells the followers to do the same.
+    fn drain(&mut self, signal: &'static str) -> Flow {
+        let leader = self.env.link.is_leader();
         if self.env.draining {
-            warn!("{signal} again: exiting now");
+            if leader {
+                warn!("{signal} again: exiting now");
+            }
             return Flow::Stop;
         }
         let shutdown = millis(self.env.config.shutdown_timeout);
-        info!("{signal}: draining {} connections (at most {shutdown} ms), no longer accepting", self.proxy.len());
+        if leader {
+            self.env.link.tell_others(|| Note::Drain(signal));
+            let open = self.proxy.len();
+            info!("{signal}: draining {open} connections (at most {shutdown} ms), no longer accepting");
+        }
         if let Some(mut listener) = self.listener.take() {
             if let Err(e) = self.env.registry.deregister(&mut listener) {
                 warn!("deregistering the listener: {e}");

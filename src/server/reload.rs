@@ -9,6 +9,7 @@ use crate::balance::Reconciled;
 use crate::config::{Config, ConfigError, MAX_TARGETS};
 use crate::observe::accesslog::AccessLog;
 use crate::tls::{self, TlsConfig};
+use crate::workers::{Note, Reloaded};
 use log::{error, info, warn};
 use mio::Waker;
 use std::io;
@@ -21,7 +22,8 @@ use std::sync::Arc;
 /// changed.
 pub(super) struct Loaded {
     config: Config,
-    log: Option<AccessLog>,
+    /// One per worker when the file names another log, none when it names the running one.
+    logs: Vec<AccessLog>,
     /// The certificates, read and checked.
     tls: Option<TlsConfig>,
 }
@@ -30,7 +32,7 @@ pub(super) struct Loaded {
 /// thread, and the result comes back through a channel and the loop's waker.
 pub(super) struct Reload {
     path: Option<PathBuf>,
-    waker: Arc<Waker>,
+    pub(super) waker: Arc<Waker>,
     done: Sender<Result<Loaded, ConfigError>>,
     results: Receiver<Result<Loaded, ConfigError>>,
     /// A reload is being read; another SIGHUP meanwhile asks for one more after it.
@@ -68,17 +70,16 @@ impl Server {
         info!("{signal}: reloading {}", path.display());
         let (done, waker) = (self.reload.done.clone(), Arc::clone(&self.reload.waker));
         let running_log = self.env.config.access_log.clone();
+        let workers = self.env.link.count();
         let spawned = std::thread::Builder::new().name("reload".into()).spawn(move || {
             let loaded = Config::load(&path).and_then(|config| {
                 let tls = config.tls.as_ref().map(tls::load).transpose()?;
-                let log =
-                    match config.access_log == running_log {
-                        true => None,
-                        false => Some(AccessLog::start(&config.access_log, config.access_log_format).map_err(|e| {
-                            ConfigError { key: "access_log".into(), problem: format!("cannot open: {e}") }
-                        })?),
-                    };
-                Ok(Loaded { config, log, tls })
+                let moved = config.access_log != running_log;
+                let logs = (0..if moved { workers } else { 0 })
+                    .map(|_| AccessLog::start(&config.access_log, config.access_log_format))
+                    .collect::<io::Result<Vec<_>>>()
+                    .map_err(|e| ConfigError { key: "access_log".into(), problem: format!("cannot open: {e}") })?;
+                Ok(Loaded { config, logs, tls })
             });
             let _ = done.send(loaded);
             let _ = waker.wake();
@@ -110,7 +111,7 @@ impl Server {
     /// Swaps a new config in. Requests in flight finish on the target they were sent to; a
     /// removed target's idle connections close now. What cannot change without dropping
     /// connections (the listen address, the buffer size) keeps its running value, with a line.
-    fn apply_config(&mut self, Loaded { mut config, log, tls }: Loaded) {
+    fn apply_config(&mut self, Loaded { mut config, logs, tls }: Loaded) {
         let old = &self.env.config;
         for warning in &config.warnings {
             warn!("reload: {warning}");
@@ -128,32 +129,45 @@ impl Server {
         if config.tls.as_ref().map(|t| t.listen) != old_tls_listen {
             warn!("reload: the TLS listener (`tls.listen`) changed: that needs a restart; keeping the running one");
             config.tls = old.tls.clone();
-        } else if let (Some(running), Some(renewed)) = (self.tls.as_mut(), tls) {
+        } else if let (Some(running), Some(renewed)) = (self.tls.as_mut(), tls.as_ref()) {
             // New connections get the certificates just read; open ones keep theirs.
-            running.config = renewed;
+            running.config = Arc::clone(renewed);
         }
         if config.admin != self.env.config.admin {
             config.admin = self.move_admin(config.admin);
         }
-        if let Some(log) = log {
+        let mut logs = logs.into_iter();
+        if let Some(log) = logs.next() {
             self.env.log.replace(log);
         }
-        self.env.log.set_format(config.access_log_format);
-        self.env.targets.configure(&config);
-        let changes = self.env.targets.reconcile(&config.targets, self.env.now);
-        self.env.config = config;
-        self.targets_changed(&changes);
+        for to in 1..self.env.link.count() {
+            let (config, log, tls) = (config.clone(), logs.next(), tls.clone());
+            self.env.link.send(to, Note::Reload(Box::new(Reloaded { config, log, tls })));
+        }
+        let changes = self.apply_table(config);
         let env = &mut self.env;
         let ids: Vec<_> = env.targets.ids().collect();
         for id in ids {
             let live = env.targets.is_live(id);
             env.health.schedule_probe(id, live, &env.config, &mut env.wheel, env.now);
         }
-        self.discovery.round(&env.config, &mut env.wheel, env.now);
+        if let Some(discovery) = self.discovery.as_mut() {
+            discovery.round(&env.config, &mut env.wheel, env.now);
+        }
         env.metrics.reloaded(true);
         let (live, all) = (env.targets.live_count(), env.targets.len());
         let (added, removed) = (changes.added.len(), changes.removed.len());
         info!("reloaded the config: {all} targets ({added} added, {removed} removed), {live} live");
+    }
+
+    /// Takes a reloaded config's table and settings, as every worker does the same way.
+    pub(super) fn apply_table(&mut self, config: Config) -> Reconciled {
+        self.env.log.set_format(config.access_log_format);
+        self.env.targets.configure(&config);
+        let changes = self.env.targets.reconcile(&config.targets, self.env.now);
+        self.env.config = config;
+        self.targets_changed(&changes);
+        changes
     }
 
     /// The target table changed (a reload, a lookup of a discovered name): every per-target
@@ -171,28 +185,46 @@ impl Server {
                 env.health.probe_now(id, &mut env.wheel, env.now);
             }
         }
-        if changes.refused > 0 {
+        if changes.refused > 0 && env.link.is_leader() {
             warn!("{} addresses left out: the table holds {MAX_TARGETS} targets at most", changes.refused);
         }
         self.proxy.targets_changed(&changes.added, &changes.removed);
-        self.prober.reconfigure(&env.config, &env.targets);
+        if let Some(prober) = self.prober.as_mut() {
+            prober.reconfigure(&env.config, &env.targets);
+        }
     }
 
-    /// Applies what lookups of discovered names found.
+    /// Applies what lookups of discovered names found, and has the followers do the same.
     pub(super) fn take_discoveries(&mut self) {
-        for (index, addrs) in self.discovery.answers(&self.env.config) {
-            let entry = self.env.config.targets[index].clone();
-            let changes = self.env.targets.discovered(index, &entry, &addrs);
-            if changes.added.is_empty() && changes.removed.is_empty() {
-                continue;
+        let Some(discovery) = self.discovery.as_mut() else {
+            return;
+        };
+        for (index, addrs) in discovery.answers(&self.env.config) {
+            if self.apply_discovered(index, &addrs) {
+                self.env.link.tell_others(|| Note::Discovered(index, addrs.clone()));
             }
+        }
+    }
+
+    /// Takes the addresses a lookup of the `discover` entry at `index` found; whether the
+    /// table changed. Only the leader logs it.
+    pub(super) fn apply_discovered(&mut self, index: usize, addrs: &[SocketAddr]) -> bool {
+        let Some(entry) = self.env.config.targets.get(index).cloned() else {
+            return false;
+        };
+        let changes = self.env.targets.discovered(index, &entry, addrs);
+        if changes.added.is_empty() && changes.removed.is_empty() {
+            return false;
+        }
+        if self.env.link.is_leader() {
             let (added, removed) = (changes.added.len(), changes.removed.len());
             info!("{}: {} addresses ({added} new, {removed} gone)", entry.url, addrs.len());
             for url in &changes.gone {
                 info!("target {url} gone: its name no longer resolves to it");
             }
-            self.targets_changed(&changes);
         }
+        self.targets_changed(&changes);
+        true
     }
 
     /// Moves the admin listener to `to`; the address it ends up on. A move to another address
