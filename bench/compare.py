@@ -17,7 +17,8 @@ Then, for each proxy:
     requests, the difference divided by N2 - N1), stable where wall time is noisy.
 Then the workload matrix, each workload in alternation the same way: keep-alive GETs at c50,
 `Connection: close` at c50, 1 MiB responses at c10 (MiB/s), 1 MiB POST bodies the target reads
-whole before answering at c10, keep-alive at c1000 and at c1; per cell requests/s, p50, p99,
+whole before answering at c10, keep-alive at c1000 and at c1, and TLS terminated at the proxy
+(keep-alive, and a full handshake per request) at c50; per cell requests/s, p50, p99,
 the ratios, and the proxy's CPU µs per request.
 
 The report is written to a directory outside the repository (--out, by default a fresh
@@ -58,7 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PROXIES = ["ringproxy", "haproxy", "nginx"]
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "strace": "strace", "valgrind": "valgrind"}
+PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "strace": "strace", "valgrind": "valgrind",
+            "openssl": "openssl"}
 MIB = 1 << 20
 # The matrix: what wrk asks for, at which concurrency. "bytes": the response size, to report
 # MiB/s; "body": a request body the target reads whole before it answers.
@@ -69,6 +71,10 @@ WORKLOADS = {
     "post": {"label": "1 MiB POST bodies, c10", "connections": 10, "path": "/", "body": MIB},
     "c1000": {"label": "keep-alive GET, c1000", "connections": 1000, "path": "/"},
     "c1": {"label": "keep-alive GET, c1", "connections": 1, "path": "/"},
+    # TLS terminated at the proxy (plain HTTP to the targets): ECDSA P-256, TLS 1.3.
+    "tls": {"label": "TLS keep-alive GET, c50", "connections": 50, "path": "/", "tls": True},
+    "tls-close": {"label": "TLS `Connection: close` (a handshake each), c50", "connections": 50, "path": "/",
+                  "headers": ["Connection: close"], "tls": True},
 }
 
 
@@ -157,14 +163,31 @@ class Procs:
 
 # --- configurations -----------------------------------------------------------------------
 
-def ringproxy_config(tmp, port, backends):
-    path = tmp / "ringproxy.json"
+def make_certificate(tmp):
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1, for the TLS rows: (cert, key, both
+    in one file as HAProxy takes them)."""
+    cert, key, pem = tmp / "cert.pem", tmp / "key.pem", tmp / "haproxy.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    pem.write_text(cert.read_text() + key.read_text())
+    return cert, key, pem
+
+
+def ringproxy_config(tmp, port, backends, workers=1, name="ringproxy.json", tls=None):
+    """tls: (port, (cert, key, pem)) for a TLS listener beside the plain one."""
+    path = tmp / name
     ports = ", ".join(f'"http://127.0.0.1:{b}/"' for b in backends)
-    path.write_text(f'{{"ports": [{ports}], "listen": "127.0.0.1:{port}", "admin": null, "max_connections": 15000}}')
+    tls_key = ""
+    if tls:
+        tls_port, (cert, key, _) = tls
+        tls_key = f', "tls": {{"listen": "127.0.0.1:{tls_port}", "cert": "{cert}", "key": "{key}"}}'
+    path.write_text(f'{{"ports": [{ports}], "listen": "127.0.0.1:{port}", "admin": null, "max_connections": 15000, '
+                    f'"workers": {workers}{tls_key}}}')
     return path
 
 
-def nginx_config(tmp, name, port, backends, master=True):
+def nginx_config(tmp, name, port, backends, master=True, workers=1, tls=None):
     """A proxy (backends given) or a backend answering Hello, world! (backends None)."""
     prefix = tmp / name
     for sub in ("logs", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -180,10 +203,15 @@ def nginx_config(tmp, name, port, backends, master=True):
     else:
         upstream = ""
         location = 'default_type text/plain; return 200 "Hello, world!";'
+    tls_lines = ""
+    if tls:
+        tls_port, (cert, key, _) = tls
+        tls_lines = (f"\n        listen 127.0.0.1:{tls_port} ssl;\n        ssl_certificate {cert};"
+                     f"\n        ssl_certificate_key {key};")
     path = prefix / "nginx.conf"
     path.write_text(f"""daemon off;
 master_process {'on' if master else 'off'};
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile 20000;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log error;
@@ -199,7 +227,7 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
 {upstream}    server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port};{tls_lines}
         location / {{ {location} }}
     }}
 }}
@@ -207,11 +235,12 @@ http {{
     return path
 
 
-def haproxy_config(tmp, port, backends, maxconn, name="haproxy.cfg"):
+def haproxy_config(tmp, port, backends, maxconn, name="haproxy.cfg", threads=1, tls=None):
     servers = "\n".join(f"    server s{i} 127.0.0.1:{b}" for i, b in enumerate(backends, 1))
+    tls_bind = f"\n    bind 127.0.0.1:{tls[0]} ssl crt {tls[1][2]}" if tls else ""
     path = tmp / name
     path.write_text(f"""global
-    nbthread 1
+    nbthread {threads}
     maxconn {maxconn}
 defaults
     mode http
@@ -222,7 +251,7 @@ defaults
     option http-keep-alive
     http-reuse always
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{tls_bind}
     default_backend be
 backend be
     balance roundrobin
@@ -255,9 +284,9 @@ def wrk_args(workload, tmp):
     return args, w["path"]
 
 
-def run_wrk(port, duration, connections, extra=(), path="/"):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *extra,
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+def run_wrk(port, duration, connections, extra=(), path="/", threads=1, scheme="http"):
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", *extra,
+                          f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
 
     def latency(pct):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -305,13 +334,14 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def measured_wrk(port, duration, connections, proxy_pids, backend_pids, extra=(), path="/"):
+def measured_wrk(port, duration, connections, proxy_pids, backend_pids, extra=(), path="/", threads=1,
+                 scheme="http"):
     """A wrk run, and where the machine's CPU went per request during it: the proxy (user and
     kernel), the backends, wrk itself and the whole machine, plus TCP segments per request.
     On two shared cores the whole machine's figure is what sets requests/s."""
     proxy0, backends0 = cpu_split(proxy_pids), sum(cpu_split(backend_pids))
     wrk0, machine0, segments0 = children_cpu(), machine_busy(), tcp_out_segments()
-    result = run_wrk(port, duration, connections, extra, path)
+    result = run_wrk(port, duration, connections, extra, path, threads, scheme)
     per_request = 1e6 / max(result["requests"], 1)
     proxy1 = cpu_split(proxy_pids)
     result["proxy_user_us"] = (proxy1[0] - proxy0[0]) * per_request
@@ -418,15 +448,21 @@ def rss_kib(pid):
 
 def worker_pid(name, proc):
     """The process that serves: nginx's worker, else the process itself."""
+    return worker_pids(name, proc)[0]
+
+
+def worker_pids(name, proc, count=1):
+    """The processes that serve: nginx's `count` workers, else the process itself (whose
+    threads, if it has several, /proc counts together)."""
     if name != "nginx":
-        return proc.pid
+        return [proc.pid]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        if children:
-            return int(children[0])
+        if len(children) >= count:
+            return [int(c) for c in children]
         time.sleep(0.05)
-    raise SystemExit("compare: nginx started no worker")
+    raise SystemExit("compare: nginx started too few workers")
 
 
 def fit_descriptors(idle):
@@ -564,15 +600,20 @@ def main():
         backend_pids = [worker_pid(kind, proc) for kind, proc in backend_procs]
 
         ports = {name: free_port() for name in PROXIES}
+        certificate = make_certificate(tmp)
+        tls_ports = {name: free_port() for name in PROXIES}
+        tls = {name: (tls_ports[name], certificate) for name in PROXIES}
         configs = {
-            "ringproxy": ringproxy_config(tmp, ports["ringproxy"], backends),
-            "haproxy": haproxy_config(tmp, ports["haproxy"], backends, maxconn=idle["haproxy"] + 100),
-            "nginx": nginx_config(tmp, "nginx-proxy", ports["nginx"], backends),
+            "ringproxy": ringproxy_config(tmp, ports["ringproxy"], backends, tls=tls["ringproxy"]),
+            "haproxy": haproxy_config(tmp, ports["haproxy"], backends, maxconn=idle["haproxy"] + 100,
+                                      tls=tls["haproxy"]),
+            "nginx": nginx_config(tmp, "nginx-proxy", ports["nginx"], backends, tls=tls["nginx"]),
         }
         running = {}
         for name in PROXIES:
             running[name] = procs.start(proxy_command(name, configs[name]))
             wait_port(ports[name])
+            wait_port(tls_ports[name])
         pids = {name: worker_pid(name, proc) for name, proc in running.items()}
 
         # "none": wrk straight to one backend, no proxy: what the machine carries without a hop.
@@ -620,12 +661,14 @@ def main():
                 continue
             extra, path = wrk_args(workload, tmp)
             conns = WORKLOADS[workload]["connections"]
+            scheme, where = ("https", tls_ports) if WORKLOADS[workload].get("tls") else ("http", ports)
             for name in PROXIES:
-                run_wrk(ports[name], 1, conns, extra, path)
+                run_wrk(where[name], 1, conns, extra, path, scheme=scheme)
             cells = {name: [] for name in PROXIES}
             for r in range(1, args.rounds + 1):
                 for name in PROXIES:
-                    result = measured_wrk(ports[name], args.duration, conns, [pids[name]], backend_pids, extra, path)
+                    result = measured_wrk(where[name], args.duration, conns, [pids[name]], backend_pids, extra, path,
+                                          scheme=scheme)
                     cells[name].append(result)
                     log(f"{workload} round {r}/{args.rounds} {name:9} {result['rps']:>9.0f} req/s  "
                         f"p99 {result['p99']:.2f} ms  errors {result['errors']}  proxy CPU "

@@ -8,10 +8,13 @@
 //! Worker 0 leads: it alone probes, looks up discovered names, reloads, handles signals and
 //! serves the admin endpoints. The others follow through their mailboxes (`Note`), each with a
 //! waker so a note reaches a sleeping loop at once:
-//! - a worker that takes a target out tells every other worker directly, so the target leaves
-//!   every rotation within a loop pass; the leader then probes it and tells everyone again, so
-//!   that a note crossing a revival in flight cannot leave the workers disagreeing;
-//! - only the leader's probes bring a target back, and it tells the followers;
+//! - a follower that takes a target out tells the leader, which takes it out, probes it and
+//!   tells every follower: each follower hears of every change of a target's state in the
+//!   order the leader made it, so the copies cannot end up disagreeing, and a note crosses
+//!   two loops that check their mailbox between events, well within a millisecond;
+//! - only the leader's probes bring a target back, and it tells the followers, with any new
+//!   address a probe's lookup found;
+//! - `max_connections` holds for the process: one shared count, changed per connection;
 //! - reloads, discovery answers, drains and log reopens go from the leader to the followers,
 //!   which apply them in the order sent, so every copy of the table takes the same slots.
 //!
@@ -34,8 +37,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 pub enum Note {
     /// A worker took this target out of its rotation, for this reason.
     Down(TargetId, Failure),
-    /// The leader's probes brought it back, at this address.
-    Up(TargetId, Option<SocketAddr>),
+    /// The leader's probes brought it back.
+    Up(TargetId),
+    /// A probe's lookup found the target's name at a new address.
+    Addr(TargetId, SocketAddr),
     /// A follower's request to it timed out: the leader probes it now.
     Suspect(TargetId),
     /// The leader reloaded the config: the same table change, and this worker's access log if
@@ -66,9 +71,23 @@ pub struct Snapshot {
     pub upstreams: Vec<(TargetId, usize, usize)>,
 }
 
+/// Aligned to two cache lines (what x86's adjacent-line prefetch pairs), so that one worker's
+/// writes never slow another's reads of a neighbouring field.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 struct Peer {
     /// Set when `inbox` has notes, so that a loop checks it with one load between events.
     mail: AtomicBool,
+    /// The worker's loop has returned: notes for it are dropped.
+    gone: AtomicBool,
     inbox: Mutex<Vec<Note>>,
     waker: Arc<Waker>,
     snapshot: Mutex<Snapshot>,
@@ -76,9 +95,11 @@ struct Peer {
 
 /// What the workers share.
 pub struct Shared {
-    peers: Box<[Peer]>,
+    peers: Box<[Padded<Peer>]>,
     /// The ring's sequence number: the next request's position, across all workers.
-    seq: AtomicU64,
+    seq: Padded<AtomicU64>,
+    /// Client connections open, across all workers.
+    connections: Padded<AtomicUsize>,
     /// Followers whose loop has not returned yet.
     running: AtomicUsize,
 }
@@ -102,14 +123,22 @@ impl Link {
         let count = wakers.len();
         let peers = wakers
             .into_iter()
-            .map(|waker| Peer {
-                mail: AtomicBool::new(false),
-                inbox: Mutex::new(Vec::new()),
-                waker,
-                snapshot: Mutex::new(Snapshot::default()),
+            .map(|waker| {
+                Padded(Peer {
+                    mail: AtomicBool::new(false),
+                    gone: AtomicBool::new(false),
+                    inbox: Mutex::new(Vec::new()),
+                    waker,
+                    snapshot: Mutex::new(Snapshot::default()),
+                })
             })
             .collect();
-        let shared = Arc::new(Shared { peers, seq: AtomicU64::new(0), running: AtomicUsize::new(count - 1) });
+        let shared = Arc::new(Shared {
+            peers,
+            seq: Padded(AtomicU64::new(0)),
+            connections: Padded(AtomicUsize::new(0)),
+            running: AtomicUsize::new(count - 1),
+        });
         (0..count).map(|me| Link { shared: Arc::clone(&shared), me }).collect()
     }
 
@@ -131,10 +160,30 @@ impl Link {
         self.shared.seq.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Takes a client connection if the process has fewer than `max` open; `release` gives
+    /// it back when it closes.
+    pub fn admit(&self, max: usize) -> bool {
+        let open = self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        if open < max {
+            return true;
+        }
+        self.release();
+        false
+    }
+
+    pub fn release(&self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Leaves `note` in worker `to`'s mailbox and wakes it.
     pub fn send(&self, to: usize, note: Note) {
         let peer = &self.shared.peers[to];
-        lock(&peer.inbox).push(note);
+        let mut inbox = lock(&peer.inbox);
+        if peer.gone.load(Ordering::Acquire) {
+            return;
+        }
+        inbox.push(note);
+        drop(inbox);
         peer.mail.store(true, Ordering::Release);
         if let Err(e) = peer.waker.wake() {
             warn!("cannot wake worker {to}: {e}");
@@ -160,14 +209,17 @@ impl Link {
         into.append(&mut lock(&peer.inbox));
     }
 
-    /// Copies this follower's counters and gauges where the leader reads them.
+    /// Copies this follower's counters and gauges where the leader reads them; false, and
+    /// nothing copied, while the leader is reading the last copy (the loop tries again soon).
     pub fn publish(
         &self,
         metrics: &Metrics,
         client_connections: usize,
         upstreams: impl Iterator<Item = (TargetId, usize, usize)>,
-    ) {
-        let mut snapshot = lock(&self.shared.peers[self.me].snapshot);
+    ) -> bool {
+        let Ok(mut snapshot) = self.shared.peers[self.me].snapshot.try_lock() else {
+            return false;
+        };
         match snapshot.metrics.as_mut() {
             Some(copy) => copy.clone_from(metrics),
             None => snapshot.metrics = Some(metrics.clone()),
@@ -175,22 +227,40 @@ impl Link {
         snapshot.client_connections = client_connections;
         snapshot.upstreams.clear();
         snapshot.upstreams.extend(upstreams);
+        true
     }
 
-    /// Calls `each` with every follower's last snapshot.
-    pub fn with_snapshots(&self, mut each: impl FnMut(&Snapshot)) {
-        for peer in self.shared.peers.iter().skip(1) {
-            each(&lock(&peer.snapshot));
-        }
+    /// Every follower's last snapshot, copied out so that no follower waits on the caller.
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.shared
+            .peers
+            .iter()
+            .skip(1)
+            .map(|peer| {
+                let s = lock(&peer.snapshot);
+                Snapshot {
+                    metrics: s.metrics.clone(),
+                    client_connections: s.client_connections,
+                    upstreams: s.upstreams.clone(),
+                }
+            })
+            .collect()
     }
 
-    /// A follower's loop returned: the leader may be waiting for the last one to exit.
+    /// A follower's loop returned (or its thread is unwinding): no more notes for it, and the
+    /// leader, which may be waiting for the last one, is woken.
     pub fn exited(&self) {
-        if !self.is_leader() {
-            self.shared.running.fetch_sub(1, Ordering::AcqRel);
-            if let Err(e) = self.shared.peers[0].waker.wake() {
-                warn!("cannot wake the leader: {e}");
-            }
+        if self.is_leader() {
+            return;
+        }
+        let peer = &self.shared.peers[self.me];
+        let mut inbox = lock(&peer.inbox);
+        peer.gone.store(true, Ordering::Release);
+        inbox.clear();
+        drop(inbox);
+        self.shared.running.fetch_sub(1, Ordering::AcqRel);
+        if let Err(e) = self.shared.peers[0].waker.wake() {
+            warn!("cannot wake the leader: {e}");
         }
     }
 

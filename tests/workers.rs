@@ -130,3 +130,41 @@ fn reloads_and_drains_reach_every_worker() {
     }
     assert_eq!(proxy.proc.wait_exit(Duration::from_secs(5)), Some(0), "every worker drained and the process exited 0");
 }
+
+#[test]
+fn a_drain_with_nothing_in_flight_ends_at_once_and_max_connections_counts_the_process() {
+    let t = targets(1);
+    let mut proxy = Proxy::start(
+        &t,
+        "\"workers\": 2, \"max_connections\": 6, \"shutdown_timeout\": 30, \"client_header_timeout\": 1",
+    );
+    // Six idle connections fill the process, however the kernel spread them.
+    let mut held: Vec<Client> = (0..6).map(|_| Client::connect(proxy.addr)).collect();
+    for c in &mut held {
+        assert_eq!(c.request("GET", "/", &[], b"").status, 200);
+    }
+    for _ in 0..8 {
+        let r = Client::connect(proxy.addr).request("GET", "/", &[], b"");
+        assert_eq!(r.status, 503, "a seventh connection is over max_connections on either worker");
+    }
+    eventually(Duration::from_secs(2), "8 refusals counted", || {
+        (metric(&proxy, "ringproxy_client_connections_refused_total") == 8.0).then_some(())
+    });
+    drop(held);
+    eventually(Duration::from_secs(3), "the closed connections gone from both workers' gauges", || {
+        (metric(&proxy, "ringproxy_client_connections") == 0.0).then_some(())
+    });
+    // Connections that time out on a follower leave its gauge too (a pass with timers only).
+    let idle: Vec<Client> = (0..6).map(|_| Client::connect(proxy.addr)).collect();
+    eventually(Duration::from_secs(3), "six idle connections counted", || {
+        (metric(&proxy, "ringproxy_client_connections") == 6.0).then_some(())
+    });
+    eventually(Duration::from_secs(5), "the idle connections timed out", || {
+        (metric(&proxy, "ringproxy_client_connections") == 0.0).then_some(())
+    });
+    drop(idle);
+    let started = std::time::Instant::now();
+    proxy.signal("TERM");
+    assert_eq!(proxy.proc.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(3), "drained in {:?}, not shutdown_timeout", started.elapsed());
+}

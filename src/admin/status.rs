@@ -30,7 +30,7 @@ fn totals<'a>(view: &View<'a>) -> Totals<'a> {
         client_connections: view.proxy.len(),
         accepted_by_worker: vec![env.metrics.connections_accepted],
     };
-    env.link.with_snapshots(|snapshot| {
+    for snapshot in env.link.snapshots() {
         let theirs = snapshot.metrics.as_ref();
         totals.accepted_by_worker.push(theirs.map_or(0, |m| m.connections_accepted));
         if let Some(theirs) = theirs {
@@ -43,7 +43,7 @@ fn totals<'a>(view: &View<'a>) -> Totals<'a> {
                 t.idle += idle;
             }
         }
-    });
+    }
     totals.targets = targets;
     totals
 }

@@ -170,6 +170,12 @@ impl Targets {
         targets
     }
 
+    /// Gives this copy of the table random draws of its own (each worker has one copy), so
+    /// that `p2c` does not draw the same targets in every worker at once.
+    pub fn reseed(&mut self, salt: u64) {
+        self.rng = (self.rng ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+    }
+
     /// Addresses of discovered names left out at start: the table was full.
     pub fn refused(&self) -> usize {
         self.refused
@@ -325,9 +331,14 @@ impl Targets {
         self.get(id).and_then(|t| t.addr)
     }
 
-    pub fn set_addr(&mut self, id: TargetId, addr: SocketAddr) {
-        if let Some(t) = self.slot_mut(id).filter(|t| t.group.is_none()) {
-            t.addr = Some(addr);
+    /// Whether the address changed.
+    pub fn set_addr(&mut self, id: TargetId, addr: SocketAddr) -> bool {
+        match self.slot_mut(id).filter(|t| t.group.is_none()) {
+            Some(t) if t.addr != Some(addr) => {
+                t.addr = Some(addr);
+                true
+            }
+            _ => false,
         }
     }
 

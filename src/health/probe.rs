@@ -89,15 +89,23 @@ impl Prober {
         }
     }
 
-    /// Takes the resolver's answers and probes the targets they are for.
-    pub fn resolved(&mut self, cx: &mut ProbeCtx<'_>, results: &mut Vec<ProbeResult>) {
+    /// Takes the resolver's answers and probes the targets they are for; a target whose name
+    /// now resolves elsewhere goes into `moved`, for the other workers' tables.
+    pub fn resolved(
+        &mut self,
+        cx: &mut ProbeCtx<'_>,
+        results: &mut Vec<ProbeResult>,
+        moved: &mut Vec<(TargetId, SocketAddr)>,
+    ) {
         while let Some((id, answer)) = self.resolver.answer() {
             if cx.targets.get(id).is_none() {
                 continue;
             }
             match answer.map(|addrs| resolve::preferred(&addrs)) {
                 Ok(Some(addr)) => {
-                    cx.targets.set_addr(id, addr);
+                    if cx.targets.set_addr(id, addr) {
+                        moved.push((id, addr));
+                    }
                     results.extend(self.connect(id, addr, cx));
                 }
                 Ok(None) | Err(_) => {

@@ -198,7 +198,6 @@ pub struct Ended<'a> {
 }
 
 /// What the proxy as a whole did (or one worker of it).
-#[derive(Clone)]
 pub struct Metrics {
     pub started: f64,
     targets: Vec<Option<TargetMetrics>>,
@@ -217,6 +216,33 @@ pub struct Metrics {
     pub tunnels: u64,
     pub tunnel_bytes_up: u64,
     pub tunnel_bytes_down: u64,
+}
+
+/// `clone_from` reuses the copy's allocations: a follower copies its counters for the leader
+/// up to once a millisecond (`workers`).
+impl Clone for Metrics {
+    fn clone(&self) -> Metrics {
+        let mut copy = Metrics::default();
+        copy.clone_from(self);
+        copy
+    }
+
+    fn clone_from(&mut self, source: &Metrics) {
+        self.started = source.started;
+        self.targets.clone_from(&source.targets);
+        self.connections_accepted = source.connections_accepted;
+        self.connections_refused = source.connections_refused;
+        *self.local = *source.local;
+        self.reloads = source.reloads;
+        self.last_reload = source.last_reload;
+        *self.feed = *source.feed;
+        self.feed_next = source.feed_next;
+        self.failovers = source.failovers;
+        self.tunnels_open = source.tunnels_open;
+        self.tunnels = source.tunnels;
+        self.tunnel_bytes_up = source.tunnel_bytes_up;
+        self.tunnel_bytes_down = source.tunnel_bytes_down;
+    }
 }
 
 impl Default for Metrics {

@@ -168,9 +168,13 @@ impl<'a> Ctx<'a> {
         let (live, all) = (self.targets.live_count(), self.targets.len());
         warn!("target {} down: {why} ({fails} in a row; {live} of {all} live)", self.targets.url(id));
         self.upstreams.drop_idle(id);
-        self.link.tell_others(|| Note::Down(id, why));
+        // The leader tells the followers, so every change of a target's state reaches each
+        // follower in the order the leader made it.
         if self.link.is_leader() {
+            self.link.tell_others(|| Note::Down(id, why));
             self.health.schedule_probe(id, false, self.config, self.wheel, self.now);
+        } else {
+            self.link.send(0, Note::Down(id, why));
         }
     }
 
@@ -178,8 +182,7 @@ impl<'a> Ctx<'a> {
     fn bring_back(&mut self, id: TargetId) {
         self.targets.mark_up(id, self.now);
         self.metrics.state_changed(id);
-        let addr = self.targets.addr(id);
-        self.link.tell_others(|| Note::Up(id, addr));
+        self.link.tell_others(|| Note::Up(id));
         let (live, all) = (self.targets.live_count(), self.targets.len());
         info!("target {} up ({live} of {all} live)", self.targets.url(id));
     }
@@ -273,7 +276,8 @@ impl Proxy {
     /// Takes a new client connection, or turns it away over `max_connections`; with `tls`, a
     /// connection of the TLS listener.
     pub fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: Option<&TlsConfig>, env: &mut Env) {
-        if self.sessions.len() >= env.config.max_connections {
+        // `max_connections` holds for the process, whichever worker accepted.
+        if !env.link.admit(env.config.max_connections) {
             return self.turn_away(stream, tls.is_some(), env);
         }
         env.metrics.connections_accepted += 1;
@@ -283,6 +287,7 @@ impl Proxy {
             env.registry.register(&mut stream, token(Kind::Client(key)), Interest::READABLE | Interest::WRITABLE);
         if let Err(e) = registered {
             error!("cannot register client {peer}: {e}");
+            env.link.release();
             return;
         }
         // Best effort: a failure here only costs latency.
@@ -293,6 +298,7 @@ impl Proxy {
             Some(Err(e)) => {
                 error!("cannot start TLS for {peer}: {e}");
                 let _ = env.registry.deregister(&mut stream);
+                env.link.release();
                 return;
             }
         };
@@ -411,6 +417,7 @@ impl Proxy {
             Verdict::Close => {
                 if let Some(mut session) = self.sessions.try_remove(key) {
                     session.teardown(&mut Ctx::new(env, &mut self.res));
+                    env.link.release();
                 }
             }
         }

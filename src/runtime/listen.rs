@@ -16,7 +16,8 @@ const BACKLOG: libc::c_int = 1024;
 ///
 /// A group would silently share the port with another process of the same user that also set
 /// `SO_REUSEPORT`, so a fixed port is first bound plainly, which fails with "address in use"
-/// when anyone holds it, as a single worker's bind would.
+/// when anyone holds it, as a single worker's bind would. (A process of the same user that
+/// sets `SO_REUSEPORT` itself can still join the group afterwards: the kernel allows it.)
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
     if count <= 1 {
         return Ok(vec![TcpListener::bind(addr)?]);
@@ -33,7 +34,15 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
     Ok(all)
 }
 
+/// Elsewhere `SO_REUSEPORT` does not spread connections over the group, so several workers
+/// would not share the load: Linux only.
+#[cfg(not(target_os = "linux"))]
+fn reuseport(_: SocketAddr) -> io::Result<TcpListener> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "more than one worker needs Linux (SO_REUSEPORT)"))
+}
+
 /// A non-blocking listener with `SO_REUSEADDR` and `SO_REUSEPORT` set before `bind`.
+#[cfg(target_os = "linux")]
 fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain syscalls on a descriptor this function owns from `socket` on; `OwnedFd`
@@ -69,6 +78,7 @@ fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// `addr` in the C layout `bind` takes.
+#[cfg(target_os = "linux")]
 fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is valid, and each arm writes the variant whose size
     // it returns, which fits in the storage.

@@ -112,6 +112,15 @@ pub struct Server {
     published_at: u64,
 }
 
+/// Calls `Link::exited` when a follower's thread leaves its loop, by return or by unwinding.
+struct Exited(Link);
+
+impl Drop for Exited {
+    fn drop(&mut self) {
+        self.0.exited();
+    }
+}
+
 /// One worker's own sockets and loop, before its role is known.
 struct Parts {
     poll: Poll,
@@ -124,6 +133,9 @@ impl Server {
     /// Binds the listeners (one per worker) and looks up every target once. Blocking here is
     /// fine: no loop has started.
     pub fn new(config: &Config) -> io::Result<Server> {
+        // First, so a signal during the lookups below waits for the loop instead of killing
+        // the process by its default action.
+        let signals = Signals::new(signals::HANDLED)?;
         let config = config.clone();
         let workers = config.workers.max(1);
         let listeners = listen::bind(config.listen, workers)?;
@@ -159,7 +171,7 @@ impl Server {
         let mut leader = built.remove(0);
         leader.followers = built;
         leader.local_addr = local_addr;
-        leader.lead()?;
+        leader.lead(signals)?;
         Ok(leader)
     }
 
@@ -177,7 +189,8 @@ impl Server {
         if let Some(t) = tls.as_mut() {
             registry.register(&mut t.listener, token(Kind::Listener(TLS_LISTENER)), Interest::READABLE)?;
         }
-        let targets = Targets::new(config, addrs);
+        let mut targets = Targets::new(config, addrs);
+        targets.reseed(link.index() as u64);
         let mut env = Env {
             log: AccessLog::start(&config.access_log, config.access_log_format)?,
             now: clock.now(),
@@ -217,9 +230,8 @@ impl Server {
     }
 
     /// Makes this worker the leader: signals, the admin endpoints, probes and discovery.
-    fn lead(&mut self) -> io::Result<()> {
+    fn lead(&mut self, mut signals: Signals) -> io::Result<()> {
         let waker = Arc::clone(&self.reload.waker);
-        let mut signals = Signals::new(signals::HANDLED)?;
         self.env.registry.register(&mut signals, token(Kind::Signals), Interest::READABLE)?;
         self.signals = Some(signals);
         let env = &mut self.env;
@@ -280,8 +292,12 @@ impl Server {
         for mut follower in self.followers.drain(..) {
             let name = format!("worker-{}", follower.env.link.index());
             let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                // Tells the leader this loop is over however it ends, unwinding included.
+                let _exit = Exited(follower.env.link.clone());
                 let result = follower.serve();
-                follower.env.link.exited();
+                if let Err(e) = &result {
+                    error!("worker {}: event loop failed: {e}", follower.env.link.index());
+                }
                 result
             });
             match spawned {
@@ -297,7 +313,7 @@ impl Server {
         for thread in threads {
             match thread.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => error!("a worker's event loop failed: {e}"),
+                Ok(Err(_)) => {}
                 Err(_) => error!("a worker panicked"),
             }
         }
@@ -326,6 +342,8 @@ impl Server {
             }
             self.env.now = self.clock.now();
             self.proxy.sweep_idle(&events, &self.env);
+            // Whether this pass may have changed a counter or a gauge the leader shows.
+            let mut busy = !events.is_empty() || self.proxy.has_requeued();
             let mut flow = Flow::Go;
             for event in events.iter() {
                 if self.env.link.has_mail() {
@@ -343,6 +361,7 @@ impl Server {
                 self.proxy.pump_requeued(&mut self.env);
                 self.pump_admin();
                 self.env.wheel.poll(self.env.now, &mut fired);
+                busy |= !fired.is_empty();
                 for timer in fired.drain(..) {
                     flow = self.on_timer(timer);
                     if flow == Flow::Stop {
@@ -352,13 +371,14 @@ impl Server {
             }
             self.env.log.flush();
             if follower {
-                self.unpublished |= !events.is_empty();
+                self.unpublished |= busy;
                 self.publish(flow == Flow::Stop);
             }
             if flow == Flow::Stop {
                 return Ok(());
             }
-            if self.env.draining && self.proxy.is_empty() && self.env.link.followers_running() == 0 {
+            // A follower is done when its own connections are; the leader waits for them all.
+            if self.env.draining && self.proxy.is_empty() && (follower || self.env.link.followers_running() == 0) {
                 if !follower {
                     info!("drained; exiting");
                 }
@@ -398,8 +418,11 @@ impl Server {
                 self.take_reload();
                 self.take_discoveries();
                 if let Some(prober) = self.prober.as_mut() {
-                    let mut results = std::mem::take(&mut self.probe_results);
-                    prober.resolved(&mut self.env.probe_cx(), &mut results);
+                    let (mut results, mut moved) = (std::mem::take(&mut self.probe_results), Vec::new());
+                    prober.resolved(&mut self.env.probe_cx(), &mut results, &mut moved);
+                    for (id, addr) in moved {
+                        self.env.link.tell_others(|| Note::Addr(id, addr));
+                    }
                     self.apply_probes(results.drain(..));
                     self.probe_results = results;
                 }

@@ -5,7 +5,6 @@ use super::{Flow, Server};
 use crate::balance::TargetId;
 use crate::health::Failure;
 use crate::workers::{Note, Reloaded};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 impl Server {
@@ -17,7 +16,10 @@ impl Server {
         for note in notes.drain(..) {
             match note {
                 Note::Down(id, why) => self.peer_took_out(id, why),
-                Note::Up(id, addr) => self.leader_brought_back(id, addr),
+                Note::Up(id) => self.leader_brought_back(id),
+                Note::Addr(id, addr) => {
+                    self.env.targets.set_addr(id, addr);
+                }
                 Note::Suspect(id) => {
                     let env = &mut self.env;
                     if env.targets.is_live(id) {
@@ -41,11 +43,12 @@ impl Server {
         flow
     }
 
-    /// Another worker took `id` out (it logged why). The leader probes it from now on, and
-    /// tells every follower again: a follower that heard of a revival after this note was sent
-    /// hears of this one after it.
+    /// Another worker took `id` out (it logged why): to the leader a follower's word, which it
+    /// passes on to every follower and follows with probes; to a follower the leader's.
     fn peer_took_out(&mut self, id: TargetId, why: Failure) {
         let env = &mut self.env;
+        // Answers seen here before no longer count toward `rise`.
+        env.health.failed(id, false, &env.config);
         if !env.targets.mark_down(id) {
             return;
         }
@@ -57,12 +60,9 @@ impl Server {
         }
     }
 
-    /// The leader's probes brought `id` back, reached at `addr`.
-    fn leader_brought_back(&mut self, id: TargetId, addr: Option<SocketAddr>) {
+    /// The leader's probes brought `id` back.
+    fn leader_brought_back(&mut self, id: TargetId) {
         let env = &mut self.env;
-        if let Some(addr) = addr {
-            env.targets.set_addr(id, addr);
-        }
         if env.targets.mark_up(id, env.now) {
             env.metrics.state_changed(id);
             // Failures seen here before the revival no longer count toward `fall`.
@@ -93,8 +93,9 @@ impl Server {
             let (active, idle) = proxy.upstream_counts(id);
             (id, active, idle)
         });
-        env.link.publish(&env.metrics, proxy.len(), upstreams);
-        self.unpublished = false;
-        self.published_at = self.env.now;
+        if env.link.publish(&env.metrics, proxy.len(), upstreams) {
+            self.unpublished = false;
+            self.published_at = self.env.now;
+        }
     }
 }

@@ -121,14 +121,23 @@ impl Server {
             warn!("reload: `listen` changed to {}: that needs a restart; still listening on {running}", config.listen);
             config.listen = old.listen;
         }
+        if config.workers != old.workers {
+            warn!(
+                "reload: `workers` changed to {}: that needs a restart; still running {}",
+                config.workers, old.workers
+            );
+            config.workers = old.workers;
+        }
         if config.max_request_head != old.max_request_head || config.chunk_limits != old.chunk_limits {
             warn!("reload: `max_request_head`, `max_chunk_line` and `max_trailer_size` size the buffers and need a restart; keeping the running values");
             (config.max_request_head, config.chunk_limits) = (old.max_request_head, old.chunk_limits);
         }
         let old_tls_listen = old.tls.as_ref().map(|t| t.listen);
+        let mut tls = tls;
         if config.tls.as_ref().map(|t| t.listen) != old_tls_listen {
             warn!("reload: the TLS listener (`tls.listen`) changed: that needs a restart; keeping the running one");
             config.tls = old.tls.clone();
+            tls = None;
         } else if let (Some(running), Some(renewed)) = (self.tls.as_mut(), tls.as_ref()) {
             // New connections get the certificates just read; open ones keep theirs.
             running.config = Arc::clone(renewed);
