@@ -163,6 +163,10 @@ class Procs:
 
 # --- configurations -----------------------------------------------------------------------
 
+# TLS 1.3 suites in ringproxy's order of preference, given to nginx and HAProxy too.
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
 def make_certificate(tmp):
     """A self-signed ECDSA P-256 certificate for 127.0.0.1, for the TLS rows: (cert, key, both
     in one file as HAProxy takes them)."""
@@ -206,8 +210,10 @@ def nginx_config(tmp, name, port, backends, master=True, workers=1, tls=None):
     tls_lines = ""
     if tls:
         tls_port, (cert, key, _) = tls
+        # The same suite preference as ringproxy's (AES-128-GCM first, the server's choice).
         tls_lines = (f"\n        listen 127.0.0.1:{tls_port} ssl;\n        ssl_certificate {cert};"
-                     f"\n        ssl_certificate_key {key};")
+                     f"\n        ssl_certificate_key {key};\n        ssl_prefer_server_ciphers on;"
+                     f"\n        ssl_conf_command Ciphersuites {TLS13_SUITES};")
     path = prefix / "nginx.conf"
     path.write_text(f"""daemon off;
 master_process {'on' if master else 'off'};
@@ -239,8 +245,9 @@ def haproxy_config(tmp, port, backends, maxconn, name="haproxy.cfg", threads=1, 
     servers = "\n".join(f"    server s{i} 127.0.0.1:{b}" for i, b in enumerate(backends, 1))
     tls_bind = f"\n    bind 127.0.0.1:{tls[0]} ssl crt {tls[1][2]}" if tls else ""
     path = tmp / name
+    suites = f"\n    ssl-default-bind-ciphersuites {TLS13_SUITES}" if tls else ""
     path.write_text(f"""global
-    nbthread {threads}
+    nbthread {threads}{suites}
     maxconn {maxconn}
 defaults
     mode http
