@@ -516,6 +516,12 @@ impl Session {
         }
         cin.consume(head.head_len);
         uout.fill(head.out_len);
+        let bulk_upload =
+            matches!(head.body, BodyKind::Chunked) || matches!(head.body, BodyKind::Length(n) if n > BULK_BODY);
+        if bulk_upload {
+            // A bulk request body: fewer, larger reads and writes, as for bulk responses.
+            buffer::enlarge(&mut self.cin, cx.buffers);
+        }
         *cx.seq += 1;
         let mut exchange = Exchange::new(cx.link.next_seq(), cx.now, head, cx.config.chunk_limits);
         if cx.config.policy == Policy::Hash {
