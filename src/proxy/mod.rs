@@ -263,6 +263,11 @@ impl Proxy {
         }
     }
 
+    /// Closes the idle upstream connections the last period did not need.
+    pub fn trim_pools(&mut self) -> usize {
+        self.res.upstreams.trim()
+    }
+
     /// Another worker took `id` out of the rotation: its idle connections here go too.
     pub fn target_down(&mut self, id: TargetId) {
         self.res.upstreams.drop_idle(id);

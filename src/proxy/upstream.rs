@@ -12,6 +12,12 @@
 //! something to say before anything else in its batch can take them (`Proxy::sweep_idle`).
 //! Bytes that arrive after a connection was handed out cannot be told from its answer: under
 //! load, nginx and HAProxy pass them on alike.
+//!
+//! Handing out the oldest means every idle connection stays in use, so a pool that grew in a
+//! burst (a thousand clients at once) would keep cycling through all of them, each one cold in
+//! the caches of both hosts' kernels and of the target, for as long as the traffic lasts. So,
+//! as HAProxy purges its idle pools, `trim` closes every period the idle connections beyond
+//! the most the target had in use at once during the last one.
 
 use crate::balance::TargetId;
 use crate::runtime::ready::Ready;
@@ -53,11 +59,13 @@ pub struct Upstreams {
     /// Connections owned by sessions, by target slot, for the metrics; a connection to a
     /// target that has since been replaced in its slot is not counted.
     active: Vec<Option<(TargetId, usize)>>,
+    /// The most connections each target slot had in use at once since the last `trim`.
+    peak: Vec<usize>,
 }
 
 impl Upstreams {
     pub fn new(targets: usize) -> Upstreams {
-        let mut upstreams = Upstreams { slots: Slab::new(), idle: Vec::new(), active: Vec::new() };
+        let mut upstreams = Upstreams { slots: Slab::new(), idle: Vec::new(), active: Vec::new(), peak: Vec::new() };
         for slot in 0..targets {
             upstreams.target_added(TargetId::first(slot));
         }
@@ -70,6 +78,7 @@ impl Upstreams {
         if self.idle.len() <= slot {
             self.idle.resize_with(slot + 1, VecDeque::new);
             self.active.resize(slot + 1, None);
+            self.peak.resize(slot + 1, 0);
         }
         self.drop_idle_slot(slot);
         self.active[slot] = Some((id, 0));
@@ -98,7 +107,29 @@ impl Upstreams {
     fn count(&mut self, id: TargetId, opened: bool) {
         if let Some((_, n)) = self.active.get_mut(id.slot()).and_then(Option::as_mut).filter(|(t, _)| *t == id) {
             *n = if opened { *n + 1 } else { n.saturating_sub(1) };
+            if let Some(peak) = self.peak.get_mut(id.slot()) {
+                *peak = (*peak).max(*n);
+            }
         }
+    }
+
+    /// Closes, oldest first, the idle connections to each target that make its connections
+    /// (in use and idle) more than the most it had in use at once since the last call, and
+    /// starts the next period. Returns how many closed.
+    pub fn trim(&mut self) -> usize {
+        let mut closed = 0;
+        for slot in 0..self.idle.len() {
+            let in_use = self.active[slot].map_or(0, |(_, n)| n);
+            let keep = self.peak[slot].saturating_sub(in_use);
+            while self.idle[slot].len() > keep {
+                if let Some(conn) = self.idle[slot].pop_front() {
+                    self.slots.try_remove(conn.slot);
+                    closed += 1;
+                }
+            }
+            self.peak[slot] = in_use;
+        }
+        closed
     }
 
     /// Starts a non-blocking connect to `addr` on behalf of `session`.

@@ -80,8 +80,9 @@ impl Buffer {
     }
 }
 
-/// Size of a large buffer: a bulk response body moves through it in 8 times fewer reads and
-/// writes, and wakes its reader 8 times less often, than through a head-sized one.
+/// Size of a large buffer: a bulk body (a response, or an upload) moves through it in 8 times
+/// fewer reads and writes, and wakes its reader 8 times less often, than through a head-sized
+/// one.
 pub const LARGE: usize = 128 * 1024;
 
 /// Large buffers lent out at once at most: beyond, bulk bodies use head-sized ones, so that ten

@@ -16,5 +16,7 @@ pub enum Timer {
     /// The next round of lookups of `discover` names is due.
     Discover,
     AcceptRetry,
+    /// Idle upstream connections beyond what the last period used close (`Upstreams::trim`).
+    PoolTrim,
     DrainDeadline,
 }

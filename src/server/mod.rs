@@ -74,6 +74,9 @@ struct TlsListener {
     config: TlsConfig,
 }
 
+/// How often each loop closes the idle upstream connections the last period did not need.
+const POOL_PERIOD: u64 = 2000;
+
 /// How often at most a busy follower copies its counters for the leader's admin endpoints.
 const PUBLISH_EVERY: Duration = Duration::from_millis(1);
 
@@ -207,6 +210,7 @@ impl Server {
         for id in ids {
             env.metrics.target_added(id);
         }
+        env.wheel.insert(env.now + POOL_PERIOD, Timer::PoolTrim);
         Ok(Server {
             local_addr: listener.local_addr()?,
             poll,
@@ -504,6 +508,13 @@ impl Server {
                 if let Some(discovery) = self.discovery.as_mut() {
                     discovery.due(&self.env.config, &mut self.env.wheel, self.env.now);
                 }
+            }
+            Timer::PoolTrim => {
+                let closed = self.proxy.trim_pools();
+                if closed > 0 {
+                    log::debug!("closed {closed} idle upstream connections the last {POOL_PERIOD} ms did not need");
+                }
+                self.env.wheel.insert(self.env.now + POOL_PERIOD, Timer::PoolTrim);
             }
             Timer::AcceptRetry => {
                 self.accept_paused = false;
