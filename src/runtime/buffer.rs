@@ -25,6 +25,11 @@ impl Buffer {
         self.end - self.start
     }
 
+    /// A large buffer, lent to a bulk body.
+    pub fn is_large(&self) -> bool {
+        self.mem.len() >= LARGE
+    }
+
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }

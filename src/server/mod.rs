@@ -74,6 +74,12 @@ struct TlsListener {
     config: TlsConfig,
 }
 
+/// Events taken from one `poll`. Fewer per batch means the loop comes back to the kernel
+/// sooner, so a connection whose bytes arrived during a long batch waits less behind it: at
+/// c1000 a quarter of mio's usual 1024 took ringproxy's p99 from 1.21x HAProxy's to 1.09x
+/// (HAProxy's own `maxpollevents` is 200), at no cost in requests/s.
+const EVENTS_PER_POLL: usize = 256;
+
 /// How often each loop closes the idle upstream connections the last period did not need.
 const POOL_PERIOD: u64 = 2000;
 
@@ -326,7 +332,7 @@ impl Server {
 
     /// This worker's loop, until its drain completes or it is told to stop.
     fn serve(&mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
         let mut fired = Vec::new();
         let follower = !self.env.link.is_leader();
         loop {
