@@ -269,13 +269,6 @@ fn sigquit_drains_like_sigterm() {
     assert_eq!(proxy.proc.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
-/// The value of one metric line (name and labels as rendered) from `/metrics`.
-fn metric(proxy: &Proxy, series: &str) -> f64 {
-    let text = proxy.admin_get("/metrics").text();
-    let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
-    line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {series}"))
-}
-
 #[test]
 fn idle_upstream_connections_a_burst_opened_close_once_traffic_no_longer_needs_them() {
     let slow = common::Target::on("slow", "127.0.0.1", 0, &["--delay-ms", "300"]);
@@ -289,11 +282,11 @@ fn idle_upstream_connections_a_burst_opened_close_once_traffic_no_longer_needs_t
     for c in &mut clients {
         assert_eq!(c.read_response(false).status, 200);
     }
-    assert_eq!(metric(&proxy, &idle), 12.0);
+    assert_eq!(proxy.metric(&idle), 12.0);
     // One request at a time needs one connection: within two periods the rest close.
     let deadline = Instant::now() + Duration::from_secs(8);
-    while metric(&proxy, &idle) > 1.0 {
-        assert!(Instant::now() < deadline, "the pool still holds {} idle connections", metric(&proxy, &idle));
+    while proxy.metric(&idle) > 1.0 {
+        assert!(Instant::now() < deadline, "the pool still holds {} idle connections", proxy.metric(&idle));
         assert_eq!(clients[0].request("GET", "/", &[], b"").status, 200);
     }
 }

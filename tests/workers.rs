@@ -9,23 +9,14 @@ use common::{eventually, targets, Client, Proxy, Target};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The value of the metric line that starts with `series` (name and labels, as rendered).
-fn metric(proxy: &Proxy, series: &str) -> f64 {
-    let text = proxy.admin_get("/metrics").text();
-    let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
-    line.and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 /// Connections each worker accepted, leader first.
 fn accepted_by_worker(proxy: &Proxy, workers: usize) -> Vec<f64> {
-    (0..workers).map(|w| metric(proxy, &format!("ringproxy_worker_connections_total{{worker=\"{w}\"}}"))).collect()
+    (0..workers).map(|w| proxy.metric(&format!("ringproxy_worker_connections_total{{worker=\"{w}\"}}"))).collect()
 }
 
 fn responses(proxy: &Proxy, t: &Target) -> f64 {
     (1..=5)
-        .map(|c| metric(proxy, &format!("ringproxy_target_responses_total{{target=\"{}\",code=\"{c}xx\"}}", t.url())))
+        .map(|c| proxy.metric(&format!("ringproxy_target_responses_total{{target=\"{}\",code=\"{c}xx\"}}", t.url())))
         .sum()
 }
 
@@ -72,16 +63,16 @@ fn a_failure_one_worker_sees_takes_the_target_out_of_every_rotation_and_it_is_pr
         ["conn_refused", "conn_error", "conn_timeout", "reset", "eof", "timeout"]
             .iter()
             .map(|r| {
-                metric(proxy, &format!("ringproxy_target_failures_total{{target=\"{}\",reason=\"{r}\"}}", t[1].url()))
+                proxy.metric(&format!("ringproxy_target_failures_total{{target=\"{}\",reason=\"{r}\"}}", t[1].url()))
             })
             .sum::<f64>()
     };
     eventually(Duration::from_secs(2), "the failure counted", || (failures(&proxy) >= 1.0).then_some(()));
     assert_eq!(failures(&proxy), 1.0, "after the first failure, no worker sent to the dead target again");
-    assert_eq!(metric(&proxy, &format!("ringproxy_target_up{{target=\"{}\"}}", t[1].url())), 0.0);
+    assert_eq!(proxy.metric(&format!("ringproxy_target_up{{target=\"{}\"}}", t[1].url())), 0.0);
     // One prober for the process: about one probe per `sleeping`, not one per worker.
     let probes = |proxy: &Proxy| {
-        metric(proxy, &format!("ringproxy_target_probes_total{{target=\"{}\",result=\"failed\"}}", t[1].url()))
+        proxy.metric(&format!("ringproxy_target_probes_total{{target=\"{}\",result=\"failed\"}}", t[1].url()))
     };
     let before = probes(&proxy);
     std::thread::sleep(Duration::from_secs(2));
@@ -122,7 +113,7 @@ fn reloads_and_drains_reach_every_worker() {
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     }
     let active = format!("ringproxy_target_connections{{target=\"{}\",state=\"active\"}}", slow.url());
-    eventually(Duration::from_secs(2), "8 requests at the target", || (metric(&proxy, &active) == 8.0).then_some(()));
+    eventually(Duration::from_secs(2), "8 requests at the target", || (proxy.metric(&active) == 8.0).then_some(()));
     proxy.signal("TERM");
     for c in &mut clients {
         let r = c.read_response(false);
@@ -148,19 +139,19 @@ fn a_drain_with_nothing_in_flight_ends_at_once_and_max_connections_counts_the_pr
         assert_eq!(r.status, 503, "a seventh connection is over max_connections on either worker");
     }
     eventually(Duration::from_secs(2), "8 refusals counted", || {
-        (metric(&proxy, "ringproxy_client_connections_refused_total") == 8.0).then_some(())
+        (proxy.metric("ringproxy_client_connections_refused_total") == 8.0).then_some(())
     });
     drop(held);
     eventually(Duration::from_secs(3), "the closed connections gone from both workers' gauges", || {
-        (metric(&proxy, "ringproxy_client_connections") == 0.0).then_some(())
+        (proxy.metric("ringproxy_client_connections") == 0.0).then_some(())
     });
     // Connections that time out on a follower leave its gauge too (a pass with timers only).
     let idle: Vec<Client> = (0..6).map(|_| Client::connect(proxy.addr)).collect();
     eventually(Duration::from_secs(3), "six idle connections counted", || {
-        (metric(&proxy, "ringproxy_client_connections") == 6.0).then_some(())
+        (proxy.metric("ringproxy_client_connections") == 6.0).then_some(())
     });
     eventually(Duration::from_secs(5), "the idle connections timed out", || {
-        (metric(&proxy, "ringproxy_client_connections") == 0.0).then_some(())
+        (proxy.metric("ringproxy_client_connections") == 0.0).then_some(())
     });
     drop(idle);
     let started = std::time::Instant::now();

@@ -275,6 +275,16 @@ impl Proxy {
         Client::connect(self.admin.expect("the admin listener is on")).request("GET", path, &[], b"")
     }
 
+    /// The value of the `/metrics` line for `series` (a name and its labels as rendered, e.g.
+    /// `ringproxy_target_up{target="http://127.0.0.1:9001/"}`); panics if there is none.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.admin_get("/metrics").text();
+        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
     pub fn get(&self, path: &str) -> Response {
         Client::connect(self.addr).request("GET", path, &[], b"")
     }
