@@ -63,7 +63,7 @@ pub struct Reloaded {
 }
 
 /// A follower's counters and gauges, as of its last copy.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Snapshot {
     pub metrics: Option<Metrics>,
     pub client_connections: usize,
@@ -232,19 +232,7 @@ impl Link {
 
     /// Every follower's last snapshot, copied out so that no follower waits on the caller.
     pub fn snapshots(&self) -> Vec<Snapshot> {
-        self.shared
-            .peers
-            .iter()
-            .skip(1)
-            .map(|peer| {
-                let s = lock(&peer.snapshot);
-                Snapshot {
-                    metrics: s.metrics.clone(),
-                    client_connections: s.client_connections,
-                    upstreams: s.upstreams.clone(),
-                }
-            })
-            .collect()
+        self.shared.peers.iter().skip(1).map(|peer| lock(&peer.snapshot).clone()).collect()
     }
 
     /// A follower's loop returned (or its thread is unwinding): no more notes for it, and the

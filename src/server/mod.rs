@@ -148,8 +148,7 @@ impl Server {
         let config = config.clone();
         let workers = config.workers.max(1);
         let listeners = listen::bind(config.listen, workers)?;
-        let local_addr = listeners[0].local_addr()?;
-        let mut tls_listeners: Vec<Option<TlsListener>> = match &config.tls {
+        let tls_listeners: Vec<Option<TlsListener>> = match &config.tls {
             Some(spec) => {
                 let tls_config =
                     tls::load(spec).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -165,7 +164,7 @@ impl Server {
             None => (0..workers).map(|_| None).collect(),
         };
         let mut parts = Vec::with_capacity(workers);
-        for (listener, tls) in listeners.into_iter().zip(tls_listeners.drain(..)) {
+        for (listener, tls) in listeners.into_iter().zip(tls_listeners) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), token(Kind::Waker))?);
             parts.push(Parts { poll, waker, listener, tls });
@@ -179,7 +178,6 @@ impl Server {
         }
         let mut leader = built.remove(0);
         leader.followers = built;
-        leader.local_addr = local_addr;
         leader.lead(signals)?;
         Ok(leader)
     }
