@@ -8,11 +8,11 @@ use crate::config::{ConfigError, TlsSpec};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, ServerConfig};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// What every TLS connection of the listener shares.
 pub type TlsConfig = Arc<ServerConfig>;
@@ -42,7 +42,26 @@ pub fn load(spec: &TlsSpec) -> Result<TlsConfig, ConfigError> {
     let mut config = config;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ignore_client_order = true;
+    config.ticketer = ticketer()?;
+    // One ticket per connection, as Go's servers send: its next connection gets a new one, and
+    // each ticket costs both ends a seal and a parse (rustls sends two by default).
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
+}
+
+/// The session-ticket keys, one set for the whole process: rustls's default resumes only the
+/// 256 sessions its memory cache holds, so a 257th client meant a full handshake (a signature)
+/// for the first. Stateless tickets resume any number of clients, on every worker (they share
+/// this config), and across reloads (the keys outlive the config). The ticketer rotates its
+/// key every 6 hours; nginx and HAProxy, given no key file, keep one random key until they
+/// are reloaded or restarted.
+fn ticketer() -> Result<Arc<dyn ProducesTickets>, ConfigError> {
+    static TICKETER: OnceLock<Arc<dyn ProducesTickets>> = OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(Arc::clone(t));
+    }
+    let made = rustls::crypto::ring::Ticketer::new().map_err(|e| problem("tls", format!("session tickets: {e}")))?;
+    Ok(Arc::clone(TICKETER.get_or_init(|| made)))
 }
 
 /// The AES-128-GCM suites the server prefers, TLS 1.3's and TLS 1.2's.

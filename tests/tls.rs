@@ -265,3 +265,22 @@ fn a_slow_wss_client_gets_all_a_target_sent_before_closing() {
     let line = client.wait_line("STATUS", Duration::from_secs(15));
     assert!(line.starts_with("STATUS 101 BODY 2820000 "), "{line} {:?}", client.lines());
 }
+
+#[test]
+fn a_session_resumes_after_300_other_clients_on_any_worker_and_across_a_reload() {
+    let certs = Certs::make("resume");
+    let t = targets(1);
+    let json = format!("{}, \"workers\": 2", certs.tls_json());
+    let proxy = Proxy::start(&t, &json);
+    let port = tls_addr(&proxy).port().to_string();
+    let gate = certs.0.join("gate");
+    let client = common::Proc::spawn(
+        Command::new("python3").arg(peers()).args(["resume", "127.0.0.1", &port, "300"]).arg(&gate),
+    );
+    client.wait_line("OTHERS DONE", Duration::from_secs(30));
+    proxy.reload(&common::config_json(&t, &json));
+    proxy.proc.wait_line("reloaded the config", Duration::from_secs(5));
+    std::fs::write(&gate, "").expect("gate");
+    let line = client.wait_line("REUSED", Duration::from_secs(10));
+    assert_eq!(line.trim(), "REUSED True STATUS 200", "{:?}", client.lines());
+}

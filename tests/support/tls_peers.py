@@ -9,7 +9,14 @@
                                           length; with tls, a ragged EOF (no close_notify) is
                                           an error; slow: a 4 KiB receive buffer, reading only
                                           after 1.5 s
+    tls_peers.py resume HOST PORT OTHERS GATE
+                                          a TLS session that must resume: one request, then
+                                          OTHERS clients that each make a new session, then
+                                          (once the file GATE exists) the first session again;
+                                          prints "OTHERS DONE", then "REUSED True|False STATUS s"
 """
+
+import os
 
 import socket
 import ssl
@@ -70,8 +77,36 @@ def fetch(host, port, path, flags):
     print(f"STATUS {head.split(b' ')[1].decode() if head else '-'} BODY {len(body)} {body[:12]!r}", flush=True)
 
 
+def resume(host, port, others, gate):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def get(session=None):
+        s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname="localhost",
+                            session=session)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        # Read to the end, so TLS 1.3's ticket, sent after the handshake, has arrived.
+        return s.session, s.session_reused, data.split(b" ", 2)[1].decode()
+
+    first, _, _ = get()
+    for _ in range(int(others)):
+        get()
+    print("OTHERS DONE", flush=True)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _, reused, status = get(first)
+    print(f"REUSED {reused} STATUS {status}", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "upgrader":
         upgrader(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "resume":
+        resume(*sys.argv[2:6])
     else:
         fetch(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
