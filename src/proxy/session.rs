@@ -50,9 +50,9 @@ type Step = Result<Moved, Closed>;
 
 /// Steps in one `pump` before the session yields to others.
 const TURN: usize = 32;
-/// The same for a session moving a bulk body through large buffers, 8 times a head-sized one:
+/// The same for a session moving a bulk body through large buffers, 16 times a head-sized one:
 /// the same bytes per turn.
-const BULK_TURN: usize = 4;
+const BULK_TURN: usize = 2;
 
 /// Most bytes of an unfinished request body read and dropped after its exchange ended (the
 /// target answered early), so that the connection can carry the next request. A longer rest
