@@ -348,18 +348,27 @@ fn an_http10_client_never_gets_chunked_framing() {
 }
 
 #[test]
-fn framing_fields_spelled_with_underscores_never_reach_the_target() {
-    // CGI-style servers read Content_Length as HTTP_CONTENT_LENGTH, the field it imitates.
+fn framing_fields_spelled_with_underscores_or_other_dashes_never_reach_the_target() {
+    // CGI-style servers read Content_Length as HTTP_CONTENT_LENGTH, the field it imitates, and
+    // a server that folds separators reads Transfer---Encoding as Transfer-Encoding.
     let target = Recorder::start(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Then::Listen);
     let proxy = proxy_for(&target.url(), "");
     let mut client = Client::connect(proxy.addr);
     client.send(
         b"GET / HTTP/1.1\r\nHost: t\r\nContent_Length: 5\r\nTransfer_Encoding: chunked\r\nX_Forwarded_For: 127.6.6.6\r\n\
-          X_Custom_Thing: kept\r\n\r\n",
+          Transfer---Encoding: chunked\r\nContent-Length_: 7\r\ncontentlength: 8\r\nX_Custom_Thing: kept\r\n\r\n",
     );
     assert_eq!(client.read_response(false).status, 200);
     let head = target.heads().remove(0);
-    for gone in ["Content_Length", "Transfer_Encoding", "X_Forwarded_For", "127.6.6.6"] {
+    for gone in [
+        "Content_Length",
+        "Transfer_Encoding",
+        "X_Forwarded_For",
+        "127.6.6.6",
+        "Transfer---",
+        "Length_",
+        "contentlength",
+    ] {
         assert!(!head.contains(gone), "{gone} reached the target: {head}");
     }
     assert!(head.contains("X_Custom_Thing: kept"), "{head}");

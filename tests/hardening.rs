@@ -28,6 +28,8 @@ fn malformed_and_ambiguous_requests_get_their_status_and_a_close() {
     let proxy = Proxy::start(&ts, "");
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
     let long_line = format!("GET /{}", "a".repeat(20_000));
+    // Refused however it is read: whole, or cut before its end.
+    let long_method = format!("{} / HTTP/1.1\r\nHost: t\r\n\r\n", "M".repeat(8300));
     let big_head = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(17_000));
     let many_fields = format!("GET / HTTP/1.1\r\nHost: t\r\n{}\r\n", "X-F: 1\r\n".repeat(101));
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
@@ -85,6 +87,14 @@ fn malformed_and_ambiguous_requests_get_their_status_and_a_close() {
         ("RFC 9112 §5.2: obs-fold", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n".to_vec(), 400),
         ("RFC 9110 §5.5: NUL in a field value", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n".to_vec(), 400),
         ("RFC 9110 §5.5: a bare CR in a field value", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n".to_vec(), 400),
+        ("RFC 9110 §5.5: SOH in a field value", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\n".to_vec(), 400),
+        ("RFC 9110 §5.5: VT in a field value", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\x0bb\r\n\r\n".to_vec(), 400),
+        ("RFC 9110 §5.5: DEL in a field value", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\x7fb\r\n\r\n".to_vec(), 400),
+        (
+            "RFC 9110 §5.5: VT before a framing value",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
         (
             "RFC 9110 §5.1: an invalid character in a field name",
             b"GET / HTTP/1.1\r\nHost: t\r\nX(A): 1\r\n\r\n".to_vec(),
@@ -99,6 +109,7 @@ fn malformed_and_ambiguous_requests_get_their_status_and_a_close() {
         ("RFC 9110 §9.3.6: CONNECT is not served", b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n".to_vec(), 501),
         ("RFC 9112 §3: a request-target over 8 KiB", long_uri.into_bytes(), 414),
         ("RFC 9112 §3: a request line that never ends", long_line.into_bytes(), 414),
+        ("RFC 9112 §3: a request line over 8 KiB by its method", long_method.into_bytes(), 414),
         ("RFC 6585 §5: a request head over 16 KiB", big_head.into_bytes(), 431),
         ("RFC 6585 §5: more than 100 header fields", many_fields.into_bytes(), 431),
     ];
@@ -172,8 +183,12 @@ fn proxy_before(reply: &'static [u8], extra: &str) -> (Proxy, Arc<AtomicUsize>) 
 
 #[test]
 fn malformed_responses_become_502_and_the_upstream_connection_is_dropped() {
-    let cases: [(&str, &'static [u8]); 5] = [
+    let cases: [(&str, &'static [u8]); 9] = [
         ("RFC 9112 §4: a malformed status line", b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n"),
+        ("RFC 9110 §5.5: NUL in a field value", b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 0\r\n\r\n"),
+        ("RFC 9110 §5.5: SOH in a field value", b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 0\r\n\r\n"),
+        ("RFC 9110 §5.5: VT in a field value", b"HTTP/1.1 200 OK\r\nX-A: a\x0bb\r\nContent-Length: 0\r\n\r\n"),
+        ("RFC 9110 §5.5: DEL in a field value", b"HTTP/1.1 200 OK\r\nX-A: a\x7fb\r\nContent-Length: 0\r\n\r\n"),
         ("RFC 9112 §4: a status code out of range", b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n"),
         ("RFC 9112 §5: a malformed field line", b"HTTP/1.1 200 OK\r\nNo colon here\r\nContent-Length: 0\r\n\r\n"),
         (

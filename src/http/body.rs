@@ -56,7 +56,8 @@ enum Chunk {
     DataLf,
     /// At the start of a trailer field line, or of the CRLF that ends the body.
     TrailerStart,
-    /// In a trailer field name: its length so far, and which forbidden names it still matches.
+    /// In a trailer field name: its length so far without `-` and `_`, and which forbidden
+    /// names it still matches.
     TrailerName {
         len: u8,
         forbidden: u16,
@@ -86,19 +87,20 @@ enum Ext {
 /// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing and connection control.
 /// Forwarded, a recipient that merges trailers into the head would reframe or reroute.
 /// The `X-Forwarded-*` fields are the proxy's to write: in a trailer they would reach a merging
-/// recipient unchecked.
+/// recipient unchecked. Written without `-`, as names are matched without `-` and `_`: a
+/// look-alike (`Content_Length`, `Transfer--Encoding`) is refused with the name it imitates.
 const FORBIDDEN_TRAILERS: [&[u8]; 11] = [
-    b"content-length",
-    b"transfer-encoding",
+    b"contentlength",
+    b"transferencoding",
     b"host",
     b"connection",
-    b"keep-alive",
+    b"keepalive",
     b"te",
     b"trailer",
     b"upgrade",
-    b"proxy-connection",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
+    b"proxyconnection",
+    b"xforwardedfor",
+    b"xforwardedproto",
 ];
 
 /// The outcome of offering bytes to a `BodyFramer`.
@@ -241,13 +243,9 @@ impl BodyFramer {
             (Chunk::DataLf, _) => return Err(bad("chunk data not followed by CRLF")),
             (Chunk::TrailerStart, b'\r') => Chunk::LastLf,
             (Chunk::TrailerStart, b) if is_ws(b) => return Err(bad("obs-fold in the trailer section")),
-            (Chunk::TrailerStart, b) if is_tchar(b) => {
-                Chunk::TrailerName { len: 1, forbidden: narrow_forbidden(u16::MAX, 0, b) }
-            }
+            (Chunk::TrailerStart, b) if is_tchar(b) => trailer_name(0, u16::MAX, b),
             (Chunk::TrailerStart, _) => return Err(bad("malformed trailer field")),
-            (Chunk::TrailerName { len, forbidden }, b) if is_tchar(b) => {
-                Chunk::TrailerName { len: len.saturating_add(1), forbidden: narrow_forbidden(forbidden, len, b) }
-            }
+            (Chunk::TrailerName { len, forbidden }, b) if is_tchar(b) => trailer_name(len, forbidden, b),
             (Chunk::TrailerName { len, forbidden }, b':') => {
                 let named = (0..FORBIDDEN_TRAILERS.len())
                     .any(|i| forbidden & (1 << i) != 0 && FORBIDDEN_TRAILERS[i].len() == usize::from(len));
@@ -292,6 +290,14 @@ fn extension_step(at: Ext, b: u8) -> Option<Ext> {
         Ext::QuotedPair if is_text(b) || b == b'"' || b == b'\\' => Ext::Quoted,
         _ => return None,
     })
+}
+
+/// A trailer field name after byte `b`: `-` and `_` are passed over.
+fn trailer_name(len: u8, forbidden: u16, b: u8) -> Chunk {
+    if b == b'-' || b == b'_' {
+        return Chunk::TrailerName { len, forbidden };
+    }
+    Chunk::TrailerName { len: len.saturating_add(1), forbidden: narrow_forbidden(forbidden, len, b) }
 }
 
 /// Keeps the forbidden trailer names whose byte at `at` is `b`, ASCII case aside.

@@ -21,31 +21,23 @@ pub(super) enum Field {
     Upgrade,
     /// Describes one connection only and is never forwarded (RFC 9110 §7.6.1).
     HopByHop,
-    /// One of the fields above spelled with `_` for `-` (`Content_Length`). The proxy does not
-    /// act on it, but servers behind CGI-style gateways read it as the field it imitates
-    /// (`HTTP_CONTENT_LENGTH`), so it is never forwarded, as nginx drops it.
-    Underscored,
+    /// One of the fields above spelled with other `-` and `_` (`Content_Length`,
+    /// `Transfer---Encoding`, `Content-Length_`). The proxy does not act on it, but a server
+    /// behind a CGI-style gateway reads `Content_Length` as the field it imitates
+    /// (`HTTP_CONTENT_LENGTH`), and one that folds separators reads them all so: it is never
+    /// forwarded, as nginx drops names with underscores.
+    LookAlike,
 }
 
 impl Field {
     pub(super) fn of(name: &str) -> Field {
         match Field::named(name.len(), |known| name.eq_ignore_ascii_case(known)) {
-            // The slow path, only for names as long as a known one, with an underscore.
-            Field::Other if KNOWN_LENGTHS & (1 << name.len().min(31)) != 0 && name.bytes().any(|b| b == b'_') => {
-                let alias = |known: &str| {
-                    name.bytes().zip(known.bytes()).all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'_' && b == b'-'))
-                };
-                match Field::named(name.len(), alias) {
-                    Field::Other | Field::Expect => Field::Other,
-                    _ => Field::Underscored,
-                }
-            }
+            Field::Other if imitates_a_known_field(name) => Field::LookAlike,
             field => field,
         }
     }
 
-    /// The field whose name is `len` bytes long and matches by `is` (`KNOWN_LENGTHS` has a bit
-    /// for each length below).
+    /// The field whose name is `len` bytes long and matches by `is`.
     fn named(len: usize, is: impl Fn(&str) -> bool) -> Field {
         match len {
             2 if is("te") => Field::HopByHop,
@@ -82,9 +74,42 @@ impl Field {
     }
 }
 
-/// Bit `n` is set when a field `Field::named` knows is `n` bytes long.
-const KNOWN_LENGTHS: u32 =
-    1 << 2 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 10 | 1 << 12 | 1 << 14 | 1 << 15 | 1 << 16 | 1 << 17;
+/// The names `Field::named` knows but `Expect`, lower case, without `-`: a name that reads
+/// as one of them once its `-` and `_` are gone, but is not spelled as it, is a look-alike.
+const SQUASHED: [&[u8]; 13] = [
+    b"te",
+    b"host",
+    b"upgrade",
+    b"trailer",
+    b"connection",
+    b"keepalive",
+    b"xrequestid",
+    b"contentlength",
+    b"http2settings",
+    b"xforwardedfor",
+    b"proxyconnection",
+    b"transferencoding",
+    b"xforwardedproto",
+];
+
+/// Whether `name`, without its `-` and `_` and in lower case, is one of `SQUASHED`. Called
+/// only for names that are none of the known fields as spelled; a name with more than 16
+/// other bytes (the longest in `SQUASHED`) stops at the 17th.
+fn imitates_a_known_field(name: &str) -> bool {
+    let mut squashed = [0u8; 16];
+    let mut len = 0;
+    for b in name.bytes() {
+        if b == b'-' || b == b'_' {
+            continue;
+        }
+        if len == squashed.len() {
+            return false;
+        }
+        squashed[len] = b.to_ascii_lowercase();
+        len += 1;
+    }
+    SQUASHED.contains(&&squashed[..len])
+}
 
 /// Most field names one message's `Connection` fields may list besides `close` and `keep-alive`.
 const MAX_CONNECTION_OPTIONS: usize = 8;
@@ -265,7 +290,7 @@ impl<'b> Fields<'b> {
     /// Whether header `i`, named `name`, stays on this side of the proxy.
     pub(super) fn is_hop_by_hop(&self, i: usize, name: &str) -> bool {
         match self.kinds[i] {
-            Field::HopByHop | Field::Connection | Field::Underscored | Field::Upgrade => true,
+            Field::HopByHop | Field::Connection | Field::LookAlike | Field::Upgrade => true,
             kind if kind.immune_to_connection() => false,
             _ => self.options[..self.option_count].iter().any(|option| option.eq_ignore_ascii_case(name.as_bytes())),
         }

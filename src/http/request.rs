@@ -40,15 +40,23 @@ pub struct Forwarding<'a> {
     pub tls: bool,
 }
 
+/// Longest request line: the longest target, and room for a method and the version.
+const MAX_LINE: usize = MAX_URI + 32;
+
 /// Parses a request head at the start of `input` and writes the head to forward into `out`.
 /// `Ok(None)`: the head is not complete yet.
 pub fn parse_request(input: &[u8], fwd: &Forwarding<'_>, out: &mut [u8]) -> Result<Option<RequestHead>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(input) {
+        // The same verdict as below whatever the reads: a line this long is refused even when
+        // it came whole (a long method with a short target).
+        Ok(httparse::Status::Complete(n)) if n > MAX_LINE && !input[..=MAX_LINE].contains(&b'\n') => {
+            return Err(HttpError::UriTooLong)
+        }
         Ok(httparse::Status::Complete(n)) => n,
         // A request line longer than any allowed URI will never end well (RFC 9112 §3).
-        Ok(httparse::Status::Partial) if input.len() > MAX_URI + 32 && !input.contains(&b'\n') => {
+        Ok(httparse::Status::Partial) if input.len() > MAX_LINE && !input.contains(&b'\n') => {
             return Err(HttpError::UriTooLong)
         }
         Ok(httparse::Status::Partial) => return Ok(None),

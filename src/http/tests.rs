@@ -530,3 +530,30 @@ fn arbitrary_and_mutated_bytes_never_panic() {
         let _ = framer.advance(&bytes, HttpError::BadResponse);
     }
 }
+
+#[test]
+fn look_alikes_of_framing_fields_are_dropped_and_refused_in_trailers() {
+    let (head, out) =
+        request("POST / HTTP/1.1\r\nHost: t\r\nTransfer--Encoding: chunked\r\n_content-length: 3\r\nX-Ok: 1\r\n\r\n")
+            .expect("valid");
+    assert_eq!(head.body, BodyKind::None);
+    assert!(
+        !out.to_ascii_lowercase().contains("encoding") && !out.contains("length") && out.contains("X-Ok: 1"),
+        "{out}"
+    );
+    for trailer in ["Content_Length: 1", "Transfer--Encoding: x", "XForwardedFor: 127.0.0.9", "hos-t: a"] {
+        let body = format!("0\r\n{trailer}\r\n\r\n");
+        assert!(frame_all(BodyKind::Chunked, body.as_bytes(), &[]).is_err(), "{trailer}");
+    }
+    let fine = b"0\r\nContent-Type_: a\r\n\r\n";
+    assert_eq!(frame_all(BodyKind::Chunked, fine, &[]), Ok((fine.len(), true)));
+}
+
+#[test]
+fn a_long_request_line_is_414_whole_or_cut() {
+    let raw = format!("{} / HTTP/1.1\r\nHost: a\r\n\r\n", "M".repeat(MAX_URI + 40));
+    assert_eq!(refused(&raw), 414);
+    let mut out = [0u8; 256];
+    let cut = parse_request(&raw.as_bytes()[..MAX_URI + 40], &FWD, &mut out);
+    assert_eq!(cut, Err(HttpError::UriTooLong));
+}
