@@ -386,10 +386,11 @@ def perf_rows(data, *args):
         yield float(m.group(1)), m.group(2).split()
 
 
-def perf_profile(port, duration, connections, tmp, name, proxy_pid, backend_pids):
+def perf_profile(port, duration, connections, tmp, name, proxy_pid, backend_pids, extra=(), path="/",
+                 scheme="http"):
     """`perf record -a -g` over a wrk run: the machine's samples by command and by user space or
-    kernel (`perf report --sort comm,dso`, rows of 0.5 % and more), and the proxy's own CPU per
-    request split into user space and the KERNEL_PARTS."""
+    kernel (`perf report --sort comm,dso`, rows of 0.5 % and more), the proxy's own CPU per
+    request split into user space and the KERNEL_PARTS, and the run's /proc figures."""
     data = tmp / f"perf-{name}.data"
     recorder = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "999", "-o", str(data)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -400,14 +401,15 @@ def perf_profile(port, duration, connections, tmp, name, proxy_pid, backend_pids
         if time.monotonic() > deadline or recorder.poll() is not None:
             raise SystemExit("compare: perf record did not start")
         time.sleep(0.05)
-    result = measured_wrk(port, duration, connections, [proxy_pid], backend_pids)
+    result = measured_wrk(port, duration, connections, [proxy_pid], backend_pids, extra, path, scheme=scheme)
     recorder.send_signal(signal.SIGINT)
     recorder.wait(timeout=60)
     rows = [(pct, *fields[:2]) for pct, fields in perf_rows(data, "--no-children", "--sort", "comm,dso")
             if pct >= 0.5]
     cpu_us = result["proxy_user_us"] + result["proxy_kernel_us"]
-    return {"machine": rows, "cpu_us": cpu_us,
-            "parts": [(what, share, share * cpu_us / 100) for what, share in proxy_breakdown(data, proxy_pid)]}
+    parts = [(what, share, share * cpu_us / 100) for what, share in proxy_breakdown(data, proxy_pid)]
+    data.unlink(missing_ok=True)
+    return {"machine": rows, "cpu_us": cpu_us, "parts": parts, "run": result}
 
 
 def proxy_breakdown(data, proxy_pid):
@@ -662,7 +664,7 @@ def main():
             log(f"{name}: syscalls per request (strace -c, 2000 keep-alive requests)")
             syscalls[name], traces[name] = syscalls_per_request(ports[name], pids[name], 2000, tmp)
 
-        matrix = {}
+        matrix, row_profiles = {}, {}
         for workload in selected:
             if workload == "keepalive":
                 matrix[workload] = {n: load[n] for n in PROXIES}
@@ -685,8 +687,14 @@ def main():
                         f"p99 {result['p99']:.2f} ms  errors {result['errors']}  proxy CPU "
                         f"{result['proxy_user_us'] + result['proxy_kernel_us']:.1f} us/request")
             matrix[workload] = cells
+            if args.perf:
+                for name in PROXIES:
+                    log(f"{workload}: perf record -a -g over 5 s of wrk behind {name}")
+                    row_profiles.setdefault(workload, {})[name] = perf_profile(
+                        where[name], 5, conns, tmp, f"{workload}-{name}", pids[name], backend_pids, extra, path,
+                        scheme)
         if not extras:
-            report = render_matrix(args, matrix)
+            report = render_matrix(args, matrix) + render_row_profiles(row_profiles)
             print("\n" + report)
             write_report(args, report, "")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -707,7 +715,8 @@ def main():
     finally:
         procs.stop_all()
 
-    report = render(args, load, rss, idle, syscalls, instructions, profiles) + "\n" + render_matrix(args, matrix)
+    report = (render(args, load, rss, idle, syscalls, instructions, profiles) + "\n" + render_matrix(args, matrix)
+              + render_row_profiles(row_profiles))
     print("\n" + report)
     write_report(args, report, "\n## strace -c of ringproxy\n\n```\n" + traces["ringproxy"] + "```\n")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -764,6 +773,35 @@ def render_matrix(args, matrix):
             f"{med[r]['p99']:.2f}, {med[h]['p99']:.2f}, {med[x]['p99']:.2f} | "
             f"{med[r]['p99'] / med[h]['p99']:.2f}× | {med[r]['p99'] / med[x]['p99']:.2f}× | "
             f"{cpu[r]:.1f}, {cpu[h]:.1f}, {cpu[x]:.1f} | {cpu[r] / cpu[h]:.2f}× | {errors} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_row_profiles(row_profiles):
+    """With --perf, one line per row and proxy: where the machine's and the proxy's CPU went per
+    request during a 5 s profile of that row."""
+    if not row_profiles:
+        return ""
+    parts = [what.strip() for what, _, _ in next(iter(next(iter(row_profiles.values())).values()))["parts"]]
+    keep = ["user space", "sending (on loopback the sender also runs the receiving side)", "receiving",
+            "epoll_wait", "being switched out and in again"]
+    short = {"user space": "user", keep[1]: "sending", "receiving": "receiving", "epoll_wait": "epoll_wait",
+             "being switched out and in again": "switched"}
+    lines = ["", "Where each row's CPU goes: `perf record -a -g` over 5 s of wrk behind each proxy, after the "
+             "row's rounds. µs per request: the whole machine (/proc), the backends, wrk, the proxy, and the "
+             "proxy's own split (`perf report --children`, inclusive; sending includes the receiver's side on "
+             "loopback).", "",
+             "| workload | proxy | requests/s | machine | backends | wrk | proxy | "
+             + " | ".join(short[k] for k in keep) + " |",
+             "|---|---|" + "---:|" * (6 + len(keep))]
+    for workload, by_proxy in row_profiles.items():
+        for name in PROXIES:
+            prof = by_proxy[name]
+            run = prof["run"]
+            split = {what.strip(): us for what, _, us in prof["parts"]}
+            lines.append(f"| {WORKLOADS[workload]['label']} | {name} | {run['rps']:,.0f} | {run['machine_us']:.1f} | "
+                         f"{run['backend_us']:.1f} | {run['wrk_us']:.1f} | {prof['cpu_us']:.1f} | "
+                         + " | ".join(f"{split.get(k, float('nan')):.1f}" for k in keep) + " |")
+    assert all(k in parts for k in keep)
     return "\n".join(lines) + "\n"
 
 
