@@ -7,8 +7,9 @@ use crate::health::Failure;
 #[derive(Clone, Copy, Debug)]
 pub struct Attempt {
     pub failure: Failure,
-    /// The connection came from the pool and the target had closed it while idle: not the
-    /// target's fault, and nothing of the request was processed.
+    /// An idempotent request's pooled connection ended without a byte of answer, as one the
+    /// target closed while idle does: not counted against the target, and tried again on a
+    /// fresh connection to it. (Other requests only go out on pooled connections checked open.)
     pub stale_pooled: bool,
     /// Nothing of the request reached the target.
     pub nothing_sent: bool,

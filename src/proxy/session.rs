@@ -578,7 +578,7 @@ impl Session {
             ex.target = target;
             ex.attempts += 1;
             if !same_target {
-                if let Some(conn) = cx.upstreams.checkout(target, self.key) {
+                if let Some(conn) = cx.upstreams.checkout(target, self.key, !ex.head.idempotent) {
                     self.attach(cx, conn);
                     return Ok(());
                 }
@@ -1107,7 +1107,9 @@ impl Session {
             cx.upstreams.close(up);
             return Err(Closed);
         };
-        let stale_pooled = up.reused && matches!(failure, Failure::Eof | Failure::Reset(_));
+        // A request that is not safe to send twice went out on a pooled connection checked
+        // open: a failure now is the target's, not a stale connection's.
+        let stale_pooled = up.reused && ex.head.idempotent && matches!(failure, Failure::Eof | Failure::Reset(_));
         let nothing_sent = !up.connected || (ex.head_sent == 0 && ex.body_sent == 0);
         cx.upstreams.close(up);
         if failure == Failure::ResponseTimeout {

@@ -29,6 +29,13 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 
+/// Whether an idle connection is still open: nothing to read yet. End of stream, a reset or
+/// bytes nobody asked for all mean it cannot carry a request.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 pub struct UpstreamConn {
     pub stream: TcpStream,
     pub slot: usize,
@@ -149,11 +156,15 @@ impl Upstreams {
         Ok(UpstreamConn { stream, slot, target, ready: Ready::default(), connected: false, reused: false })
     }
 
-    /// The connection to `target` that has idled longest, now owned by `session`.
-    pub fn checkout(&mut self, target: TargetId, session: usize) -> Option<UpstreamConn> {
+    /// The connection to `target` that has idled longest, now owned by `session`. With
+    /// `verify`, each candidate is first asked whether the target has closed it (one
+    /// non-blocking `MSG_PEEK`), and a closed one is dropped: a request that is not safe to
+    /// send twice must not go out on a connection already dead, where its failure could not be
+    /// told from the target losing it.
+    pub fn checkout(&mut self, target: TargetId, session: usize, verify: bool) -> Option<UpstreamConn> {
         let idle = self.idle.get_mut(target.slot())?;
         while let Some(mut conn) = idle.pop_front() {
-            if conn.target != target {
+            if conn.target != target || (verify && !still_open(&conn.stream)) {
                 self.slots.try_remove(conn.slot);
                 continue;
             }
@@ -219,5 +230,39 @@ impl Upstreams {
         let stray = matches!(io::Read::read(&mut conn.stream, &mut [0u8; 64]), Ok(n) if n > 0);
         self.slots.try_remove(conn.slot);
         stray.then_some(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_checkout_that_verifies_skips_a_connection_the_target_has_closed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let poll = mio::Poll::new().expect("poll");
+        let mut pool = Upstreams::new(1);
+        let target = TargetId::first(0);
+        let conn = pool.connect(poll.registry(), target, listener.local_addr().expect("addr"), 0).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        pool.checkin(conn, 8);
+        let open = pool.checkout(target, 0, true).expect("an open connection passes the check");
+        pool.checkin(open, 8);
+        drop(server);
+        // Until the target's FIN has arrived (loopback: at once), without the check.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let conn = pool.checkout(target, 0, false).expect("kept without the check");
+            let closed = !still_open(&conn.stream);
+            pool.checkin(conn, 8);
+            if closed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the FIN never arrived");
+            std::thread::yield_now();
+        }
+        assert!(pool.checkout(target, 0, true).is_none(), "a closed connection is not handed out");
+        assert_eq!(pool.counts(target), (0, 0), "and it left the pool");
     }
 }
