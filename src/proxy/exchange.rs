@@ -148,11 +148,18 @@ impl Exchange {
 #[derive(Default)]
 // The boxes themselves move between sessions and the pool; `Vec<Exchange>` would copy them.
 #[allow(clippy::vec_box)]
-pub struct ExchangePool(Vec<Box<Exchange>>);
+pub struct ExchangePool {
+    spare: Vec<Box<Exchange>>,
+    /// Exchanges out now, and the most at once since the last trim.
+    out: usize,
+    peak: usize,
+}
 
 impl ExchangePool {
     pub fn fill(&mut self, exchange: Exchange) -> Box<Exchange> {
-        match self.0.pop() {
+        self.out += 1;
+        self.peak = self.peak.max(self.out);
+        match self.spare.pop() {
             Some(mut spare) => {
                 *spare = exchange;
                 spare
@@ -162,6 +169,19 @@ impl ExchangePool {
     }
 
     pub fn recycle(&mut self, exchange: Box<Exchange>) {
-        self.0.push(exchange);
+        self.out = self.out.saturating_sub(1);
+        self.spare.push(exchange);
+    }
+
+    /// Frees the spares beyond what the busiest moment since the last call needed on top of
+    /// those out now, and starts the next period, as `BufferPool::trim` does. Returns the
+    /// bytes freed.
+    pub fn trim(&mut self) -> usize {
+        let keep = self.peak.saturating_sub(self.out);
+        let freed = self.spare.len().saturating_sub(keep) * std::mem::size_of::<Exchange>();
+        self.spare.truncate(keep);
+        self.spare.shrink_to(keep);
+        self.peak = self.out;
+        freed
     }
 }

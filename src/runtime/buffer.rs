@@ -1,8 +1,9 @@
 //! Fixed-size byte buffers and the pool they come from.
 //!
 //! A connection borrows a buffer only while it has bytes in flight and hands it back when it
-//! goes idle, so an idle keep-alive connection costs no buffer memory. The pool never shrinks
-//! below what the busiest moment needed; it never allocates on the hot path once warm.
+//! goes idle, so an idle keep-alive connection costs no buffer memory. The pool keeps what the
+//! busiest moment of the last trim period needed, so it does not allocate on the hot path once
+//! warm, and frees the rest when a burst has passed.
 
 /// A window `[start, end)` of valid bytes in a fixed block of memory.
 pub struct Buffer {
@@ -102,16 +103,21 @@ pub struct BufferPool {
     size: usize,
     free: Vec<Buffer>,
     large: Vec<Buffer>,
-    /// Large buffers lent out now.
+    /// Head-sized and large buffers lent out now, and the most at once since the last trim.
+    out: usize,
+    peak: usize,
     large_out: usize,
+    large_peak: usize,
 }
 
 impl BufferPool {
     pub fn new(size: usize) -> BufferPool {
-        BufferPool { size, free: Vec::new(), large: Vec::new(), large_out: 0 }
+        BufferPool { size, free: Vec::new(), large: Vec::new(), out: 0, peak: 0, large_out: 0, large_peak: 0 }
     }
 
     pub fn get(&mut self) -> Buffer {
+        self.out += 1;
+        self.peak = self.peak.max(self.out);
         self.free.pop().unwrap_or_else(|| Buffer::new(self.size))
     }
 
@@ -121,6 +127,7 @@ impl BufferPool {
             return None;
         }
         self.large_out += 1;
+        self.large_peak = self.large_peak.max(self.large_out);
         Some(self.large.pop().unwrap_or_else(|| Buffer::new(LARGE)))
     }
 
@@ -130,8 +137,24 @@ impl BufferPool {
             self.large_out = self.large_out.saturating_sub(1);
             self.large.push(buf);
         } else {
+            self.out = self.out.saturating_sub(1);
             self.free.push(buf);
         }
+    }
+
+    /// Frees the idle buffers beyond what the busiest moment since the last call needed on top
+    /// of those lent out now, and starts the next period. Returns the bytes freed.
+    pub fn trim(&mut self) -> usize {
+        let keep = self.peak.saturating_sub(self.out);
+        let keep_large = self.large_peak.saturating_sub(self.large_out);
+        let freed =
+            self.free.len().saturating_sub(keep) * self.size + self.large.len().saturating_sub(keep_large) * LARGE;
+        self.free.truncate(keep);
+        self.large.truncate(keep_large);
+        self.free.shrink_to(keep);
+        self.large.shrink_to(keep_large);
+        (self.peak, self.large_peak) = (self.out, self.large_out);
+        freed
     }
 
     /// Buffers waiting in the pool (for tests and statistics).
@@ -216,6 +239,24 @@ mod tests {
         let lent: Vec<Buffer> = (0..LARGE_MAX).filter_map(|_| pool.get_large()).collect();
         assert_eq!(lent.len(), LARGE_MAX);
         assert!(pool.get_large().is_none(), "no more than LARGE_MAX at once");
+    }
+
+    #[test]
+    fn a_trim_frees_what_the_last_period_did_not_need() {
+        let mut pool = BufferPool::new(8);
+        let burst: Vec<Buffer> = (0..10).map(|_| pool.get()).collect();
+        let large = pool.get_large();
+        for buf in burst.into_iter().chain(large) {
+            pool.put(buf);
+        }
+        let kept = pool.get();
+        assert_eq!(pool.trim(), 0, "the burst was in this period: its buffers stay");
+        assert_eq!((pool.idle(), pool.large.len()), (9, 1));
+        assert_eq!(pool.trim(), 9 * 8 + LARGE, "a quiet period: only the one lent out stays");
+        assert_eq!((pool.idle(), pool.large.len()), (0, 0));
+        pool.put(kept);
+        assert_eq!(pool.trim(), 0, "it was lent out during the period");
+        assert_eq!(pool.trim(), 8);
     }
 
     #[test]
