@@ -124,9 +124,10 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
     }))
 }
 
-/// Writes a complete response made by the proxy itself (errors, the all-down answer).
-/// Returns the bytes written, or `None` if `out` is too small.
-pub fn write_local_response(out: &mut [u8], status: u16, body: &str, keep_alive: bool) -> Option<usize> {
+/// Writes a complete response made by the proxy itself (errors, the all-down answer): to a
+/// HEAD request without its body (RFC 9110 §9.3.2), which the client would otherwise read as
+/// the start of the next response. Returns the bytes written, or `None` if `out` is too small.
+pub fn write_local_response(out: &mut [u8], status: u16, body: &str, keep_alive: bool, head: bool) -> Option<usize> {
     let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
     w.put(b"HTTP/1.1 ");
     w.status(status);
@@ -135,6 +136,8 @@ pub fn write_local_response(out: &mut [u8], status: u16, body: &str, keep_alive:
     w.put(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
     w.decimal(body.len() as u64);
     w.put(if keep_alive { b"\r\n\r\n" } else { b"\r\nConnection: close\r\n\r\n" });
-    w.put(body.as_bytes());
+    if !head {
+        w.put(body.as_bytes());
+    }
     w.finish().ok()
 }

@@ -271,11 +271,13 @@ fn malformed_responses_are_502() {
 #[test]
 fn local_responses_are_complete() {
     let mut out = [0u8; 256];
-    let n = write_local_response(&mut out, 500, "All servers is off", true).expect("fits");
+    let n = write_local_response(&mut out, 500, "All servers is off", true, false).expect("fits");
     assert_eq!(
         std::str::from_utf8(&out[..n]).expect("utf8"),
         "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 18\r\n\r\nAll servers is off"
     );
+    let n = write_local_response(&mut out, 500, "All servers is off", true, true).expect("fits");
+    assert!(std::str::from_utf8(&out[..n]).expect("utf8").ends_with("Content-Length: 18\r\n\r\n"), "no body to HEAD");
 }
 
 fn frame_all(kind: BodyKind, data: &[u8], splits: &[usize]) -> Result<(usize, bool), HttpError> {

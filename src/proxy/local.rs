@@ -7,5 +7,5 @@ pub const ALL_DOWN: &str = "All servers is off";
 
 /// The answer to a connection over `max_connections`, written once before the close.
 pub fn busy(out: &mut [u8]) -> usize {
-    write_local_response(out, 503, "Too many connections", false).unwrap_or(0)
+    write_local_response(out, 503, "Too many connections", false, false).unwrap_or(0)
 }

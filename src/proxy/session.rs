@@ -1166,6 +1166,11 @@ impl Session {
     /// (1xx) heads already queued for the client stay in front of it: each is whole.
     fn respond_local(&mut self, cx: &mut Ctx<'_>, status: u16, body: &str, keep_alive: bool) {
         let interim_queued = matches!(&self.mode, Mode::Exchange(ex) if matches!(ex.resp, Resp::Head));
+        // A refused request is still in the input: its method is what the client sent.
+        let head_request = match &self.mode {
+            Mode::Exchange(ex) => ex.head.is_head,
+            _ => self.cin.as_ref().is_some_and(|b| b.data().starts_with(b"HEAD ")),
+        };
         let keep_alive = keep_alive && !cx.draining;
         if matches!(self.mode, Mode::Exchange(_)) {
             self.end_exchange(cx, Some(status), keep_alive);
@@ -1178,7 +1183,7 @@ impl Session {
         if !interim_queued {
             cout.clear();
         }
-        match http::write_local_response(cout.space(), status, body, !self.close_after) {
+        match http::write_local_response(cout.space(), status, body, !self.close_after, head_request) {
             Some(n) => cout.fill(n),
             None => self.close_after = true,
         }
