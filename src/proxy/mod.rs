@@ -360,6 +360,7 @@ impl Proxy {
     /// Closes the idle connections that have something to say in this batch of events, before
     /// any session can take one: a target's stray bytes must not answer the next request.
     pub fn sweep_idle(&mut self, events: &mio::Events, env: &Env) {
+        self.res.upstreams.next_pass();
         for event in events.iter() {
             if let Some(Kind::Upstream(slot)) = decode(event.token()) {
                 if let Some(Owner::Pool) = self.res.upstreams.owner(slot) {

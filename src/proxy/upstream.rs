@@ -44,6 +44,8 @@ pub struct UpstreamConn {
     pub connected: bool,
     /// Taken from the pool: it may have been closed by the target while idle.
     pub reused: bool,
+    /// The loop pass that parked it in the pool.
+    parked: u64,
 }
 
 enum Slot {
@@ -68,15 +70,23 @@ pub struct Upstreams {
     active: Vec<Option<(TargetId, usize)>>,
     /// The most connections each target slot had in use at once since the last `trim`.
     peak: Vec<usize>,
+    /// Loop passes so far (`next_pass`).
+    pass: u64,
 }
 
 impl Upstreams {
     pub fn new(targets: usize) -> Upstreams {
-        let mut upstreams = Upstreams { slots: Slab::new(), idle: Vec::new(), active: Vec::new(), peak: Vec::new() };
+        let mut upstreams =
+            Upstreams { slots: Slab::new(), idle: Vec::new(), active: Vec::new(), peak: Vec::new(), pass: 0 };
         for slot in 0..targets {
             upstreams.target_added(TargetId::first(slot));
         }
         upstreams
+    }
+
+    /// A new pass of the loop: its batch of events has been read.
+    pub fn next_pass(&mut self) {
+        self.pass += 1;
     }
 
     /// A target took `id`'s slot (at start or by a reload): its pool and count start empty.
@@ -153,7 +163,7 @@ impl Upstreams {
         registry.register(&mut stream, token(Kind::Upstream(slot)), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(Slot::Active { session });
         self.count(target, true);
-        Ok(UpstreamConn { stream, slot, target, ready: Ready::default(), connected: false, reused: false })
+        Ok(UpstreamConn { stream, slot, target, ready: Ready::default(), connected: false, reused: false, parked: 0 })
     }
 
     /// The connection to `target` that has idled longest, now owned by `session`. With
@@ -161,10 +171,15 @@ impl Upstreams {
     /// non-blocking `MSG_PEEK`), and a closed one is dropped: a request that is not safe to
     /// send twice must not go out on a connection already dead, where its failure could not be
     /// told from the target losing it.
+    ///
+    /// A connection parked in this very pass is checked whatever the request: its response
+    /// has just ended, and bytes a target sent right behind it (a second answer) may have
+    /// arrived since without an event yet, where the sweep would have caught them.
     pub fn checkout(&mut self, target: TargetId, session: usize, verify: bool) -> Option<UpstreamConn> {
+        let pass = self.pass;
         let idle = self.idle.get_mut(target.slot())?;
         while let Some(mut conn) = idle.pop_front() {
-            if conn.target != target || (verify && !still_open(&conn.stream)) {
+            if conn.target != target || ((verify || conn.parked == pass) && !still_open(&conn.stream)) {
                 self.slots.try_remove(conn.slot);
                 continue;
             }
@@ -186,6 +201,8 @@ impl Upstreams {
         };
         let target = conn.target;
         self.slots[conn.slot] = Slot::Idle { target };
+        let mut conn = conn;
+        conn.parked = self.pass;
         idle.push_back(conn);
         self.count(target, false);
     }
@@ -236,6 +253,7 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -253,6 +271,8 @@ mod tests {
         // Until the target's FIN has arrived (loopback: at once), without the check.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
+            // A later pass than the one that parked it: only `verify` checks it.
+            pool.next_pass();
             let conn = pool.checkout(target, 0, false).expect("kept without the check");
             let closed = !still_open(&conn.stream);
             pool.checkin(conn, 8);
@@ -262,7 +282,27 @@ mod tests {
             assert!(Instant::now() < deadline, "the FIN never arrived");
             std::thread::yield_now();
         }
+        pool.next_pass();
         assert!(pool.checkout(target, 0, true).is_none(), "a closed connection is not handed out");
         assert_eq!(pool.counts(target), (0, 0), "and it left the pool");
+    }
+
+    #[test]
+    fn a_connection_parked_in_this_pass_is_checked_for_any_request() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let poll = mio::Poll::new().expect("poll");
+        let mut pool = Upstreams::new(1);
+        let target = TargetId::first(0);
+        let conn = pool.connect(poll.registry(), target, listener.local_addr().expect("addr"), 0).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        pool.checkin(conn, 8);
+        // A second answer right behind the first, before any event could report it.
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").expect("stray bytes");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.idle[0].front().is_some_and(|c| still_open(&c.stream)) {
+            assert!(Instant::now() < deadline, "the bytes never arrived");
+            std::thread::yield_now();
+        }
+        assert!(pool.checkout(target, 0, false).is_none(), "parked this pass: checked, and dropped");
     }
 }
