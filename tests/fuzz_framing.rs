@@ -641,6 +641,23 @@ fn a_generated_response_keeps_its_meaning_however_its_head_is_split() {
     });
 }
 
+const PIPELINE: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+    POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world\
+    POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: X-Y\r\nX-Y: 1\r\n\r\n\
+    3;e=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n\
+    HEAD /d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.3.4\r\n\r\n\
+    GET /e HTTP/1.0\r\n\r\n";
+
+#[test]
+fn a_fixed_pipeline_forwards_the_same_whole_or_byte_by_byte() {
+    // Chunk extensions, trailers, a Connection option, a client's X-Forwarded-For, HTTP/1.0.
+    let (whole, refused) = forward_in_pieces(PIPELINE, &[]);
+    assert_eq!((whole.len(), refused), (5, None));
+    assert_eq!(whole[2].1, b"3;e=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n");
+    let bytewise: Vec<usize> = (1..PIPELINE.len()).collect();
+    assert_eq!(forward_in_pieces(PIPELINE, &bytewise), (whole, None));
+}
+
 #[test]
 fn the_checker_catches_what_it_guards_against() {
     // The strict checker is the oracle of the properties above: it must itself refuse.

@@ -1,5 +1,5 @@
-//! The framing layer's tests: table-driven heads, bodies split every way, and property tests
-//! over pipelined streams and random bytes.
+//! The framing layer's tests: table-driven heads and bodies split every way. The property
+//! tests over generated and random streams are in `tests/fuzz_framing.rs`.
 
 use super::body::*;
 use super::fields::valid_host;
@@ -435,102 +435,6 @@ fn expect_continue_is_noticed() {
     let raw = "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n";
     assert!(request(raw).expect("valid").0.expect_continue);
     assert!(!request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("valid").0.expect_continue);
-}
-
-/// A forwarded request: its rewritten head and its raw body.
-type Forwarded = (Vec<u8>, Vec<u8>);
-
-/// What a session would forward for a byte stream read in pieces cut at `cuts`, or the
-/// first error.
-fn forward_in_pieces(stream: &[u8], cuts: &[usize]) -> Result<Vec<Forwarded>, HttpError> {
-    let mut requests = Vec::new();
-    let mut buf = Vec::new();
-    let mut body: Option<(Vec<u8>, Vec<u8>, BodyFramer)> = None;
-    let mut at = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
-        let cut = cut.clamp(at, stream.len());
-        buf.extend_from_slice(&stream[at..cut]);
-        at = cut;
-        loop {
-            if let Some((head, mut bytes, mut framer)) = body.take() {
-                let p = framer.advance(&buf, HttpError::BadRequest)?;
-                bytes.extend(buf.drain(..p.used));
-                if p.done {
-                    requests.push((head, bytes));
-                    continue;
-                }
-                body = Some((head, bytes, framer));
-                break;
-            }
-            let mut out = [0u8; 4096];
-            let Some(head) = parse_request(&buf, &FWD, &mut out)? else { break };
-            buf.drain(..head.head_len);
-            body = Some((out[..head.out_len].to_vec(), Vec::new(), BodyFramer::new(head.body)));
-        }
-    }
-    Ok(requests)
-}
-
-const PIPELINE: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
-    POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world\
-    POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: X-Y\r\nX-Y: 1\r\n\r\n\
-    3;e=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n\
-    HEAD /d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.3.4\r\n\r\n\
-    GET /e HTTP/1.0\r\n\r\n";
-
-/// xorshift64: deterministic randomness for the property tests.
-fn rng(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
-
-#[test]
-fn any_split_of_a_pipelined_stream_gives_the_same_requests_as_one_read() {
-    let whole = forward_in_pieces(PIPELINE, &[]).expect("valid");
-    assert_eq!(whole.len(), 5);
-    assert_eq!(whole[2].1, b"3;e=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n");
-    let mut next = rng(0x5eed);
-    for _ in 0..3000 {
-        let n = (next() % 12) as usize;
-        let mut cuts: Vec<usize> = (0..n).map(|_| (next() % PIPELINE.len() as u64) as usize).collect();
-        cuts.sort_unstable();
-        assert_eq!(forward_in_pieces(PIPELINE, &cuts).expect("valid"), whole, "cuts {cuts:?}");
-    }
-    let bytewise: Vec<usize> = (1..PIPELINE.len()).collect();
-    assert_eq!(forward_in_pieces(PIPELINE, &bytewise).expect("valid"), whole);
-}
-
-#[test]
-fn arbitrary_and_mutated_bytes_never_panic() {
-    let mut next = rng(0xbad);
-    for round in 0..20_000 {
-        let mut bytes = PIPELINE.to_vec();
-        if round % 2 == 0 {
-            bytes = (0..(next() % 300) as usize).map(|_| next() as u8).collect();
-        } else {
-            for _ in 0..1 + next() % 4 {
-                let at = (next() % bytes.len() as u64) as usize;
-                match next() % 3 {
-                    0 => bytes[at] = next() as u8,
-                    1 => bytes.insert(at, next() as u8),
-                    _ => {
-                        bytes.remove(at);
-                    }
-                }
-            }
-        }
-        let cut = (next() % (bytes.len() as u64 + 1)) as usize;
-        let _ = forward_in_pieces(&bytes, &[cut]);
-        let mut out = [0u8; 512];
-        let _ = parse_response(&bytes, &CTX, &mut out);
-        let mut framer = BodyFramer::new(BodyKind::Chunked);
-        let _ = framer.advance(&bytes, HttpError::BadResponse);
-    }
 }
 
 #[test]
