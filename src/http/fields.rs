@@ -21,11 +21,11 @@ pub(super) enum Field {
     Upgrade,
     /// Describes one connection only and is never forwarded (RFC 9110 §7.6.1).
     HopByHop,
-    /// One of the fields above spelled with other `-` and `_` (`Content_Length`,
-    /// `Transfer---Encoding`, `Content-Length_`). The proxy does not act on it, but a server
-    /// behind a CGI-style gateway reads `Content_Length` as the field it imitates
-    /// (`HTTP_CONTENT_LENGTH`), and one that folds separators reads them all so: it is never
-    /// forwarded, as nginx drops names with underscores.
+    /// One of the fields above spelled with `_` for `-` (`Content_Length`), or a framing field
+    /// with other separators (`Transfer---Encoding`). The proxy does not act on it, but a
+    /// server behind a CGI-style gateway reads `Content_Length` as the field it imitates
+    /// (`HTTP_CONTENT_LENGTH`), and one that folds separators reads the framing ones so: it is
+    /// never forwarded, as nginx drops names with underscores.
     LookAlike,
 }
 
@@ -74,28 +74,24 @@ impl Field {
     }
 }
 
-/// The names `Field::named` knows but `Expect`, lower case, without `-`: a name that reads
-/// as one of them once its `-` and `_` are gone, but is not spelled as it, is a look-alike.
-const SQUASHED: [&[u8]; 13] = [
-    b"te",
-    b"host",
-    b"upgrade",
-    b"trailer",
-    b"connection",
-    b"keepalive",
-    b"xrequestid",
-    b"contentlength",
-    b"http2settings",
-    b"xforwardedfor",
-    b"proxyconnection",
-    b"transferencoding",
-    b"xforwardedproto",
-];
+/// The framing fields, lower case, without `-`: a name that reads as one of them once its `-`
+/// and `_` are gone, but is not spelled as it, is a look-alike however its separators go.
+const FRAMING: [&[u8]; 2] = [b"contentlength", b"transferencoding"];
 
-/// Whether `name`, without its `-` and `_` and in lower case, is one of `SQUASHED`. Called
-/// only for names that are none of the known fields as spelled; a name with more than 16
-/// other bytes (the longest in `SQUASHED`) stops at the 17th.
+/// Whether `name` imitates a field the proxy acts on: any of them but `Expect` spelled with
+/// `_` for `-` (`X_Forwarded_For`, which CGI-style servers read as the real one), or a framing
+/// field with other separators (`Transfer---Encoding`, `Content-Length_`, `contentlength`).
+/// Other spellings (`X-RequestId`) are other fields. Called only for names that are none of
+/// the known fields as spelled; bounded at 17 bytes without separators.
 fn imitates_a_known_field(name: &str) -> bool {
+    if name.bytes().any(|b| b == b'_') {
+        let alias = |known: &str| {
+            name.bytes().zip(known.bytes()).all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'_' && b == b'-'))
+        };
+        if !matches!(Field::named(name.len(), alias), Field::Other | Field::Expect) {
+            return true;
+        }
+    }
     let mut squashed = [0u8; 16];
     let mut len = 0;
     for b in name.bytes() {
@@ -108,7 +104,7 @@ fn imitates_a_known_field(name: &str) -> bool {
         squashed[len] = b.to_ascii_lowercase();
         len += 1;
     }
-    SQUASHED.contains(&&squashed[..len])
+    FRAMING.contains(&&squashed[..len])
 }
 
 /// Most field names one message's `Connection` fields may list besides `close` and `keep-alive`.

@@ -447,6 +447,10 @@ fn look_alikes_of_framing_fields_are_dropped_and_refused_in_trailers() {
         !out.to_ascii_lowercase().contains("encoding") && !out.contains("length") && out.contains("X-Ok: 1"),
         "{out}"
     );
+    // Other spellings of non-framing fields are other fields: a tracing header stays.
+    let (_, out) =
+        request("GET / HTTP/1.1\r\nHost: t\r\nX-RequestId: abc\r\nX_Request_Id: evil\r\n\r\n").expect("valid");
+    assert!(out.contains("X-RequestId: abc\r\n") && !out.contains("evil"), "{out}");
     for trailer in ["Content_Length: 1", "Transfer--Encoding: x", "XForwardedFor: 127.0.0.9", "hos-t: a"] {
         let body = format!("0\r\n{trailer}\r\n\r\n");
         assert!(frame_all(BodyKind::Chunked, body.as_bytes(), &[]).is_err(), "{trailer}");
