@@ -180,7 +180,6 @@ impl ExchangePool {
         let keep = self.peak.saturating_sub(self.out);
         let freed = self.spare.len().saturating_sub(keep) * std::mem::size_of::<Exchange>();
         self.spare.truncate(keep);
-        self.spare.shrink_to(keep);
         self.peak = self.out;
         freed
     }

@@ -1107,9 +1107,12 @@ impl Session {
             cx.upstreams.close(up);
             return Err(Closed);
         };
-        // A request that is not safe to send twice went out on a pooled connection checked
-        // open: a failure now is the target's, not a stale connection's.
-        let stale_pooled = up.reused && ex.head.idempotent && matches!(failure, Failure::Eof | Failure::Reset(_));
+        // A pooled connection that ended without a byte of answer: the target may have closed
+        // it while idle (a keep-alive timeout whose FIN was still on its way), so it is not
+        // blamed. Only an idempotent request calls it stale and goes again; for another the
+        // trace keeps the EOF or reset, since the target may have had it.
+        let pooled_race = up.reused && matches!(failure, Failure::Eof | Failure::Reset(_));
+        let stale_pooled = pooled_race && ex.head.idempotent;
         let nothing_sent = !up.connected || (ex.head_sent == 0 && ex.body_sent == 0);
         cx.upstreams.close(up);
         if failure == Failure::ResponseTimeout {
@@ -1137,7 +1140,9 @@ impl Session {
         } else {
             ex.tried.insert(ex.target);
             ex.trace.push(ex.target, Outcome::Failed(failure));
-            if failure == Failure::ResponseTimeout {
+            if pooled_race {
+                // Not the target's fault as far as anyone can tell: no health change.
+            } else if failure == Failure::ResponseTimeout {
                 // One slow request says little about its target: a probe decides.
                 cx.target_suspect(ex.target);
             } else {

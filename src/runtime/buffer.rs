@@ -149,10 +149,10 @@ impl BufferPool {
         let keep_large = self.large_peak.saturating_sub(self.large_out);
         let freed =
             self.free.len().saturating_sub(keep) * self.size + self.large.len().saturating_sub(keep_large) * LARGE;
+        // The lists keep their capacity (a pointer and two words a buffer): shrinking them
+        // would make the next period's returns reallocate on the hot path.
         self.free.truncate(keep);
         self.large.truncate(keep_large);
-        self.free.shrink_to(keep);
-        self.large.shrink_to(keep_large);
         (self.peak, self.large_peak) = (self.out, self.large_out);
         freed
     }

@@ -88,9 +88,19 @@ const POOL_PERIOD: u64 = 2000;
 const RETURN_TO_OS: usize = 1 << 20;
 
 /// Gives the kernel back the free pages of the heap, as HAProxy does after releasing its pools:
-/// freed buffers sit in glibc's heap, where RSS counts them, until it is trimmed. A few hundred
-/// microseconds at most, once a period and only after a burst.
-fn return_memory_to_os() {
+/// freed buffers sit in glibc's heap, where RSS counts them, until it is trimmed. It walks
+/// every arena, the other workers' too, so one trim a period serves the whole process: a
+/// worker whose turn another took this period skips it. Only after a burst freed 1 MiB.
+fn return_memory_to_os(now_ms: u64) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now_ms < last + POOL_PERIOD
+        || LAST
+            .compare_exchange(last, now_ms, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
     unsafe {
@@ -535,7 +545,7 @@ impl Server {
                 }
                 if freed >= RETURN_TO_OS {
                     log::debug!("freed {} KiB of buffers the last {POOL_PERIOD} ms did not need", freed >> 10);
-                    return_memory_to_os();
+                    return_memory_to_os(self.env.now);
                 }
                 self.env.wheel.insert(self.env.now + POOL_PERIOD, Timer::PoolTrim);
             }
