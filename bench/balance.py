@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loopback import free_port, wait_port
+from loopback import free_port, pyplot, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release"
@@ -196,12 +196,8 @@ def start(work, args):
     print("  " + " ".join(str(v) for v in series["t3"]))
     print("  and of t1: " + " ".join(str(v) for v in series["t1"]))
     print(f"CSV: {path}")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no PNG: pip install matplotlib")
+    plt = pyplot(print)
+    if plt is None:
         return True
     fig, ax = plt.subplots(figsize=(9, 3.6))
     for k, v in series.items():

@@ -45,7 +45,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from loopback import free_port, wait_port
+from loopback import free_port, pyplot, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = 5
@@ -458,12 +458,8 @@ def access_outcomes(path):
 
 
 def plot(path, rows, names, events, title):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed (pip install matplotlib): no PNG written")
+    plt = pyplot(log)
+    if plt is None:
         return False
     xs = [r[0] for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), dpi=100, sharex=True,

@@ -27,3 +27,16 @@ def wait_port(port, within=15.0, who="bench"):
             return
         time.sleep(0.05)
     raise SystemExit(f"{who}: nothing listens on 127.0.0.1:{port}")
+
+
+def pyplot(log):
+    """matplotlib's pyplot drawing to files (the Agg backend), or None with one line through
+    `log` when matplotlib is not installed: the bench scripts' plots are optional."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed (pip install matplotlib): no PNG written")
+        return None
+    return plt

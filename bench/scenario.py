@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from compose import compose_command
-from loopback import can_connect, free_port
+from loopback import can_connect, free_port, pyplot
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = 5
@@ -229,12 +229,8 @@ def write_csv(path, records, end_at):
 
 
 def plot(path, names, rows, events, title):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed (pip install matplotlib): no PNG written")
+    plt = pyplot(log)
+    if plt is None:
         return False
     # At 1 request/s per target, one-second bins only flicker between 1 and 2: average over
     # windows of about a thirtieth of the run.
