@@ -5,6 +5,7 @@
 use crate::balance::{TargetId, TargetSet};
 use crate::http::{BodyFramer, ChunkLimits, RequestHead};
 use crate::observe::accesslog::Trace;
+use crate::runtime::buffer::Spares;
 
 /// Where the response stands.
 pub enum Resp {
@@ -145,21 +146,13 @@ impl Exchange {
 }
 
 /// Spare exchange boxes: a request reuses one instead of allocating.
+// The boxes themselves move between sessions and the pool; unboxed, they would be copied.
 #[derive(Default)]
-// The boxes themselves move between sessions and the pool; `Vec<Exchange>` would copy them.
-#[allow(clippy::vec_box)]
-pub struct ExchangePool {
-    spare: Vec<Box<Exchange>>,
-    /// Exchanges out now, and the most at once since the last trim.
-    out: usize,
-    peak: usize,
-}
+pub struct ExchangePool(Spares<Box<Exchange>>);
 
 impl ExchangePool {
     pub fn fill(&mut self, exchange: Exchange) -> Box<Exchange> {
-        self.out += 1;
-        self.peak = self.peak.max(self.out);
-        match self.spare.pop() {
+        match self.0.take() {
             Some(mut spare) => {
                 *spare = exchange;
                 spare
@@ -169,18 +162,12 @@ impl ExchangePool {
     }
 
     pub fn recycle(&mut self, exchange: Box<Exchange>) {
-        self.out = self.out.saturating_sub(1);
-        self.spare.push(exchange);
+        self.0.give(exchange);
     }
 
-    /// Frees the spares beyond what the busiest moment since the last call needed on top of
-    /// those out now, and starts the next period, as `BufferPool::trim` does. Returns the
-    /// bytes freed.
+    /// Frees the spares the last period did not need (`Spares::trim`). Returns the bytes
+    /// freed.
     pub fn trim(&mut self) -> usize {
-        let keep = self.peak.saturating_sub(self.out);
-        let freed = self.spare.len().saturating_sub(keep) * std::mem::size_of::<Exchange>();
-        self.spare.truncate(keep);
-        self.peak = self.out;
-        freed
+        self.0.trim() * std::mem::size_of::<Exchange>()
     }
 }

@@ -256,8 +256,9 @@ mod tests {
     use std::io::Write;
     use std::time::{Duration, Instant};
 
-    #[test]
-    fn a_checkout_that_verifies_skips_a_connection_the_target_has_closed() {
+    /// A pool of one target holding one idle connection, and the target's end of it (the poll
+    /// the connection is registered with lives as long as the test).
+    fn one_idle_connection() -> (Upstreams, TargetId, std::net::TcpStream, mio::Poll) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let poll = mio::Poll::new().expect("poll");
         let mut pool = Upstreams::new(1);
@@ -265,6 +266,12 @@ mod tests {
         let conn = pool.connect(poll.registry(), target, listener.local_addr().expect("addr"), 0).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         pool.checkin(conn, 8);
+        (pool, target, server, poll)
+    }
+
+    #[test]
+    fn a_checkout_that_verifies_skips_a_connection_the_target_has_closed() {
+        let (mut pool, target, server, _poll) = one_idle_connection();
         let open = pool.checkout(target, 0, true).expect("an open connection passes the check");
         pool.checkin(open, 8);
         drop(server);
@@ -289,13 +296,7 @@ mod tests {
 
     #[test]
     fn a_connection_parked_in_this_pass_is_checked_for_any_request() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let poll = mio::Poll::new().expect("poll");
-        let mut pool = Upstreams::new(1);
-        let target = TargetId::first(0);
-        let conn = pool.connect(poll.registry(), target, listener.local_addr().expect("addr"), 0).expect("connect");
-        let (mut server, _) = listener.accept().expect("accept");
-        pool.checkin(conn, 8);
+        let (mut pool, target, mut server, _poll) = one_idle_connection();
         // A second answer right behind the first, before any event could report it.
         server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").expect("stray bytes");
         let deadline = Instant::now() + Duration::from_secs(5);

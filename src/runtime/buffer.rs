@@ -97,69 +97,99 @@ pub const LARGE: usize = 256 * 1024;
 /// head-sized ones, so that ten thousand downloads cannot take 2.6 GB.
 const LARGE_MAX: usize = 64;
 
+/// A free list that knows how many of its items are lent out and the most at once since the
+/// last `trim`, so that it keeps what the busiest moment needed and frees the rest. The
+/// buffer pool keeps two, the exchange boxes one.
+pub struct Spares<T> {
+    list: Vec<T>,
+    out: usize,
+    peak: usize,
+}
+
+impl<T> Default for Spares<T> {
+    fn default() -> Self {
+        Spares { list: Vec::new(), out: 0, peak: 0 }
+    }
+}
+
+impl<T> Spares<T> {
+    /// A spare if there is one; either way one more is out.
+    pub fn take(&mut self) -> Option<T> {
+        self.out += 1;
+        self.peak = self.peak.max(self.out);
+        self.list.pop()
+    }
+
+    pub fn give(&mut self, item: T) {
+        self.out = self.out.saturating_sub(1);
+        self.list.push(item);
+    }
+
+    /// Items lent out now.
+    pub fn out(&self) -> usize {
+        self.out
+    }
+
+    /// Spares waiting.
+    pub fn waiting(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Drops the spares beyond what the busiest moment since the last call needed on top of
+    /// those out now, and starts the next period. Returns how many went. The list keeps its
+    /// capacity: shrinking it would make the next period's returns reallocate on the hot path.
+    pub fn trim(&mut self) -> usize {
+        let keep = self.peak.saturating_sub(self.out);
+        let dropped = self.list.len().saturating_sub(keep);
+        self.list.truncate(keep);
+        self.peak = self.out;
+        dropped
+    }
+}
+
 /// Free lists of buffers: head-sized ones for everything, and a few large ones for bulk
 /// response bodies.
 pub struct BufferPool {
     size: usize,
-    free: Vec<Buffer>,
-    large: Vec<Buffer>,
-    /// Head-sized and large buffers lent out now, and the most at once since the last trim.
-    out: usize,
-    peak: usize,
-    large_out: usize,
-    large_peak: usize,
+    free: Spares<Buffer>,
+    large: Spares<Buffer>,
 }
 
 impl BufferPool {
     pub fn new(size: usize) -> BufferPool {
-        BufferPool { size, free: Vec::new(), large: Vec::new(), out: 0, peak: 0, large_out: 0, large_peak: 0 }
+        BufferPool { size, free: Spares::default(), large: Spares::default() }
     }
 
     pub fn get(&mut self) -> Buffer {
-        self.out += 1;
-        self.peak = self.peak.max(self.out);
-        self.free.pop().unwrap_or_else(|| Buffer::new(self.size))
+        self.free.take().unwrap_or_else(|| Buffer::new(self.size))
     }
 
     /// A large buffer, if fewer than `LARGE_MAX` are lent out (and the head size is smaller).
     pub fn get_large(&mut self) -> Option<Buffer> {
-        if self.large_out >= LARGE_MAX || self.size >= LARGE {
+        if self.large.out() >= LARGE_MAX || self.size >= LARGE {
             return None;
         }
-        self.large_out += 1;
-        self.large_peak = self.large_peak.max(self.large_out);
-        Some(self.large.pop().unwrap_or_else(|| Buffer::new(LARGE)))
+        Some(self.large.take().unwrap_or_else(|| Buffer::new(LARGE)))
     }
 
     pub fn put(&mut self, mut buf: Buffer) {
         buf.clear();
         if buf.mem.len() == LARGE && self.size != LARGE {
-            self.large_out = self.large_out.saturating_sub(1);
-            self.large.push(buf);
+            self.large.give(buf);
         } else {
-            self.out = self.out.saturating_sub(1);
-            self.free.push(buf);
+            self.free.give(buf);
         }
     }
 
-    /// Frees the idle buffers beyond what the busiest moment since the last call needed on top
-    /// of those lent out now, and starts the next period. Returns the bytes freed.
+    /// Frees the idle buffers the last period did not need (`Spares::trim`). Returns the bytes
+    /// freed.
     pub fn trim(&mut self) -> usize {
-        let keep = self.peak.saturating_sub(self.out);
-        let keep_large = self.large_peak.saturating_sub(self.large_out);
-        let freed =
-            self.free.len().saturating_sub(keep) * self.size + self.large.len().saturating_sub(keep_large) * LARGE;
-        // The lists keep their capacity (a pointer and two words a buffer): shrinking them
-        // would make the next period's returns reallocate on the hot path.
-        self.free.truncate(keep);
-        self.large.truncate(keep_large);
-        (self.peak, self.large_peak) = (self.out, self.large_out);
-        freed
+        self.free.trim() * self.size + self.large.trim() * LARGE
     }
 
     /// Buffers waiting in the pool (for tests and statistics).
     pub fn idle(&self) -> usize {
-        self.free.len()
+        self.free.waiting()
     }
 }
 
@@ -235,7 +265,7 @@ mod tests {
         assert_eq!(slot.as_ref().map(Buffer::data), Some(&b"abc"[..]));
         assert_eq!(slot.as_mut().map(|b| b.space().len()), Some(LARGE - 3));
         release(&mut slot, &mut pool);
-        assert_eq!((pool.idle(), pool.large.len(), pool.large_out), (1, 1, 0));
+        assert_eq!((pool.idle(), pool.large.waiting(), pool.large.out()), (1, 1, 0));
         let lent: Vec<Buffer> = (0..LARGE_MAX).filter_map(|_| pool.get_large()).collect();
         assert_eq!(lent.len(), LARGE_MAX);
         assert!(pool.get_large().is_none(), "no more than LARGE_MAX at once");
@@ -251,9 +281,9 @@ mod tests {
         }
         let kept = pool.get();
         assert_eq!(pool.trim(), 0, "the burst was in this period: its buffers stay");
-        assert_eq!((pool.idle(), pool.large.len()), (9, 1));
+        assert_eq!((pool.idle(), pool.large.waiting()), (9, 1));
         assert_eq!(pool.trim(), 9 * 8 + LARGE, "a quiet period: only the one lent out stays");
-        assert_eq!((pool.idle(), pool.large.len()), (0, 0));
+        assert_eq!((pool.idle(), pool.large.waiting()), (0, 0));
         pool.put(kept);
         assert_eq!(pool.trim(), 0, "it was lent out during the period");
         assert_eq!(pool.trim(), 8);

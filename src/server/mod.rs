@@ -92,13 +92,10 @@ const RETURN_TO_OS: usize = 1 << 20;
 /// every arena, the other workers' too, so one trim a period serves the whole process: a
 /// worker whose turn another took this period skips it. Only after a burst freed 1 MiB.
 fn return_memory_to_os(now_ms: u64) {
-    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    if now_ms < last + POOL_PERIOD
-        || LAST
-            .compare_exchange(last, now_ms, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
-            .is_err()
-    {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let last = LAST.load(Relaxed);
+    if now_ms < last + POOL_PERIOD || LAST.compare_exchange(last, now_ms, Relaxed, Relaxed).is_err() {
         return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
