@@ -190,42 +190,42 @@ fn start_target() -> (SocketAddr, Seen) {
     (addr, seen)
 }
 
-/// Reads up to the end of a head; its bytes, or `None` at end of stream.
-fn read_head(conn: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(pending.drain(..end + 4).collect());
-        }
-        let mut chunk = [0u8; 4096];
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+/// Reads more into `pending`; `None` at end of stream or on an error.
+fn fill(conn: &mut TcpStream, pending: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    match conn.read(&mut chunk) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            pending.extend_from_slice(&chunk[..n]);
+            Some(())
         }
     }
+}
+
+/// Takes the bytes of `pending` up to and including the first `end`, reading as needed.
+fn read_through(conn: &mut TcpStream, pending: &mut Vec<u8>, end: &[u8]) -> Option<Vec<u8>> {
+    loop {
+        if let Some(at) = pending.windows(end.len()).position(|w| w == end) {
+            return Some(pending.drain(..at + end.len()).collect());
+        }
+        fill(conn, pending)?;
+    }
+}
+
+/// Reads up to the end of a head; its bytes, or `None` at end of stream.
+fn read_head(conn: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    read_through(conn, pending, b"\r\n\r\n")
+}
+
+fn read_line(conn: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    read_through(conn, pending, b"\r\n")
 }
 
 fn read_exact_pending(conn: &mut TcpStream, pending: &mut Vec<u8>, n: usize) -> Option<Vec<u8>> {
     while pending.len() < n {
-        let mut chunk = [0u8; 4096];
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(k) => pending.extend_from_slice(&chunk[..k]),
-        }
+        fill(conn, pending)?;
     }
     Some(pending.drain(..n).collect())
-}
-
-fn read_line(conn: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
-    loop {
-        if let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
-            return Some(pending.drain(..end + 2).collect());
-        }
-        let mut chunk = [0u8; 4096];
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => pending.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
