@@ -264,8 +264,9 @@ impl Proxy {
     }
 
     /// Closes the idle upstream connections and frees the buffers the last period did not
-    /// need: (connections closed, bytes freed).
-    pub fn trim_pools(&mut self) -> (usize, usize) {
+    /// need, keeping at most `max_idle` idle connections per target: (connections closed,
+    /// bytes freed).
+    pub fn trim_pools(&mut self, max_idle: usize) -> (usize, usize) {
         // After a burst, the session table keeps its peak capacity: give back the part above
         // four times what is open now (the slab can only drop vacant entries at its end).
         let before = self.sessions.capacity();
@@ -273,7 +274,7 @@ impl Proxy {
             self.sessions.shrink_to_fit();
         }
         let freed = (before - self.sessions.capacity()) * std::mem::size_of::<Session>();
-        (self.res.upstreams.trim(), self.res.buffers.trim() + self.res.exchanges.trim() + freed)
+        (self.res.upstreams.trim(max_idle), self.res.buffers.trim() + self.res.exchanges.trim() + freed)
     }
 
     /// Another worker took `id` out of the rotation: its idle connections here go too.

@@ -1063,7 +1063,7 @@ impl Session {
                 && uin_clean
                 && !ex.upstream_eof;
             if reusable {
-                cx.upstreams.checkin(up, cx.config.max_idle_upstream);
+                cx.upstreams.checkin(up);
             } else {
                 if status.is_none() && !uin_clean {
                     let url = cx.targets.url(ex.target);

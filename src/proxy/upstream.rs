@@ -17,7 +17,13 @@
 //! burst (a thousand clients at once) would keep cycling through all of them, each one cold in
 //! the caches of both hosts' kernels and of the target, for as long as the traffic lasts. So,
 //! as HAProxy purges its idle pools, `trim` closes every period the idle connections beyond
-//! the most the target had in use at once during the last one.
+//! the most the target had in use at once during the last one, and beyond `max_idle`.
+//!
+//! Between trims a returning connection is always parked: under steady load the number in use
+//! swings by dozens from one pass to the next, and closing a connection because `max_idle`
+//! others happen to idle at that instant only means opening another a moment later (at c1000
+//! that was 4 000 connects a second, each request behind one waiting a loop pass more for its
+//! handshake). What idles is bounded by the most the target had in use at once.
 
 use crate::balance::TargetId;
 use crate::runtime::ready::Ready;
@@ -131,13 +137,13 @@ impl Upstreams {
     }
 
     /// Closes, oldest first, the idle connections to each target that make its connections
-    /// (in use and idle) more than the most it had in use at once since the last call, and
-    /// starts the next period. Returns how many closed.
-    pub fn trim(&mut self) -> usize {
+    /// (in use and idle) more than the most it had in use at once since the last call, or its
+    /// idle ones more than `max_idle`, and starts the next period. Returns how many closed.
+    pub fn trim(&mut self, max_idle: usize) -> usize {
         let mut closed = 0;
         for slot in 0..self.idle.len() {
             let in_use = self.active[slot].map_or(0, |(_, n)| n);
-            let keep = self.peak[slot].saturating_sub(in_use);
+            let keep = self.peak[slot].saturating_sub(in_use).min(max_idle);
             while self.idle[slot].len() > keep {
                 if let Some(conn) = self.idle[slot].pop_front() {
                     self.slots.try_remove(conn.slot);
@@ -163,7 +169,11 @@ impl Upstreams {
         registry.register(&mut stream, token(Kind::Upstream(slot)), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(Slot::Active { session });
         self.count(target, true);
-        Ok(UpstreamConn { stream, slot, target, ready: Ready::default(), connected: false, reused: false, parked: 0 })
+        // On loopback or a near host the handshake has often completed by the time connect(2)
+        // returns: ready to write means `check_connect` asks at once, instead of a loop pass
+        // later when the event comes.
+        let ready = Ready { read: false, write: true, hup: false };
+        Ok(UpstreamConn { stream, slot, target, ready, connected: false, reused: false, parked: 0 })
     }
 
     /// The connection to `target` that has idled longest, now owned by `session`. With
@@ -192,11 +202,11 @@ impl Upstreams {
         None
     }
 
-    /// Parks a connection whose last response was completely framed, or closes it when the
-    /// pool for its target holds `max_idle` already or its target is no longer in the table.
-    pub fn checkin(&mut self, conn: UpstreamConn, max_idle: usize) {
+    /// Parks a connection whose last response was completely framed, or closes it when its
+    /// target is no longer in the table. `trim` decides how many stay.
+    pub fn checkin(&mut self, conn: UpstreamConn) {
         let current = self.is_current(conn.target);
-        let Some(idle) = self.idle.get_mut(conn.target.slot()).filter(|idle| current && idle.len() < max_idle) else {
+        let Some(idle) = self.idle.get_mut(conn.target.slot()).filter(|_| current) else {
             return self.close(conn);
         };
         let target = conn.target;
@@ -265,7 +275,7 @@ mod tests {
         let target = TargetId::first(0);
         let conn = pool.connect(poll.registry(), target, listener.local_addr().expect("addr"), 0).expect("connect");
         let (server, _) = listener.accept().expect("accept");
-        pool.checkin(conn, 8);
+        pool.checkin(conn);
         (pool, target, server, poll)
     }
 
@@ -273,7 +283,7 @@ mod tests {
     fn a_checkout_that_verifies_skips_a_connection_the_target_has_closed() {
         let (mut pool, target, server, _poll) = one_idle_connection();
         let open = pool.checkout(target, 0, true).expect("an open connection passes the check");
-        pool.checkin(open, 8);
+        pool.checkin(open);
         drop(server);
         // Until the target's FIN has arrived (loopback: at once), without the check.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -282,7 +292,7 @@ mod tests {
             pool.next_pass();
             let conn = pool.checkout(target, 0, false).expect("kept without the check");
             let closed = !still_open(&conn.stream);
-            pool.checkin(conn, 8);
+            pool.checkin(conn);
             if closed {
                 break;
             }
@@ -305,5 +315,28 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(pool.checkout(target, 0, false).is_none(), "parked this pass: checked, and dropped");
+    }
+
+    #[test]
+    fn returning_connections_stay_until_a_trim_keeps_what_the_period_needed_up_to_max_idle() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let poll = mio::Poll::new().expect("poll");
+        let mut pool = Upstreams::new(1);
+        let target = TargetId::first(0);
+        let conns: Vec<_> = (0..5).map(|_| pool.connect(poll.registry(), target, addr, 0).expect("connect")).collect();
+        let _servers: Vec<_> = (0..5).map(|_| listener.accept().expect("accept")).collect();
+        for conn in conns {
+            pool.checkin(conn);
+        }
+        assert_eq!(pool.counts(target), (0, 5), "all five go back to the pool, beyond max_idle");
+        assert_eq!(pool.trim(2), 3, "five were needed at once, but only max_idle stay idle");
+        assert_eq!(pool.counts(target), (0, 2));
+        let taken = pool.checkout(target, 0, false).expect("one idle");
+        assert_eq!(pool.trim(2), 1, "the period needed one at once, in use now: the idle one goes");
+        pool.checkin(taken);
+        assert_eq!(pool.trim(2), 0, "the period needed the one in use at its start: it stays");
+        assert_eq!(pool.trim(2), 1, "a quiet period: none stay");
+        assert_eq!(pool.counts(target), (0, 0));
     }
 }

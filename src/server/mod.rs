@@ -536,7 +536,7 @@ impl Server {
                 }
             }
             Timer::PoolTrim => {
-                let (closed, freed) = self.proxy.trim_pools();
+                let (closed, freed) = self.proxy.trim_pools(self.env.config.max_idle_upstream);
                 if closed > 0 {
                     log::debug!("closed {closed} idle upstream connections the last {POOL_PERIOD} ms did not need");
                 }
