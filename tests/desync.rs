@@ -417,3 +417,43 @@ fn a_second_unsolicited_answer_is_caught_while_its_connection_idles() {
         }
     }
 }
+
+#[test]
+fn a_second_answer_right_behind_a_long_body_is_never_delivered() {
+    // A long body is spliced up to its length and no further, so no read runs into what the
+    // target sent behind it: that must be looked for before the connection is reused.
+    let addr = serve_raw(|mut conn: TcpStream| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            head.clear();
+            while !head.ends_with(b"\r\n\r\n") {
+                match conn.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+            let reply = if line.contains("long") {
+                let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n".to_vec();
+                r.extend(std::iter::repeat_n(b'x', 70_000));
+                r.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL");
+                r
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{line}", line.len()).into_bytes()
+            };
+            if conn.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy_for(&format!("http://{addr}/"), "");
+    let mut client = Client::connect(proxy.addr);
+    for round in 0..5 {
+        assert_eq!(client.request("GET", &format!("/long-{round}"), &[], b"").body.len(), 70_000);
+        for i in 0..3 {
+            let path = format!("/n-{round}-{i}");
+            assert_eq!(client.request("GET", &path, &[], b"").text(), format!("GET {path} HTTP/1.1"));
+        }
+    }
+}

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{eventually, pattern, raw_upstream, tally, targets, Client, Proxy};
+use common::{eventually, pattern, raw_upstream, read_head, serve_raw, tally, targets, Client, Proxy};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -91,6 +92,73 @@ fn a_one_mib_post_body_arrives_intact() {
         assert_eq!(r.status, 200);
         assert!(r.body == body, "echoed body differs");
     }
+}
+
+/// Bytes with no period that a lost, repeated or reordered stretch could hide behind.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn long_bodies_splice_through_whole_and_the_connection_carries_on() {
+    // Over 64 KiB with a Content-Length, a response body moves socket to socket through a
+    // pipe; what comes before and after it on the connection must not notice.
+    let ts = targets(2);
+    let proxy = Proxy::start(&ts, "");
+    let mut client = Client::connect(proxy.addr);
+    for (i, size) in [64 * 1024 + 1, 1 << 20, (5 << 20) + 3].into_iter().enumerate() {
+        let body = noise(size, i as u64 + 1);
+        let r = client.request("POST", "/echo", &[], &body);
+        assert_eq!(r.status, 200);
+        assert!(r.body == body, "the {size}-byte echo came back different");
+        let r = client.request("GET", &format!("/bytes/{size}"), &[], b"");
+        assert!(r.body == pattern(size), "the {size}-byte download came back different");
+        let r = client.request("HEAD", &format!("/bytes/{size}"), &[], b"");
+        assert_eq!((r.status, r.body.len()), (200, 0));
+        assert_eq!(client.request("GET", "/", &[], b"").body, b"Hello, world!");
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_a_long_body_holds_up_nobody_else() {
+    let ts = targets(1);
+    let proxy = Proxy::start(&ts, "");
+    let size = 32 << 20;
+    let mut slow = Client::connect(proxy.addr);
+    slow.send(format!("GET /bytes/{size} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let mut other = Client::connect(proxy.addr);
+    for _ in 0..20 {
+        assert_eq!(other.request("GET", "/", &[], b"").body, b"Hello, world!");
+    }
+    let r = slow.read_response(false);
+    assert!(r.body == pattern(size), "the body the slow client read at last differs");
+    assert_eq!(slow.request("GET", "/", &[], b"").body, b"Hello, world!");
+}
+
+#[test]
+fn a_target_that_dies_inside_a_long_body_cuts_the_client_off_and_says_so() {
+    let addr = serve_raw(|mut conn| {
+        if read_head(&mut conn) {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n");
+            let _ = conn.write_all(&[b'x'; 300_000]);
+        }
+    });
+    let proxy =
+        Proxy::with_config(&format!("{{\"ports\": [\"http://{addr}/\"], \"listen\": \"127.0.0.1:0\", \"fall\": 100}}"));
+    for _ in 0..3 {
+        let mut client = Client::connect(proxy.addr);
+        let err = client.try_request("GET", "/", &[], b"").expect_err("a cut body is no response");
+        assert!(err.contains("inside a body"), "{err}");
+    }
+    proxy.proc.wait_line("closed before the response body ended", Duration::from_secs(5));
 }
 
 #[test]

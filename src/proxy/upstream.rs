@@ -54,6 +54,20 @@ pub struct UpstreamConn {
     parked: u64,
 }
 
+impl UpstreamConn {
+    /// Whether the connection is still quiet after a response that was not read through to
+    /// `WouldBlock` (a spliced body stops at its length), so no event will tell of what already
+    /// came behind it: `Err(true)` for bytes (a second answer), `Err(false)` for a close.
+    pub fn quiet(&self) -> Result<(), bool> {
+        let mut byte = [0u8; 1];
+        match self.stream.peek(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(n) => Err(n > 0),
+            Err(_) => Err(false),
+        }
+    }
+}
+
 enum Slot {
     Active { session: usize },
     Idle { target: TargetId },
