@@ -420,8 +420,9 @@ fn a_second_unsolicited_answer_is_caught_while_its_connection_idles() {
 
 #[test]
 fn a_second_answer_right_behind_a_long_body_is_never_delivered() {
-    // A long body is spliced up to its length and no further, so no read runs into what the
-    // target sent behind it: that must be looked for before the connection is reused.
+    // Read up to its length and no further (as a splice would, or a read that ends exactly
+    // where the buffer fills), a body leaves what the target sent behind it unseen and its
+    // event spent: that must be looked for before the connection is reused.
     let addr = serve_raw(|mut conn: TcpStream| {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];

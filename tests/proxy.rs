@@ -109,8 +109,8 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
 
 #[test]
 fn long_bodies_splice_through_whole_and_the_connection_carries_on() {
-    // Over 64 KiB with a Content-Length, a response body moves socket to socket through a
-    // pipe; what comes before and after it on the connection must not notice.
+    // Over 64 KiB a response body moves through a large buffer; what comes before and after
+    // it on the connection must not notice.
     let ts = targets(2);
     let proxy = Proxy::start(&ts, "");
     let mut client = Client::connect(proxy.addr);

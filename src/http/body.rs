@@ -161,17 +161,6 @@ impl BodyFramer {
         }
     }
 
-    /// Counts `n` bytes of a Content-Length body that moved on without passing through here
-    /// (spliced socket to socket); `n` is at most `length_left`.
-    pub fn skip(&mut self, n: u64) {
-        if let Chunk::Data { left, chunked: false } = self.state {
-            if !self.until_close {
-                let left = left.saturating_sub(n);
-                self.state = if left == 0 { Chunk::Done } else { Chunk::Data { left, chunked: false } };
-            }
-        }
-    }
-
     /// Classifies the bytes at the front of `data`; `bad` is the error to report for malformed
     /// chunk framing (400 for requests, 502 for responses).
     pub fn advance(&mut self, data: &[u8], bad: fn(&'static str) -> HttpError) -> Result<Progress, HttpError> {

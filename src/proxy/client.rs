@@ -10,7 +10,6 @@
 //! `readable` asks rustls too. Bytes rustls holds for the socket are flushed on every call, and
 //! `pending_output` tells the session not to close before they are out.
 
-use crate::runtime::pipe::Pipe;
 use crate::runtime::ready::{Io, Ready};
 use mio::net::TcpStream;
 use rustls::ServerConnection;
@@ -170,15 +169,6 @@ impl Client {
 
     /// One write of `head` then `body`: straight to the socket, or into rustls and from it to
     /// the socket as far as the socket takes bytes.
-    /// Moves what `pipe` holds into a plain client's socket; `more` says more of the body
-    /// follows. A TLS client never gets here: its bytes must be encrypted on the way.
-    pub fn splice_from(&mut self, pipe: &mut Pipe, more: bool) -> Io {
-        if self.tls.is_some() {
-            return Io::Blocked;
-        }
-        pipe.drain(&self.stream, &mut self.ready, more)
-    }
-
     pub fn write(&mut self, head: &[u8], body: &[u8]) -> Io {
         let Some(tls) = self.tls.as_mut() else {
             return self.ready.write(&mut self.stream, head, body);

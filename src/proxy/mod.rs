@@ -21,7 +21,6 @@ use crate::health::{Change, Failure, Health};
 use crate::observe::accesslog::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::runtime::buffer::BufferPool;
-use crate::runtime::pipe::PipePool;
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
@@ -75,7 +74,6 @@ pub struct Resources {
     pub buffers: BufferPool,
     pub upstreams: Upstreams,
     pub exchanges: ExchangePool,
-    pub pipes: PipePool,
     /// This worker's count of requests, for the ids it makes. The ring's position is shared
     /// by the workers (`Link::next_seq`); with one worker the two are the same.
     pub seq: u64,
@@ -97,7 +95,6 @@ pub struct Ctx<'a> {
     pub buffers: &'a mut BufferPool,
     pub upstreams: &'a mut Upstreams,
     pub exchanges: &'a mut ExchangePool,
-    pub pipes: &'a mut PipePool,
     pub seq: &'a mut u64,
     pub id_prefix: &'a [u8; 16],
     pub link: &'a Link,
@@ -118,7 +115,6 @@ impl<'a> Ctx<'a> {
             buffers: &mut res.buffers,
             upstreams: &mut res.upstreams,
             exchanges: &mut res.exchanges,
-            pipes: &mut res.pipes,
             seq: &mut res.seq,
             id_prefix: &res.id_prefix,
             link: &env.link,
@@ -238,7 +234,6 @@ impl Proxy {
                 buffers: BufferPool::new(config.max_request_head + HEAD_SLACK),
                 upstreams: Upstreams::new(config.targets.len()),
                 exchanges: ExchangePool::default(),
-                pipes: PipePool::default(),
                 seq: 0,
                 id_prefix: hex(random_seed()),
             },
@@ -279,7 +274,6 @@ impl Proxy {
             self.sessions.shrink_to_fit();
         }
         let freed = (before - self.sessions.capacity()) * std::mem::size_of::<Session>();
-        self.res.pipes.trim();
         (self.res.upstreams.trim(max_idle), self.res.buffers.trim() + self.res.exchanges.trim() + freed)
     }
 

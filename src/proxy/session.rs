@@ -32,7 +32,6 @@ use crate::observe::accesslog::{Entry, Outcome, Trace};
 use crate::observe::metrics::Ended;
 use crate::runtime::buffer::{self, Buffer};
 use crate::runtime::clock::millis;
-use crate::runtime::pipe::Pipe;
 use crate::runtime::ready::Io;
 use crate::runtime::timer::Timer;
 use crate::runtime::wheel::TimerId;
@@ -140,8 +139,6 @@ pub struct Session {
     uin: Option<Buffer>,
     cout: Option<Buffer>,
     up: Option<UpstreamConn>,
-    /// A long response body moves socket to socket through this pipe (`splice_response`).
-    pipe: Option<Pipe>,
     /// Close once `cout` is flushed.
     close_after: bool,
     /// An exchange ended before its request body did: the client may still be sending.
@@ -162,7 +159,6 @@ impl Session {
             uin: None,
             cout: None,
             up: None,
-            pipe: None,
             close_after: false,
             owes_body: false,
             served: 0,
@@ -198,8 +194,7 @@ impl Session {
         let mut moved = false;
         // A step moves up to a buffer's worth: a bulk body's large buffers move as many bytes
         // in a few steps as the others in a whole turn, and the other sessions wait less.
-        let bulk =
-            self.pipe.is_some() || [&self.uin, &self.cin].iter().any(|b| b.as_ref().is_some_and(Buffer::is_large));
+        let bulk = [&self.uin, &self.cin].iter().any(|b| b.as_ref().is_some_and(Buffer::is_large));
         for _ in 0..if bulk { BULK_TURN } else { TURN } {
             match self.step(cx) {
                 Ok(true) => moved = true,
@@ -266,9 +261,6 @@ impl Session {
             cx.upstreams.close(up);
         }
         self.end_exchange(cx, None, false);
-        if let Some(pipe) = self.pipe.take() {
-            cx.pipes.give(pipe);
-        }
         match std::mem::replace(&mut self.mode, Mode::Waiting) {
             Mode::Discard(ex) => cx.exchanges.recycle(ex),
             Mode::Tunnel(ex) => {
@@ -306,7 +298,6 @@ impl Session {
             moved |= self.read_upstream(cx)?;
             moved |= self.parse_response_head(cx)?;
             moved |= self.classify_response_body(cx)?;
-            moved |= self.splice_response(cx)?;
         }
         moved |= self.write_client()?;
         if matches!(self.mode, Mode::Tunnel(_)) {
@@ -726,8 +717,7 @@ impl Session {
         let (Mode::Exchange(ex), Some(up)) = (&mut self.mode, self.up.as_mut()) else {
             return Ok(false);
         };
-        // A spliced body is read by `splice_response`, straight into its pipe.
-        if !up.connected || !up.ready.read || ex.upstream_eof || self.pipe.is_some() {
+        if !up.connected || !up.ready.read || ex.upstream_eof {
             return Ok(false);
         }
         let uin = buffer::ensure(&mut self.uin, cx.buffers);
@@ -811,12 +801,9 @@ impl Session {
             return Ok(true);
         }
         cout.fill(head.out_len);
-        let long = matches!(head.body, BodyKind::Length(n) if n > BULK_BODY);
-        if long && !self.client.is_tls() && !head.switching {
-            // Socket to socket without a copy through the proxy, when a pipe can be had.
-            self.pipe = cx.pipes.take();
-        }
-        if self.pipe.is_none() && (matches!(head.body, BodyKind::Chunked | BodyKind::UntilClose) || long) {
+        if matches!(head.body, BodyKind::Chunked | BodyKind::UntilClose)
+            || matches!(head.body, BodyKind::Length(n) if n > BULK_BODY)
+        {
             // A bulk body: fewer, larger reads and writes (and wake-ups of the reader).
             buffer::enlarge(&mut self.uin, cx.buffers);
         }
@@ -982,56 +969,6 @@ impl Session {
         Ok(true)
     }
 
-    /// Moves a long Content-Length body from the target's socket into the pipe and from the
-    /// pipe into the client's, once the head and any body bytes read with it have gone out
-    /// through the buffers.
-    fn splice_response(&mut self, cx: &mut Ctx<'_>) -> Step {
-        let (Mode::Exchange(ex), Some(pipe), Some(up)) = (&mut self.mode, self.pipe.as_mut(), self.up.as_mut()) else {
-            return Ok(false);
-        };
-        let Resp::Body(framer) = &mut ex.resp else {
-            return Ok(false);
-        };
-        if [&self.cout, &self.uin].iter().any(|b| b.as_ref().is_some_and(|b| !b.is_empty())) {
-            return Ok(false);
-        }
-        let mut moved = false;
-        let want = framer.length_left().unwrap_or(0).min(pipe.room() as u64) as usize;
-        let failed = match pipe.fill(&up.stream, &mut up.ready, want) {
-            Io::Bytes(n) => {
-                framer.skip(n as u64);
-                moved = true;
-                None
-            }
-            Io::Blocked => None,
-            Io::Retry => {
-                moved = true;
-                None
-            }
-            Io::Eof => {
-                ex.upstream_eof = true;
-                Some("closed before the response body ended")
-            }
-            Io::Failed(e) if e.kind() == io::ErrorKind::ConnectionReset => Some("reset mid-response"),
-            Io::Failed(_) => Some("failed mid-response"),
-        };
-        if let Some(why) = failed {
-            return self.broken_response(cx, why);
-        }
-        match self.client.splice_from(pipe, !framer.is_done()) {
-            Io::Bytes(n) => {
-                ex.sent_bytes += n as u64;
-                Ok(true)
-            }
-            Io::Blocked | Io::Eof => Ok(moved),
-            Io::Retry => Ok(true),
-            Io::Failed(e) => {
-                debug!("{}: client write failed: {e}", self.client.peer());
-                Err(Closed)
-            }
-        }
-    }
-
     fn classify_response_body(&mut self, cx: &mut Ctx<'_>) -> Step {
         let (Mode::Exchange(ex), Some(uin)) = (&mut self.mode, self.uin.as_ref()) else {
             return Ok(false);
@@ -1090,10 +1027,7 @@ impl Session {
         let Mode::Exchange(ex) = &self.mode else {
             return Ok(false);
         };
-        if !ex.response_complete()
-            || self.cout.as_ref().is_some_and(|b| !b.is_empty())
-            || self.pipe.as_ref().is_some_and(|p| p.held > 0)
-        {
+        if !ex.response_complete() || self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
             return Ok(false);
         }
         let keep_alive = ex.client_keep_alive;
@@ -1118,12 +1052,11 @@ impl Session {
             return;
         };
         self.served += 1;
-        let spliced = self.pipe.take().map(|pipe| cx.pipes.give(pipe)).is_some();
         if let Some(up) = self.detach(cx) {
             let request_sent = ex.request_sent(self.uout.as_ref().map_or(0, Buffer::len));
-            // A spliced body was read up to its length and no further: what followed it has
-            // to be looked for.
-            let after = if spliced { up.quiet() } else { Ok(()) };
+            // A last read that filled the buffer did not show the socket drained, and no event
+            // will tell of bytes already behind the response: they have to be looked for.
+            let after = if up.ready.read { up.quiet() } else { Ok(()) };
             let uin_clean = self.uin.as_ref().is_none_or(Buffer::is_empty) && after != Err(true);
             let reusable = status.is_none()
                 && ex.response_complete()

@@ -55,9 +55,9 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Whether the connection is still quiet after a response that was not read through to
-    /// `WouldBlock` (a spliced body stops at its length), so no event will tell of what already
-    /// came behind it: `Err(true)` for bytes (a second answer), `Err(false)` for a close.
+    /// Whether the connection is still quiet after a response whose last read did not show
+    /// the socket drained, so that no event will tell of what already came behind it:
+    /// `Err(true)` for bytes (a second answer), `Err(false)` for a close.
     pub fn quiet(&self) -> Result<(), bool> {
         let mut byte = [0u8; 1];
         match self.stream.peek(&mut byte) {

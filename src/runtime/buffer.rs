@@ -125,11 +125,6 @@ impl<T> Spares<T> {
         self.list.push(item);
     }
 
-    /// An item lent out will not come back (it was dropped).
-    pub fn lost(&mut self) {
-        self.out = self.out.saturating_sub(1);
-    }
-
     /// Items lent out now.
     pub fn out(&self) -> usize {
         self.out

@@ -1,10 +1,9 @@
 //! The event-loop machinery every connection uses and none owns: what a token means, sticky
-//! readiness, the timer wheel, pooled buffers and pipes, the clock, listening sockets, signals, and name lookups off the loop.
+//! readiness, the timer wheel, pooled buffers, the clock, listening sockets, signals, and name lookups off the loop.
 
 pub mod buffer;
 pub mod clock;
 pub mod listen;
-pub mod pipe;
 pub mod ready;
 pub mod resolve;
 pub mod signals;
