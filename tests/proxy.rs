@@ -108,7 +108,7 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
 }
 
 #[test]
-fn long_bodies_splice_through_whole_and_the_connection_carries_on() {
+fn long_bodies_pass_through_whole_and_the_connection_carries_on() {
     // Over 64 KiB a response body moves through a large buffer; what comes before and after
     // it on the connection must not notice.
     let ts = targets(2);

@@ -1054,22 +1054,27 @@ impl Session {
         self.served += 1;
         if let Some(up) = self.detach(cx) {
             let request_sent = ex.request_sent(self.uout.as_ref().map_or(0, Buffer::len));
-            // A last read that filled the buffer did not show the socket drained, and no event
-            // will tell of bytes already behind the response: they have to be looked for.
-            let after = if up.ready.read { up.quiet() } else { Ok(()) };
-            let uin_clean = self.uin.as_ref().is_none_or(Buffer::is_empty) && after != Err(true);
-            let reusable = status.is_none()
+            let uin_clean = self.uin.as_ref().is_none_or(Buffer::is_empty);
+            let mut stray = status.is_none() && !uin_clean;
+            let mut reusable = status.is_none()
                 && ex.response_complete()
                 && ex.upstream_reusable
                 && !ex.answered_early
                 && request_sent
                 && uin_clean
-                && after.is_ok()
-                && !ex.upstream_eof;
+                && !ex.upstream_eof
+                && !cx.draining;
+            // A last read that filled the buffer did not show the socket drained, and no event
+            // will tell of bytes already behind the response: they have to be looked for.
+            if reusable && up.ready.read {
+                if let Err(bytes) = up.quiet() {
+                    (reusable, stray) = (false, bytes);
+                }
+            }
             if reusable {
-                cx.upstreams.checkin(up);
+                cx.upstreams.checkin(up, cx.config.max_idle_upstream);
             } else {
-                if status.is_none() && !uin_clean {
+                if stray {
                     let url = cx.targets.url(ex.target);
                     warn!("target {url} sent bytes nobody asked for, after its response; closed the connection");
                 }

@@ -23,7 +23,8 @@
 //! swings by dozens from one pass to the next, and closing a connection because `max_idle`
 //! others happen to idle at that instant only means opening another a moment later (at c1000
 //! that was 4 000 connects a second, each request behind one waiting a loop pass more for its
-//! handshake). What idles is bounded by the most the target had in use at once.
+//! handshake). What idles is bounded by the most the target had in use at once this period or
+//! the last.
 
 use crate::balance::TargetId;
 use crate::runtime::ready::Ready;
@@ -217,10 +218,11 @@ impl Upstreams {
     }
 
     /// Parks a connection whose last response was completely framed, or closes it when its
-    /// target is no longer in the table. `trim` decides how many stay.
-    pub fn checkin(&mut self, conn: UpstreamConn) {
+    /// target is no longer in the table or `max_idle` is 0 (no keep-alive to targets). `trim`
+    /// decides how many stay.
+    pub fn checkin(&mut self, conn: UpstreamConn, max_idle: usize) {
         let current = self.is_current(conn.target);
-        let Some(idle) = self.idle.get_mut(conn.target.slot()).filter(|_| current) else {
+        let Some(idle) = self.idle.get_mut(conn.target.slot()).filter(|_| current && max_idle > 0) else {
             return self.close(conn);
         };
         let target = conn.target;
@@ -289,7 +291,7 @@ mod tests {
         let target = TargetId::first(0);
         let conn = pool.connect(poll.registry(), target, listener.local_addr().expect("addr"), 0).expect("connect");
         let (server, _) = listener.accept().expect("accept");
-        pool.checkin(conn);
+        pool.checkin(conn, 2);
         (pool, target, server, poll)
     }
 
@@ -297,7 +299,7 @@ mod tests {
     fn a_checkout_that_verifies_skips_a_connection_the_target_has_closed() {
         let (mut pool, target, server, _poll) = one_idle_connection();
         let open = pool.checkout(target, 0, true).expect("an open connection passes the check");
-        pool.checkin(open);
+        pool.checkin(open, 2);
         drop(server);
         // Until the target's FIN has arrived (loopback: at once), without the check.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -306,7 +308,7 @@ mod tests {
             pool.next_pass();
             let conn = pool.checkout(target, 0, false).expect("kept without the check");
             let closed = !still_open(&conn.stream);
-            pool.checkin(conn);
+            pool.checkin(conn, 2);
             if closed {
                 break;
             }
@@ -341,16 +343,19 @@ mod tests {
         let conns: Vec<_> = (0..5).map(|_| pool.connect(poll.registry(), target, addr, 0).expect("connect")).collect();
         let _servers: Vec<_> = (0..5).map(|_| listener.accept().expect("accept")).collect();
         for conn in conns {
-            pool.checkin(conn);
+            pool.checkin(conn, 2);
         }
         assert_eq!(pool.counts(target), (0, 5), "all five go back to the pool, beyond max_idle");
         assert_eq!(pool.trim(2), 3, "five were needed at once, but only max_idle stay idle");
         assert_eq!(pool.counts(target), (0, 2));
         let taken = pool.checkout(target, 0, false).expect("one idle");
         assert_eq!(pool.trim(2), 1, "the period needed one at once, in use now: the idle one goes");
-        pool.checkin(taken);
+        pool.checkin(taken, 2);
         assert_eq!(pool.trim(2), 0, "the period needed the one in use at its start: it stays");
         assert_eq!(pool.trim(2), 1, "a quiet period: none stay");
         assert_eq!(pool.counts(target), (0, 0));
+        let conn = pool.connect(poll.registry(), target, addr, 0).expect("connect");
+        pool.checkin(conn, 0);
+        assert_eq!(pool.counts(target), (0, 0), "max_idle 0: no keep-alive to the target");
     }
 }

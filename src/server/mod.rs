@@ -538,7 +538,10 @@ impl Server {
             Timer::PoolTrim => {
                 let (closed, freed) = self.proxy.trim_pools(self.env.config.max_idle_upstream);
                 if closed > 0 {
-                    log::debug!("closed {closed} idle upstream connections the last {POOL_PERIOD} ms did not need");
+                    log::debug!(
+                        "closed {closed} idle upstream connections beyond what the last {POOL_PERIOD} ms needed or \
+                         max_idle_upstream"
+                    );
                 }
                 if freed >= RETURN_TO_OS {
                     log::debug!("freed {} KiB of buffers the last {POOL_PERIOD} ms did not need", freed >> 10);
