@@ -39,8 +39,18 @@ use std::net::SocketAddr;
 /// Whether an idle connection is still open: nothing to read yet. End of stream, a reset or
 /// bytes nobody asked for all mean it cannot carry a request.
 fn still_open(stream: &TcpStream) -> bool {
+    quiet(stream).is_ok()
+}
+
+/// One non-blocking `MSG_PEEK`: nothing to read (`Ok`), bytes (`Err(true)`) or the end of the
+/// stream or an error (`Err(false)`).
+fn quiet(stream: &TcpStream) -> Result<(), bool> {
     let mut byte = [0u8; 1];
-    matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    match stream.peek(&mut byte) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Ok(n) => Err(n > 0),
+        Err(_) => Err(false),
+    }
 }
 
 pub struct UpstreamConn {
@@ -60,12 +70,7 @@ impl UpstreamConn {
     /// the socket drained, so that no event will tell of what already came behind it:
     /// `Err(true)` for bytes (a second answer), `Err(false)` for a close.
     pub fn quiet(&self) -> Result<(), bool> {
-        let mut byte = [0u8; 1];
-        match self.stream.peek(&mut byte) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Ok(n) => Err(n > 0),
-            Err(_) => Err(false),
-        }
+        quiet(&self.stream)
     }
 }
 
