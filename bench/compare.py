@@ -755,13 +755,14 @@ def render_matrix(args, matrix):
         "Throughput is requests/s, or MiB/s for 1 MiB responses; a ratio above 1 is better for throughput, "
         "below 1 for p99 and CPU.",
         "",
-        "| workload | ringproxy | HAProxy | nginx | / HAProxy | / nginx | p99 ms ringproxy, HAProxy, nginx "
-        "| p99 / HAProxy | p99 / nginx | proxy CPU µs per request ringproxy, HAProxy, nginx | CPU / HAProxy | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | ringproxy | HAProxy | nginx | / HAProxy | / nginx | p50 ms ringproxy, HAProxy, nginx "
+        "| p99 ms ringproxy, HAProxy, nginx | p99 / HAProxy | p99 / nginx "
+        "| proxy CPU µs per request ringproxy, HAProxy, nginx | CPU / HAProxy | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for workload, cells in matrix.items():
         scale = WORKLOADS[workload].get("bytes", 0) / MIB
-        med = {n: {k: statistics.median(r[k] for r in cells[n]) for k in ("rps", "p99")} for n in PROXIES}
+        med = {n: {k: statistics.median(r[k] for r in cells[n]) for k in ("rps", "p50", "p99")} for n in PROXIES}
         cpu = {n: statistics.median(r["proxy_user_us"] + r["proxy_kernel_us"] for r in cells[n]) for n in PROXIES}
         errors = sum(r["errors"] for n in PROXIES for r in cells[n])
         tput = {n: med[n]["rps"] * scale if scale else med[n]["rps"] for n in PROXIES}
@@ -770,6 +771,7 @@ def render_matrix(args, matrix):
         lines.append(
             f"| {WORKLOADS[workload]['label']} | {tput[r]:,.0f}{unit} | {tput[h]:,.0f} | {tput[x]:,.0f} | "
             f"{tput[r] / tput[h]:.2f}× | {tput[r] / tput[x]:.2f}× | "
+            f"{med[r]['p50']:.2f}, {med[h]['p50']:.2f}, {med[x]['p50']:.2f} | "
             f"{med[r]['p99']:.2f}, {med[h]['p99']:.2f}, {med[x]['p99']:.2f} | "
             f"{med[r]['p99'] / med[h]['p99']:.2f}× | {med[r]['p99'] / med[x]['p99']:.2f}× | "
             f"{cpu[r]:.1f}, {cpu[h]:.1f}, {cpu[x]:.1f} | {cpu[r] / cpu[h]:.2f}× | {errors} |")
