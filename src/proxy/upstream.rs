@@ -36,23 +36,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 
-/// Whether an idle connection is still open: nothing to read yet. End of stream, a reset or
-/// bytes nobody asked for all mean it cannot carry a request.
-fn still_open(stream: &TcpStream) -> bool {
-    quiet(stream).is_ok()
-}
-
-/// One non-blocking `MSG_PEEK`: nothing to read (`Ok`), bytes (`Err(true)`) or the end of the
-/// stream or an error (`Err(false)`).
-fn quiet(stream: &TcpStream) -> Result<(), bool> {
-    let mut byte = [0u8; 1];
-    match stream.peek(&mut byte) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Ok(n) => Err(n > 0),
-        Err(_) => Err(false),
-    }
-}
-
 pub struct UpstreamConn {
     pub stream: TcpStream,
     pub slot: usize,
@@ -66,11 +49,18 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Whether the connection is still quiet after a response whose last read did not show
-    /// the socket drained, so that no event will tell of what already came behind it:
-    /// `Err(true)` for bytes (a second answer), `Err(false)` for a close.
+    /// One non-blocking `MSG_PEEK`: nothing to read (`Ok`), bytes nobody asked for
+    /// (`Err(true)`: a second answer), or the end of the stream or an error (`Err(false)`).
+    /// Only a quiet connection can carry a request. Asked of idle connections before a request
+    /// that is not idempotent or in the pass that parked them, and after a response whose last
+    /// read did not show the socket drained, where no event will tell of what came behind it.
     pub fn quiet(&self) -> Result<(), bool> {
-        quiet(&self.stream)
+        let mut byte = [0u8; 1];
+        match self.stream.peek(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(n) => Err(n > 0),
+            Err(_) => Err(false),
+        }
     }
 }
 
@@ -209,7 +199,7 @@ impl Upstreams {
         let pass = self.pass;
         let idle = self.idle.get_mut(target.slot())?;
         while let Some(mut conn) = idle.pop_front() {
-            if conn.target != target || ((verify || conn.parked == pass) && !still_open(&conn.stream)) {
+            if conn.target != target || ((verify || conn.parked == pass) && conn.quiet().is_err()) {
                 self.slots.try_remove(conn.slot);
                 continue;
             }
@@ -273,9 +263,9 @@ impl Upstreams {
             return None;
         };
         let idle = self.idle.get_mut(target.slot())?;
-        let mut conn = idle.iter().position(|c| c.slot == slot).and_then(|at| idle.remove(at))?;
-        // One read tells a target's close (EOF, a reset) from stray bytes; idle events are rare.
-        let stray = matches!(io::Read::read(&mut conn.stream, &mut [0u8; 64]), Ok(n) if n > 0);
+        let conn = idle.iter().position(|c| c.slot == slot).and_then(|at| idle.remove(at))?;
+        // The peek tells a target's close (EOF, a reset) from stray bytes; idle events are rare.
+        let stray = conn.quiet() == Err(true);
         self.slots.try_remove(conn.slot);
         stray.then_some(target)
     }
@@ -312,7 +302,7 @@ mod tests {
             // A later pass than the one that parked it: only `verify` checks it.
             pool.next_pass();
             let conn = pool.checkout(target, 0, false).expect("kept without the check");
-            let closed = !still_open(&conn.stream);
+            let closed = conn.quiet().is_err();
             pool.checkin(conn, 2);
             if closed {
                 break;
@@ -331,7 +321,7 @@ mod tests {
         // A second answer right behind the first, before any event could report it.
         server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").expect("stray bytes");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.idle[0].front().is_some_and(|c| still_open(&c.stream)) {
+        while pool.idle[0].front().is_some_and(|c| c.quiet().is_ok()) {
             assert!(Instant::now() < deadline, "the bytes never arrived");
             std::thread::yield_now();
         }
