@@ -542,12 +542,8 @@ fn random_bytes_never_panic_and_what_is_forwarded_is_strict() {
         let _ = forward_in_pieces(&head, &[head.len() / 2]);
         let _ = forward_in_pieces(&stream, &[]);
         let mut out = vec![0u8; 24 * 1024];
-        let ctx = ResponseContext {
-            request_is_head: false,
-            client_minor: 1,
-            client_keep_alive: true,
-            upgrade_requested: false,
-        };
+        let ctx =
+            ResponseContext { request_is_head: false, client_minor: 1, client_keep_alive: true, upgrade_offer: None };
         let mut response = b"HTTP/1.1 200 OK\r\n".to_vec();
         response.extend(&tail);
         for input in [&tail, &response] {
@@ -619,7 +615,7 @@ impl Response {
 fn a_generated_response_keeps_its_meaning_however_its_head_is_split() {
     run((response(), any::<prop::sample::Index>()), |(resp, at)| {
         let (request_is_head, client_minor, client_keep_alive) = resp.ctx;
-        let ctx = ResponseContext { request_is_head, client_minor, client_keep_alive, upgrade_requested: false };
+        let ctx = ResponseContext { request_is_head, client_minor, client_keep_alive, upgrade_offer: None };
         let mut bytes = resp.head();
         let head_len = bytes.len();
         bytes.extend(resp.body.encode());

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         request_is_head: flags & 1 != 0,
         client_minor: (flags >> 1) & 1,
         client_keep_alive: flags & 4 != 0,
-        upgrade_requested: flags & 8 != 0,
+        upgrade_offer: (flags & 8 != 0).then_some(&b"websocket"[..]),
     };
     let mut out = [0u8; 20 * 1024];
     let Ok(Some(head)) = parse_response(data, &ctx, &mut out) else { return };

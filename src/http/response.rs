@@ -1,7 +1,7 @@
 //! Response heads: parse one from a target, decide its framing and what the connections on
 //! both sides may do after it, write the head to send the client; and the proxy's own answers.
 
-use super::fields::{Coding, Field, Fields};
+use super::fields::{list_items, Coding, Field, Fields};
 use super::writer::HeadWriter;
 use super::{reason, BodyKind, HttpError, MAX_HEADERS};
 
@@ -25,17 +25,22 @@ pub struct ResponseHead {
 
 /// What the response framing depends on from its request.
 #[derive(Clone, Copy, Debug)]
-pub struct ResponseContext {
+pub struct ResponseContext<'a> {
     pub request_is_head: bool,
     pub client_minor: u8,
     /// Whether the client connection may stay open as far as the request and proxy go.
     pub client_keep_alive: bool,
-    /// The request asked for a protocol switch the proxy forwarded.
-    pub upgrade_requested: bool,
+    /// The `Upgrade` the proxy forwarded (only protocols the config allows), when it did: a
+    /// `101` may switch to these and no others (RFC 9110 §7.8).
+    pub upgrade_offer: Option<&'a [u8]>,
 }
 
 /// Parses a response head at the start of `input` and writes the head to send the client.
-pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Result<Option<ResponseHead>, HttpError> {
+pub fn parse_response(
+    input: &[u8],
+    ctx: &ResponseContext<'_>,
+    out: &mut [u8],
+) -> Result<Option<ResponseHead>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(input) {
@@ -50,14 +55,22 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
     if !(100..=599).contains(&status) {
         return Err(HttpError::BadResponse("status code out of range"));
     }
-    if status == 101 && !ctx.upgrade_requested {
+    let Some(offer) = ctx.upgrade_offer.filter(|_| status == 101).or((status != 101).then_some(&[][..])) else {
         return Err(HttpError::BadResponse("101 Switching Protocols was not asked for"));
-    }
+    };
     let mut fields = Fields::new();
     fields.scan(resp.headers, true)?;
     let switching = status == 101;
-    if switching && fields.upgrade(resp.headers).is_none() {
-        return Err(HttpError::BadResponse("101 Switching Protocols without Connection: upgrade and Upgrade"));
+    if switching {
+        match fields.upgrade(resp.headers) {
+            None => {
+                return Err(HttpError::BadResponse("101 Switching Protocols without Connection: upgrade and Upgrade"))
+            }
+            Some(chosen) if !switch_offered(chosen, offer) => {
+                return Err(HttpError::BadResponse("101 Switching Protocols to a protocol the client did not offer"))
+            }
+            Some(_) => {}
+        }
     }
     let informational = status < 200 && !switching;
     if fields.transfer_encoding.is_some() && minor == 0 {
@@ -122,6 +135,26 @@ pub fn parse_response(input: &[u8], ctx: &ResponseContext, out: &mut [u8]) -> Re
         client_keep_alive: client_keep_alive && !switching,
         upstream_reusable: upstream_reusable && !switching,
     }))
+}
+
+/// Every protocol a `101`'s `Upgrade` names is one the request offered: the same name, and the
+/// same version when the answer gives one (`websocket` for `websocket`; `foo/2` for `foo/2`).
+fn switch_offered(chosen: &[u8], offer: &[u8]) -> bool {
+    fn split(protocol: &[u8]) -> (&[u8], Option<&[u8]>) {
+        match protocol.iter().position(|&b| b == b'/') {
+            Some(slash) => (&protocol[..slash], Some(&protocol[slash + 1..])),
+            None => (protocol, None),
+        }
+    }
+    let mut chosen = list_items(chosen).peekable();
+    chosen.peek().is_some()
+        && chosen.all(|c| {
+            let (name, version) = split(c);
+            list_items(offer).map(split).any(|(offered, offered_version)| {
+                offered.eq_ignore_ascii_case(name)
+                    && version.is_none_or(|v| offered_version.is_some_and(|o| o.eq_ignore_ascii_case(v)))
+            })
+        })
 }
 
 /// Writes a complete response made by the proxy itself (errors, the all-down answer): to a

@@ -39,7 +39,7 @@ fn a_101_is_a_switch_only_when_one_was_asked_for() {
     let mut out = [0u8; 512];
     let raw = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n";
     assert!(parse_response(raw, &CTX, &mut out).is_err(), "a 101 nobody asked for");
-    let ctx = ResponseContext { upgrade_requested: true, ..CTX };
+    let ctx = ResponseContext { upgrade_offer: Some(b"websocket"), ..CTX };
     let head = parse_response(raw, &ctx, &mut out).expect("valid").expect("complete");
     assert!(head.switching && !head.informational && !head.upstream_reusable && !head.client_keep_alive);
     let text = String::from_utf8_lossy(&out[..head.out_len]).into_owned();
@@ -48,6 +48,30 @@ fn a_101_is_a_switch_only_when_one_was_asked_for() {
         "{text}"
     );
     assert!(parse_response(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", &ctx, &mut out).is_err(), "without Upgrade");
+}
+
+#[test]
+fn a_101_switches_only_to_a_protocol_the_request_offered() {
+    let mut out = [0u8; 512];
+    let mut switch = |offer: &[u8], answer: &str| {
+        let ctx = ResponseContext { upgrade_offer: Some(offer), ..CTX };
+        let raw = format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {answer}\r\n\r\n");
+        parse_response(raw.as_bytes(), &ctx, &mut out).map(|h| h.is_some_and(|h| h.switching))
+    };
+    assert_eq!(switch(b"websocket", "websocket"), Ok(true));
+    assert_eq!(switch(b"websocket", "WebSocket"), Ok(true), "protocol names are case-insensitive");
+    assert_eq!(switch(b"foo/2, websocket", "foo/2"), Ok(true));
+    assert_eq!(switch(b"foo/2", "foo"), Ok(true), "a name without a version");
+    for (offer, answer) in [
+        (&b"websocket"[..], "h2c"),
+        (b"websocket", "websocket, h2c"),
+        (b"foo/2", "foo/3"),
+        (b"foo", "foo/2"),
+        (b"websocket", ","),
+    ] {
+        let refused = switch(offer, answer);
+        assert!(refused.is_err(), "{answer} for {}: {refused:?}", String::from_utf8_lossy(offer));
+    }
 }
 
 fn request(raw: &str) -> Result<(RequestHead, String), HttpError> {
@@ -219,7 +243,7 @@ fn response(raw: &str, ctx: ResponseContext) -> (ResponseHead, String) {
 }
 
 const CTX: ResponseContext =
-    ResponseContext { request_is_head: false, client_minor: 1, client_keep_alive: true, upgrade_requested: false };
+    ResponseContext { request_is_head: false, client_minor: 1, client_keep_alive: true, upgrade_offer: None };
 
 #[test]
 fn response_framing() {

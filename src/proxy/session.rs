@@ -783,7 +783,11 @@ impl Session {
             request_is_head: ex.head.is_head,
             client_minor: ex.head.minor,
             client_keep_alive: ex.client_keep_alive && !cx.draining && !self.client.eof && !ex.body_withheld(),
-            upgrade_requested: ex.head.upgrade,
+            upgrade_offer: self
+                .uout
+                .as_ref()
+                .filter(|_| ex.head.upgrade)
+                .and_then(|h| http::field_value(h.data(), b"upgrade")),
         };
         let head = match http::parse_response(uin.data(), &ctx, cout.space()) {
             Ok(Some(head)) => head,
