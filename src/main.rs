@@ -5,9 +5,11 @@
 
 use log::{error, info, warn, LevelFilter};
 use ringproxy::config::Config;
+use ringproxy::observe::oplog;
 use ringproxy::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 mod healthcheck;
 
@@ -100,17 +102,24 @@ fn main() -> ExitCode {
         println!("ringproxy: {}: ok ({} targets)", args.config.display(), config.targets.len());
         return ExitCode::SUCCESS;
     }
-    let mut logger = simple_logger::SimpleLogger::new().with_level(LevelFilter::Info).env();
-    if let Some(level) = args.log_level {
-        logger = logger.with_level(level);
-    }
-    if let Err(e) = logger.init() {
+    // --log-level, else RUST_LOG when it names a level, else info.
+    let env_level = std::env::var("RUST_LOG").ok().and_then(|v| v.trim().parse().ok());
+    if let Err(e) = oplog::init(args.log_level.or(env_level).unwrap_or(LevelFilter::Info)) {
         eprintln!("ringproxy: cannot start logging: {e}");
+        return ExitCode::from(1);
     }
+    let code = run(&args, &config);
+    // The last lines (a drain's, a fatal error's) go out before the process does.
+    oplog::flush(Duration::from_secs(1));
+    code
+}
+
+/// Starts the loops and runs them until a drain completes or the loop fails.
+fn run(args: &Args, config: &Config) -> ExitCode {
     for warning in &config.warnings {
         warn!("{}: {warning}", args.config.display());
     }
-    let mut server = match Server::new(&config) {
+    let mut server = match Server::new(config) {
         Ok(server) => server,
         Err(e) => {
             error!("cannot start on {}: {e}", config.listen);

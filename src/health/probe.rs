@@ -6,6 +6,7 @@
 use crate::balance::{TargetId, Targets};
 use crate::config::Config;
 use crate::runtime::clock::millis;
+use crate::runtime::limits::LocalError;
 use crate::runtime::ready::{Io, Ready};
 use crate::runtime::resolve::{self, Resolver};
 use crate::runtime::timer::Timer;
@@ -18,7 +19,16 @@ use slab::Slab;
 use std::net::SocketAddr;
 
 /// How a probe of a target ended.
-pub type ProbeResult = (TargetId, Result<(), &'static str>);
+pub type ProbeResult = (TargetId, Probed);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probed {
+    Passed,
+    Failed(&'static str),
+    /// The proxy could not open the probe's connection for want of its own descriptors or
+    /// memory: nothing was learned about the target.
+    Skipped(LocalError),
+}
 
 /// What a probe needs from the loop, borrowed for one call.
 pub struct ProbeCtx<'a> {
@@ -78,7 +88,7 @@ impl Prober {
     /// A probe that fails at once is its own result.
     pub fn start(&mut self, id: TargetId, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
         let Some(target) = cx.targets.get(id) else {
-            return Some((id, Err("target is gone")));
+            return Some((id, Probed::Failed("target is gone")));
         };
         match target.spec.literal_addr() {
             Some(addr) => self.connect(id, addr, cx),
@@ -110,7 +120,7 @@ impl Prober {
                 }
                 Ok(None) | Err(_) => {
                     debug!("probe {}: lookup failed", cx.targets.url(id));
-                    results.push((id, Err("lookup failed")));
+                    results.push((id, Probed::Failed("lookup failed")));
                 }
             }
         }
@@ -140,7 +150,10 @@ impl Prober {
             }
             Err(e) => {
                 debug!("probe {}: {e}", cx.targets.url(id));
-                Some((id, Err("connect failed")))
+                match LocalError::of(&e) {
+                    Some(local) => Some((id, Probed::Skipped(local))),
+                    None => Some((id, Probed::Failed("connect failed"))),
+                }
             }
         }
     }
@@ -167,12 +180,12 @@ impl Prober {
     fn conclude(&mut self, key: usize, progress: Progress, cx: &mut ProbeCtx<'_>) -> Option<ProbeResult> {
         let result = match progress {
             Progress::Pending => return None,
-            Progress::Passed => Ok(()),
-            Progress::Failed(why) => Err(why),
+            Progress::Passed => Probed::Passed,
+            Progress::Failed(why) => Probed::Failed(why),
         };
         let probe = self.probes.remove(key);
         cx.wheel.cancel(probe.timer);
-        if let Err(why) = result {
+        if let Probed::Failed(why) = result {
             debug!("probe {}: {why}", cx.targets.url(probe.target));
         }
         Some((probe.target, result))

@@ -8,6 +8,8 @@
 //! line allocates nothing. If the writer falls behind, a batch is dropped and its lines counted
 //! rather than waited for. SIGUSR1 reopens the file (`reopen`), for log rotation.
 
+use super::oplog::{self, LogCounters};
+use super::timefmt;
 use crate::balance::TargetId;
 use crate::config::{LogDestination as Destination, LogFormat};
 use crate::health::Failure;
@@ -15,8 +17,9 @@ use log::{error, warn};
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// How one attempt at a target ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +28,8 @@ pub enum Outcome {
     Failed(Failure),
     /// A pooled connection the target had closed while idle; not the target's fault.
     Stale,
+    /// The proxy ran out of its own descriptors or memory; not the target's fault either.
+    Local,
     BadResponse,
 }
 
@@ -36,7 +41,7 @@ impl Outcome {
     /// Its place in `REASONS`; `None` for success (a failed probe is counted as a probe).
     pub fn reason(self) -> Option<usize> {
         match self {
-            Outcome::Ok | Outcome::Failed(Failure::Probe(_)) => None,
+            Outcome::Ok | Outcome::Local | Outcome::Failed(Failure::Probe(_)) => None,
             other => REASONS.iter().position(|&r| r == other.name()),
         }
     }
@@ -45,6 +50,7 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok",
             Outcome::Stale => "stale",
+            Outcome::Local => "local",
             Outcome::BadResponse => "bad_response",
             Outcome::Failed(f) => match f {
                 Failure::Connect(io::ErrorKind::ConnectionRefused) => "conn_refused",
@@ -137,17 +143,27 @@ pub fn format(e: &Entry<'_>, format: LogFormat, out: &mut Vec<u8>) {
     }
 }
 
-/// Bytes safe between the quotes of a common-log field.
-fn quoted(bytes: &[u8], out: &mut Vec<u8>) {
-    out.extend(bytes.iter().map(|&b| if b == b'"' || b < b' ' || b == 0x7f { b'?' } else { b }));
+/// A common-log field's bytes, escaped as nginx escapes them: `"`, `\\`, control bytes and every
+/// byte outside printable ASCII become `\xHH`. So a field can never end its quotes early or
+/// split the line, the file stays ASCII (valid UTF-8 whatever the client sent), and no
+/// invisible or reordering character (U+0085, U+2028, U+202E) reaches a terminal or a parser.
+fn escaped(bytes: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in bytes {
+        if b == b'"' || b == b'\\' || !(b' '..=b'~').contains(&b) {
+            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.push(b);
+        }
+    }
 }
 
 /// Common log format, `"user agent"` as the combined format has it, then `key=value` fields.
 fn common(e: &Entry<'_>, out: &mut Vec<u8>) {
     let _ = write!(out, "{} - - [", e.client);
-    clf_time(e.time, out);
+    timefmt::clf(e.time, out);
     out.extend_from_slice(b"] \"");
-    quoted(e.request_line, out);
+    escaped(e.request_line, out);
     out.extend_from_slice(b"\" ");
     match e.status {
         0 => out.push(b'-'),
@@ -156,8 +172,10 @@ fn common(e: &Entry<'_>, out: &mut Vec<u8>) {
         }
     }
     let _ = write!(out, " {} \"", e.body_bytes);
-    quoted(if e.user_agent.is_empty() { b"-" } else { e.user_agent }, out);
-    let _ = write!(out, "\" target={} attempts={}", e.target.unwrap_or("-"), e.trace.len());
+    escaped(if e.user_agent.is_empty() { b"-" } else { e.user_agent }, out);
+    out.extend_from_slice(b"\" target=");
+    escaped(e.target.unwrap_or("-").as_bytes(), out);
+    let _ = write!(out, " attempts={}", e.trace.len());
     match e.upstream_ms {
         Some(ms) => {
             let _ = write!(out, " upstream_ms={ms}");
@@ -165,7 +183,7 @@ fn common(e: &Entry<'_>, out: &mut Vec<u8>) {
         None => out.extend_from_slice(b" upstream_ms=-"),
     }
     let _ = write!(out, " total_ms={} request_id=", e.total_ms);
-    quoted(if e.request_id.is_empty() { b"-" } else { e.request_id }, out);
+    escaped(if e.request_id.is_empty() { b"-" } else { e.request_id }, out);
     if e.trace.retried() {
         out.extend_from_slice(b" tried=");
         for (i, (target, outcome)) in e.trace.items[..e.trace.len.min(Trace::CAP)].iter().enumerate() {
@@ -181,7 +199,7 @@ fn common(e: &Entry<'_>, out: &mut Vec<u8>) {
 /// One JSON object per line, as Caddy and Traefik write.
 fn json(e: &Entry<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
-    iso_time(e.time, out);
+    timefmt::iso(e.time, false, out);
     let _ = write!(out, "\",\"client\":\"{}\",\"request\":", e.client);
     json_string(e.request_line, out);
     let _ = write!(out, ",\"status\":{},\"bytes\":{},\"user_agent\":", e.status, e.body_bytes);
@@ -210,7 +228,8 @@ fn json(e: &Entry<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"]}\n");
 }
 
-/// `bytes` as a JSON string: UTF-8 kept, invalid bytes replaced, quotes and controls escaped.
+/// `bytes` as a JSON string: UTF-8 kept, invalid bytes replaced, quotes, controls and the
+/// characters that move or hide text escaped.
 fn json_string(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     for chunk in bytes.utf8_chunks() {
@@ -218,7 +237,7 @@ fn json_string(bytes: &[u8], out: &mut Vec<u8>) {
             match c {
                 '"' => out.extend_from_slice(b"\\\""),
                 '\\' => out.extend_from_slice(b"\\\\"),
-                c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                c if invisible(c) => {
                     let _ = write!(out, "\\u{:04x}", c as u32);
                 }
                 c => {
@@ -234,42 +253,14 @@ fn json_string(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-/// `2000-10-10T13:55:36Z` (UTC).
-fn iso_time(time: SystemTime, out: &mut Vec<u8>) {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    let _ = write!(out, "{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60);
+/// Characters a log reader should see as escapes, never as themselves: C0 and C1 controls,
+/// DEL, the line and paragraph separators, and the bidirectional overrides and isolates.
+fn invisible(c: char) -> bool {
+    matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// `10/Oct/2000:13:55:36 +0000` (UTC).
-fn clf_time(time: SystemTime, out: &mut Vec<u8>) {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    let _ = write!(
-        out,
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
-}
-
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's date algorithms.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
+/// The access log's counters, every worker's writer together.
+pub static COUNTERS: LogCounters = LogCounters::new();
 
 /// What the reactor hands the writer thread.
 enum Message {
@@ -361,6 +352,7 @@ impl AccessLog {
         }
         if self.batch.len() >= MOST {
             self.dropped += 1;
+            COUNTERS.dropped.fetch_add(1, Relaxed);
             if self.dropped.is_power_of_two() {
                 warn!("access log writer is behind: {} lines dropped so far", self.dropped);
             }
@@ -439,17 +431,27 @@ fn open(path: &std::path::Path) -> io::Result<std::fs::File> {
 }
 
 /// The writer thread: writes each batch, hands it back for reuse, reopens the file when told.
+/// A failed write (a reader gone, a full disk) loses that batch's lines, counted, and the
+/// writer goes on with the next: the destination may come back.
 fn write_lines(inbox: Receiver<Message>, give_back: SyncSender<Vec<u8>>, mut sink: Sink) {
+    let mut failing = false;
     for message in inbox {
         match message {
             Message::Lines(mut batch) => {
                 let written = match &mut sink {
-                    Sink::Stdout => io::stdout().lock().write_all(&batch),
+                    Sink::Stdout => oplog::write_stdout(&batch),
                     Sink::File(file, _) => file.write_all(&batch),
                 };
-                if let Err(e) = written {
-                    error!("access log write failed, logging stops: {e}");
-                    return;
+                match written {
+                    Ok(()) => failing = false,
+                    Err(e) => {
+                        let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+                        COUNTERS.write_failed(lines);
+                        if !failing {
+                            error!("access log write failed: {e}; its lines are dropped and counted until writes succeed again");
+                        }
+                        failing = true;
+                    }
                 }
                 batch.clear();
                 let _ = give_back.try_send(batch);
@@ -469,14 +471,7 @@ fn write_lines(inbox: Receiver<Message>, give_back: SyncSender<Vec<u8>>, mut sin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn dates_convert_like_the_calendar() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
-    }
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn entry<'a>(trace: &'a Trace, status: u16, target: Option<&'a str>) -> Entry<'a> {
         Entry {
@@ -520,6 +515,39 @@ mod tests {
         assert!(line(&entry(&ok, 200, Some("t")), LogFormat::Common).ends_with("total_ms=4 request_id=abc-1\n"));
         let refused = line(&entry(&Trace::default(), 400, None), LogFormat::Common);
         assert!(refused.contains("400 13 \"curl/8.0\" target=- attempts=0 upstream_ms=-"), "{refused}");
+    }
+
+    #[test]
+    fn every_common_log_field_escapes_what_could_break_its_quotes_or_its_encoding() {
+        let trace = Trace::default();
+        let mut e = entry(&trace, 200, Some("http://h/\"x"));
+        e.request_line = b"GET /a\"b\\ HTTP/1.1";
+        // A trailing backslash, raw obs-text, NEL, LINE SEPARATOR and RIGHT-TO-LEFT OVERRIDE.
+        e.user_agent = "agent\\ \u{85}\u{2028}\u{202e}".as_bytes();
+        e.request_id = b"id\xff\x01";
+        let text = line(&e, LogFormat::Common);
+        assert!(text.is_ascii() && text.lines().count() == 1, "{text}");
+        assert!(text.contains("\"GET /a\\x22b\\x5C HTTP/1.1\""), "{text}");
+        assert!(
+            text.contains("\"agent\\x5C \\xC2\\x85\\xE2\\x80\\xA8\\xE2\\x80\\xAE\" target=http://h/\\x22x "),
+            "{text}"
+        );
+        assert!(text.contains("request_id=id\\xFF\\x01\n"), "{text}");
+        // A combined-log parser's view: two quoted fields, each ending at its own quote.
+        let quoted: Vec<&str> = text.split('"').collect();
+        assert_eq!(quoted.len(), 5, "{text}");
+        assert_eq!(quoted[3], "agent\\x5C \\xC2\\x85\\xE2\\x80\\xA8\\xE2\\x80\\xAE");
+    }
+
+    #[test]
+    fn the_json_format_escapes_characters_that_move_or_hide_text() {
+        let trace = Trace::default();
+        let mut e = entry(&trace, 200, None);
+        e.user_agent = "a\u{85}b\u{2028}c\u{202e}d\u{2066}e".as_bytes();
+        let text = line(&e, LogFormat::Json);
+        assert!(text.contains(r#""user_agent":"a\u0085b\u2028c\u202ed\u2066e""#), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["user_agent"], "a\u{85}b\u{2028}c\u{202e}d\u{2066}e");
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! `ringproxy_` prefix, `_total` on counters, seconds and bytes as base units, one label
 //! `target` holding the URL as configured.
 
-use super::accesslog::{Trace, REASONS};
+use super::accesslog::{self, Trace, REASONS};
+use super::oplog;
 use crate::balance::TargetId;
+use crate::runtime::limits::LocalError;
 use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Upper bounds of the request-duration histogram, in milliseconds (rendered as seconds).
@@ -216,6 +219,12 @@ pub struct Metrics {
     pub tunnels: u64,
     pub tunnel_bytes_up: u64,
     pub tunnel_bytes_down: u64,
+    /// The proxy's own resources that ran out, by `LocalError::ALL`'s order.
+    local_errors: [u64; LocalError::ALL.len()],
+    /// TLS handshakes that failed or never finished.
+    pub tls_handshakes_failed: u64,
+    /// Upstream connections closed for bytes nobody asked for.
+    pub stray_responses: u64,
 }
 
 /// `clone_from` reuses the copy's allocations: a follower copies its counters for the leader
@@ -242,6 +251,9 @@ impl Clone for Metrics {
         self.tunnels = source.tunnels;
         self.tunnel_bytes_up = source.tunnel_bytes_up;
         self.tunnel_bytes_down = source.tunnel_bytes_down;
+        self.local_errors = source.local_errors;
+        self.tls_handshakes_failed = source.tls_handshakes_failed;
+        self.stray_responses = source.stray_responses;
     }
 }
 
@@ -262,6 +274,9 @@ impl Default for Metrics {
             tunnels: 0,
             tunnel_bytes_up: 0,
             tunnel_bytes_down: 0,
+            local_errors: [0; LocalError::ALL.len()],
+            tls_handshakes_failed: 0,
+            stray_responses: 0,
         }
     }
 }
@@ -390,6 +405,9 @@ impl Metrics {
         self.tunnels += other.tunnels;
         self.tunnel_bytes_up += other.tunnel_bytes_up;
         self.tunnel_bytes_down += other.tunnel_bytes_down;
+        add(&mut self.local_errors, &other.local_errors);
+        self.tls_handshakes_failed += other.tls_handshakes_failed;
+        self.stray_responses += other.stray_responses;
         for theirs in other.targets.iter().flatten() {
             if let Some(mine) = self.target_mut(theirs.id) {
                 mine.absorb(theirs);
@@ -403,6 +421,11 @@ impl Metrics {
             self.feed[i] = Some(f);
         }
         self.feed_next = self.feed.iter().position(Option::is_none).unwrap_or(0);
+    }
+
+    /// The proxy ran out of one of its own resources (not a target's fault).
+    pub fn local_error(&mut self, error: LocalError) {
+        self.local_errors[error as usize] += 1;
     }
 
     pub fn reloaded(&mut self, ok: bool) {
@@ -494,8 +517,46 @@ pub fn render(m: &Metrics, targets: &[TargetView<'_>], proxy: &ProxyView) -> Str
         "When the config was last reloaded.",
         format_args!("{:.3}", m.last_reload.unwrap_or(m.started)),
     );
+    render_own(o, m);
     render_targets(o, m, targets);
     out
+}
+
+/// What the proxy ran out of, and what its logs lost.
+fn render_own(o: &mut String, m: &Metrics) {
+    family(o, "ringproxy_local_errors_total", "counter", "Failures of the proxy's own resources (descriptors, buffers, memory), by errno; never counted against a target.");
+    for (error, n) in LocalError::ALL.iter().zip(m.local_errors) {
+        let _ = writeln!(o, "ringproxy_local_errors_total{{error=\"{}\"}} {n}", error.name());
+    }
+    single(
+        o,
+        "ringproxy_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed or did not finish in time.",
+        m.tls_handshakes_failed,
+    );
+    single(
+        o,
+        "ringproxy_stray_responses_total",
+        "counter",
+        "Upstream connections closed because the target sent bytes nobody asked for.",
+        m.stray_responses,
+    );
+    let logs = [("operational", &oplog::COUNTERS), ("access", &accesslog::COUNTERS)];
+    family(
+        o,
+        "ringproxy_log_lines_dropped_total",
+        "counter",
+        "Log lines lost: the writer was behind, or the write failed.",
+    );
+    for (log, counters) in logs {
+        let _ = writeln!(o, "ringproxy_log_lines_dropped_total{{log=\"{log}\"}} {}", counters.dropped.load(Relaxed));
+    }
+    family(o, "ringproxy_log_write_errors_total", "counter", "Writes of log lines that failed (EPIPE, ENOSPC, ...).");
+    for (log, counters) in logs {
+        let _ =
+            writeln!(o, "ringproxy_log_write_errors_total{{log=\"{log}\"}} {}", counters.write_errors.load(Relaxed));
+    }
 }
 
 fn render_targets(o: &mut String, m: &Metrics, targets: &[TargetView<'_>]) {

@@ -16,19 +16,22 @@ pub mod upstream;
 
 use crate::balance::{TargetId, Targets};
 use crate::config::Config;
-use crate::health::probe::{ProbeCtx, ProbeResult};
+use crate::health::probe::{ProbeCtx, ProbeResult, Probed};
 use crate::health::{Change, Failure, Health};
 use crate::observe::accesslog::AccessLog;
 use crate::observe::metrics::Metrics;
+use crate::observe::oplog::Noisy;
 use crate::runtime::buffer::BufferPool;
+use crate::runtime::limits::LocalError;
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
 use crate::tls::TlsConfig;
+use crate::warn_noisy;
 use crate::workers::{Link, Note};
 use client::Client;
 use exchange::ExchangePool;
-use log::{error, info, warn};
+use log::{info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use rustls::ServerConnection;
@@ -148,13 +151,21 @@ impl<'a> Ctx<'a> {
     /// A probe of `id` ended: count it, and arm the next one if `id` still needs one.
     pub fn probe_finished(&mut self, (id, result): ProbeResult) {
         self.health.probe_finished(id);
-        self.metrics.probed(id, result);
+        let passed = result == Probed::Passed;
         match result {
-            Ok(()) => self.target_answered(id),
-            Err(why) => self.target_failed(id, Failure::Probe(why)),
+            Probed::Passed => {
+                self.metrics.probed(id, Ok(()));
+                self.target_answered(id);
+            }
+            Probed::Failed(why) => {
+                self.metrics.probed(id, Err(why));
+                self.target_failed(id, Failure::Probe(why));
+            }
+            // The proxy's own want: the target is neither better nor worse for it.
+            Probed::Skipped(local) => self.metrics.local_error(local),
         }
         let live = self.targets.is_live(id);
-        if result.is_ok() || !live {
+        if passed || !live {
             self.health.clear_suspect(id);
         }
         self.health.schedule_probe(id, live, self.config, self.wheel, self.now);
@@ -185,6 +196,13 @@ impl<'a> Ctx<'a> {
         self.link.tell_others(|| Note::Up(id));
         let (live, all) = (self.targets.live_count(), self.targets.len());
         info!("target {} up ({live} of {all} live)", self.targets.url(id));
+    }
+}
+
+/// Counts `e` if it is the proxy running out of its own resources.
+pub fn local_failure(env: &mut Env, e: &std::io::Error) {
+    if let Some(local) = LocalError::of(e) {
+        env.metrics.local_error(local);
     }
 }
 
@@ -300,7 +318,8 @@ impl Proxy {
         let registered =
             env.registry.register(&mut stream, token(Kind::Client(key)), Interest::READABLE | Interest::WRITABLE);
         if let Err(e) = registered {
-            error!("cannot register client {peer}: {e}");
+            local_failure(env, &e);
+            warn_noisy!(Noisy::LocalError, "cannot register client {peer}: {e}; closed");
             env.link.release();
             return;
         }
@@ -310,7 +329,7 @@ impl Proxy {
             None => Client::new(stream, peer),
             Some(Ok(conn)) => Client::tls(stream, peer, conn),
             Some(Err(e)) => {
-                error!("cannot start TLS for {peer}: {e}");
+                warn_noisy!(Noisy::LocalError, "cannot start TLS for {peer}: {e}; closed");
                 let _ = env.registry.deregister(&mut stream);
                 env.link.release();
                 return;
@@ -360,7 +379,7 @@ impl Proxy {
 
     /// Closes the idle connections that have something to say in this batch of events, before
     /// any session can take one: a target's stray bytes must not answer the next request.
-    pub fn sweep_idle(&mut self, events: &mio::Events, env: &Env) {
+    pub fn sweep_idle(&mut self, events: &mio::Events, env: &mut Env) {
         self.res.upstreams.next_pass();
         for event in events.iter() {
             if let Some(Kind::Upstream(slot)) = decode(event.token()) {
@@ -373,9 +392,14 @@ impl Proxy {
 
     /// Closes an idle upstream connection that had an event, with a line if the target sent
     /// bytes nobody asked for (a second answer to one request).
-    fn close_idle(&mut self, slot: usize, env: &Env) {
+    fn close_idle(&mut self, slot: usize, env: &mut Env) {
         if let Some(target) = self.res.upstreams.close_idle(slot) {
-            warn!("target {} sent bytes nobody asked for, on an idle connection; closed it", env.targets.url(target));
+            env.metrics.stray_responses += 1;
+            let url = env.targets.url(target);
+            warn_noisy!(
+                Noisy::StrayBytes,
+                "target {url} sent bytes nobody asked for, on an idle connection; closed it"
+            );
         }
     }
 

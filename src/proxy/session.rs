@@ -24,18 +24,21 @@ use super::local;
 use super::retry::{self, Attempt, Budget, Decision};
 use super::upstream::UpstreamConn;
 use super::{Ctx, Verdict};
-use crate::balance::Request;
+use crate::balance::{Request, TargetId};
 use crate::config::{AllDown, HashKey, Policy};
 use crate::health::Failure;
 use crate::http::{self, BodyFramer, BodyKind, Forwarding, HttpError, ResponseContext};
 use crate::observe::accesslog::{Entry, Outcome, Trace};
 use crate::observe::metrics::Ended;
+use crate::observe::oplog::Noisy;
 use crate::runtime::buffer::{self, Buffer};
 use crate::runtime::clock::millis;
+use crate::runtime::limits::LocalError;
 use crate::runtime::ready::Io;
 use crate::runtime::timer::Timer;
 use crate::runtime::wheel::TimerId;
-use log::{debug, info, warn};
+use crate::{info_noisy, warn_noisy};
+use log::debug;
 use std::io;
 use std::net::SocketAddr;
 
@@ -61,6 +64,9 @@ const DISCARD_LIMIT: u64 = 16 << 20;
 
 /// Response bodies longer than this stream through a large buffer, when one is free.
 const BULK_BODY: u64 = 64 * 1024;
+
+/// Idle upstream connections closed to make room when the proxy runs out of descriptors.
+const SHED: usize = 16;
 
 /// How long a closing connection keeps reading what its client still sends, so that our close
 /// does not become a reset that destroys a response the client has not read yet.
@@ -223,7 +229,11 @@ impl Session {
                 Err(Closed)
             }
             Some(Phase::Header) if self.client.is_handshaking() => {
-                info!("{peer}: TLS handshake not completed within client_header_timeout; closed");
+                cx.metrics.tls_handshakes_failed += 1;
+                info_noisy!(
+                    Noisy::TlsHandshake,
+                    "{peer}: TLS handshake not completed within client_header_timeout; closed"
+                );
                 Err(Closed)
             }
             // Nothing sent at all: close quietly, as nginx and HAProxy do.
@@ -240,7 +250,7 @@ impl Session {
             }
             Some(Phase::Response) => self.attempt_failed(cx, Failure::ResponseTimeout),
             Some(Phase::Stream) => {
-                warn!("{peer}: transfer stalled past the timeout, closing");
+                warn_noisy!(Noisy::Stalled, "{peer}: transfer stalled past the timeout, closing");
                 Err(Closed)
             }
             Some(Phase::Tunnel) => {
@@ -412,7 +422,8 @@ impl Session {
             Io::Retry => Ok(true),
             Io::Failed(e) if e.kind() == io::ErrorKind::InvalidData && self.client.is_tls() => {
                 // A bad handshake (an old protocol, plain HTTP on the TLS port, garbage).
-                info!("{}: {e}; closed", self.peer());
+                cx.metrics.tls_handshakes_failed += 1;
+                info_noisy!(Noisy::TlsHandshake, "{}: {e}; closed", self.peer());
                 Err(Closed)
             }
             Io::Failed(e) => {
@@ -541,7 +552,7 @@ impl Session {
     /// Answers a request the proxy will not forward, and closes after: what follows it cannot
     /// be trusted.
     fn reject(&mut self, cx: &mut Ctx<'_>, e: HttpError) -> Moved {
-        warn!("{}: {e} -> {}", self.peer(), e.status());
+        warn_noisy!(Noisy::BadRequest, "{}: {e} -> {}", self.peer(), e.status());
         self.respond_local(cx, e.status(), http::reason(e.status()), false);
         true
     }
@@ -551,6 +562,8 @@ impl Session {
     /// target that fails before any packet leaves (no address, a socket error) is counted and
     /// the next one tried, within the retry budget.
     fn send_to_target(&mut self, cx: &mut Ctx<'_>, mut same_target: bool) -> Result<(), Closed> {
+        // Idle upstream connections were closed to make room for this request's connect.
+        let mut shed = false;
         loop {
             let Mode::Exchange(ex) = &mut self.mode else {
                 return Ok(());
@@ -567,10 +580,13 @@ impl Session {
                 if ex.timeouts > 0 {
                     // A target is slow, not gone: that is a timeout, not the all-down answer.
                     let (peer, seq) = (self.client.peer(), ex.seq);
-                    warn!("{peer}: request #{seq} timed out and no other live target is left -> 504");
+                    warn_noisy!(
+                        Noisy::NoTarget,
+                        "{peer}: request #{seq} timed out and no other live target is left -> 504"
+                    );
                     self.respond_local(cx, 504, http::reason(504), keep);
                 } else {
-                    warn!("{}: no live target left for request #{}", self.client.peer(), ex.seq);
+                    warn_noisy!(Noisy::NoTarget, "{}: no live target left for request #{}", self.client.peer(), ex.seq);
                     self.respond_local(cx, cx.config.all_down_status, local::ALL_DOWN, keep);
                 }
                 return Ok(());
@@ -585,24 +601,61 @@ impl Session {
             }
             let failure = match cx.targets.addr(target) {
                 None => Failure::Unresolved,
-                Some(addr) => match cx.upstreams.connect(cx.registry, target, addr, self.key) {
+                Some(addr) => match cx.upstreams.connect(cx.registry, target, addr, self.key, upstream_room(cx)) {
                     Ok(conn) => {
                         self.attach(cx, conn);
                         return Ok(());
                     }
-                    Err(e) => Failure::Connect(e.kind()),
+                    Err(e) => match LocalError::of(&e) {
+                        None => Failure::Connect(e.kind()),
+                        Some(local) => {
+                            cx.metrics.local_error(local);
+                            // The pool's idle connections hold descriptors too: closing some
+                            // may make room, once.
+                            let keep = cx.upstreams.len().saturating_sub(SHED);
+                            if local.wants_descriptors() && !shed && cx.upstreams.shed_idle(keep) > 0 {
+                                (shed, same_target) = (true, true);
+                                ex.attempts -= 1;
+                                continue;
+                            }
+                            self.out_of_resources(cx, target, &e);
+                            return Ok(());
+                        }
+                    },
                 },
             };
             ex.tried.insert(target);
             ex.trace.push(target, Outcome::Failed(failure));
             cx.target_failed(target, failure);
             if !budget(cx).allows(ex.attempts, cx.now.saturating_sub(ex.started)) {
-                warn!("{}: target {} {failure}; retry budget spent -> 502", self.client.peer(), cx.targets.url(target));
+                warn_noisy!(
+                    Noisy::TargetFailed,
+                    "{}: target {} {failure}; retry budget spent -> 502",
+                    self.client.peer(),
+                    cx.targets.url(target)
+                );
                 self.respond_local(cx, 502, http::reason(502), false);
                 return Ok(());
             }
             same_target = false;
         }
+    }
+
+    /// The proxy could not open a connection to `target` for want of its own descriptors or
+    /// memory: nothing to hold against the target, and nothing another target would cure. The
+    /// request gets 503, and the client may try again.
+    fn out_of_resources(&mut self, cx: &mut Ctx<'_>, target: TargetId, e: &io::Error) {
+        let Mode::Exchange(ex) = &mut self.mode else {
+            return;
+        };
+        ex.trace.push(target, Outcome::Local);
+        let keep = ex.client_keep_alive;
+        let (peer, url) = (self.client.peer(), cx.targets.url(target));
+        warn_noisy!(
+            Noisy::LocalError,
+            "{peer}: cannot open a connection to target {url}: {e} (the proxy's own limit) -> 503"
+        );
+        self.respond_local(cx, 503, http::reason(503), keep);
     }
 
     /// The upstream connection now serves this session's request: it counts as in flight on
@@ -639,7 +692,18 @@ impl Session {
                 up.ready.read = false;
                 Ok(false)
             }
-            Err(e) => self.attempt_failed(cx, Failure::Connect(e.kind())),
+            Err(e) => match LocalError::of(&e) {
+                None => self.attempt_failed(cx, Failure::Connect(e.kind())),
+                Some(local) => {
+                    cx.metrics.local_error(local);
+                    if let Some(up) = self.detach(cx) {
+                        let target = up.target;
+                        cx.upstreams.close(up);
+                        self.out_of_resources(cx, target, &e);
+                    }
+                    Ok(true)
+                }
+            },
         }
     }
 
@@ -674,7 +738,7 @@ impl Session {
     /// Ends an exchange the client got wrong: its status if the client has seen nothing of a
     /// response yet, otherwise a close. Either way the connection closes after.
     fn refuse_exchange(&mut self, cx: &mut Ctx<'_>, status: u16, why: &str) -> Step {
-        warn!("{}: {why} -> {status}", self.peer());
+        warn_noisy!(Noisy::BadRequest, "{}: {why} -> {status}", self.peer());
         if matches!(&self.mode, Mode::Exchange(ex) if ex.resp_started) {
             return Err(Closed);
         }
@@ -947,7 +1011,7 @@ impl Session {
         let Mode::Exchange(ex) = &mut self.mode else {
             return Err(Closed);
         };
-        warn!("{}: target {}: {e} -> 502", self.client.peer(), cx.targets.url(ex.target));
+        warn_noisy!(Noisy::TargetFailed, "{}: target {}: {e} -> 502", self.client.peer(), cx.targets.url(ex.target));
         ex.trace.push(ex.target, Outcome::BadResponse);
         if ex.resp_started {
             return Err(Closed);
@@ -964,10 +1028,10 @@ impl Session {
         };
         let url = cx.targets.url(ex.target);
         if ex.resp_started {
-            warn!("{}: target {url} {why}; closing", self.client.peer());
+            warn_noisy!(Noisy::TargetFailed, "{}: target {url} {why}; closing", self.client.peer());
             return Err(Closed);
         }
-        warn!("{}: target {url} {why} -> 502", self.client.peer());
+        warn_noisy!(Noisy::TargetFailed, "{}: target {url} {why} -> 502", self.client.peer());
         ex.trace.set_last(Outcome::BadResponse);
         self.respond_local(cx, 502, http::reason(502), false);
         Ok(true)
@@ -1080,7 +1144,11 @@ impl Session {
             } else {
                 if stray {
                     let url = cx.targets.url(ex.target);
-                    warn!("target {url} sent bytes nobody asked for, after its response; closed the connection");
+                    cx.metrics.stray_responses += 1;
+                    warn_noisy!(
+                        Noisy::StrayBytes,
+                        "target {url} sent bytes nobody asked for, after its response; closed the connection"
+                    );
                 }
                 cx.upstreams.close(up);
             }
@@ -1145,7 +1213,11 @@ impl Session {
         let decision = retry::decide(&attempt, budget(cx));
         let url = cx.targets.url(ex.target);
         if decision == Decision::Close {
-            warn!("{}: target {url} failed mid-response ({failure}); closing", self.client.peer());
+            warn_noisy!(
+                Noisy::TargetFailed,
+                "{}: target {url} failed mid-response ({failure}); closing",
+                self.client.peer()
+            );
             return Err(Closed);
         }
         if stale_pooled {
@@ -1172,7 +1244,12 @@ impl Session {
                 self.send_to_target(cx, same_target)?;
             }
             Decision::Answer { status, why } => {
-                warn!("{}: target {} {failure}; {why} -> {status}", self.client.peer(), cx.targets.url(ex.target));
+                warn_noisy!(
+                    Noisy::TargetFailed,
+                    "{}: target {} {failure}; {why} -> {status}",
+                    self.client.peer(),
+                    cx.targets.url(ex.target)
+                );
                 self.respond_local(cx, status, http::reason(status), false);
             }
             Decision::Close => return Err(Closed),
@@ -1299,6 +1376,12 @@ fn cookie<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
         let eq = pair.iter().position(|&b| b == b'=')?;
         (&pair[..eq] == name).then(|| &pair[eq + 1..])
     })
+}
+
+/// Upstream connections this worker may hold, in use and idle, before a new one closes an
+/// idle one: its share of `max_connections`, which was fitted to the descriptor limit.
+fn upstream_room(cx: &Ctx<'_>) -> usize {
+    cx.config.max_connections.div_ceil(cx.link.count().max(1))
 }
 
 /// The retry budget, from the config.

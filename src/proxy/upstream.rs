@@ -130,6 +130,15 @@ impl Upstreams {
         self.active.get(id.slot()).is_some_and(|a| a.is_some_and(|(t, _)| t == id))
     }
 
+    /// Connections open, in use and idle.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// Connections to `id`: (owned by sessions, idle in the pool).
     pub fn counts(&self, id: TargetId) -> (usize, usize) {
         let active = self.active.get(id.slot()).copied().flatten().filter(|(t, _)| *t == id).map_or(0, |(_, n)| n);
@@ -165,14 +174,20 @@ impl Upstreams {
         closed
     }
 
-    /// Starts a non-blocking connect to `addr` on behalf of `session`.
+    /// Starts a non-blocking connect to `addr` on behalf of `session`. With `most` connections
+    /// open already (in use and idle), an idle one closes first: the descriptors the pool holds
+    /// stay within what `max_connections` was fitted to (`runtime::limits`).
     pub fn connect(
         &mut self,
         registry: &Registry,
         target: TargetId,
         addr: SocketAddr,
         session: usize,
+        most: usize,
     ) -> io::Result<UpstreamConn> {
+        if self.slots.len() >= most {
+            self.shed_idle(most.saturating_sub(1));
+        }
         let mut stream = TcpStream::connect(addr)?;
         let entry = self.slots.vacant_entry();
         let slot = entry.key();
@@ -210,6 +225,21 @@ impl Upstreams {
             return Some(conn);
         }
         None
+    }
+
+    /// Closes idle connections until at most `keep` connections are open in all, or none idles:
+    /// the oldest of the target with the most idle first. Returns how many closed.
+    pub fn shed_idle(&mut self, keep: usize) -> usize {
+        let mut closed = 0;
+        while self.slots.len() > keep {
+            let fullest = (0..self.idle.len()).max_by_key(|&slot| self.idle[slot].len());
+            let Some(conn) = fullest.and_then(|slot| self.idle[slot].pop_front()) else {
+                break;
+            };
+            self.slots.try_remove(conn.slot);
+            closed += 1;
+        }
+        closed
     }
 
     /// Parks a connection whose last response was completely framed, or closes it when its
@@ -284,7 +314,8 @@ mod tests {
         let poll = mio::Poll::new().expect("poll");
         let mut pool = Upstreams::new(1);
         let target = TargetId::first(0);
-        let conn = pool.connect(poll.registry(), target, listener.local_addr().expect("addr"), 0).expect("connect");
+        let addr = listener.local_addr().expect("addr");
+        let conn = pool.connect(poll.registry(), target, addr, 0, usize::MAX).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         pool.checkin(conn, 2);
         (pool, target, server, poll)
@@ -335,7 +366,8 @@ mod tests {
         let poll = mio::Poll::new().expect("poll");
         let mut pool = Upstreams::new(1);
         let target = TargetId::first(0);
-        let conns: Vec<_> = (0..5).map(|_| pool.connect(poll.registry(), target, addr, 0).expect("connect")).collect();
+        let conns: Vec<_> =
+            (0..5).map(|_| pool.connect(poll.registry(), target, addr, 0, usize::MAX).expect("connect")).collect();
         let _servers: Vec<_> = (0..5).map(|_| listener.accept().expect("accept")).collect();
         for conn in conns {
             pool.checkin(conn, 2);
@@ -349,7 +381,7 @@ mod tests {
         assert_eq!(pool.trim(2), 0, "the period needed the one in use at its start: it stays");
         assert_eq!(pool.trim(2), 1, "a quiet period: none stay");
         assert_eq!(pool.counts(target), (0, 0));
-        let conn = pool.connect(poll.registry(), target, addr, 0).expect("connect");
+        let conn = pool.connect(poll.registry(), target, addr, 0, usize::MAX).expect("connect");
         pool.checkin(conn, 0);
         assert_eq!(pool.counts(target), (0, 0), "max_idle 0: no keep-alive to the target");
     }

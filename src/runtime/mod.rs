@@ -3,6 +3,7 @@
 
 pub mod buffer;
 pub mod clock;
+pub mod limits;
 pub mod listen;
 pub mod ready;
 pub mod resolve;

@@ -14,8 +14,10 @@ use crate::health::probe::{ProbeResult, Prober};
 use crate::health::Health;
 use crate::observe::accesslog::AccessLog;
 use crate::observe::metrics::Metrics;
+use crate::observe::oplog::{self, Noisy};
 use crate::proxy::{Env, Proxy};
 use crate::runtime::clock::{millis, Clock};
+use crate::runtime::limits::{self, Needs};
 use crate::runtime::listen;
 use crate::runtime::resolve::{self, Resolver};
 use crate::runtime::signals::{self, Action};
@@ -23,6 +25,7 @@ use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
 use crate::tls::{self, TlsConfig};
+use crate::warn_noisy;
 use crate::workers::{Link, Note};
 use reload::Reload;
 
@@ -60,6 +63,44 @@ fn lookup_targets(config: &Config) -> Vec<Vec<SocketAddr>> {
             },
         })
         .collect()
+}
+
+/// Raises the soft descriptor limit to the hard one, saying so.
+fn raise_descriptor_limit() {
+    match limits::raise_nofile() {
+        Ok((before, after)) if after > before => {
+            info!("descriptor limit (RLIMIT_NOFILE) raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot raise the descriptor limit (RLIMIT_NOFILE): {e}"),
+    }
+}
+
+/// Lowers `max_connections` to what the descriptor limit holds once the proxy's own needs are
+/// met (probes, the admin port, listeners, logs), so that an outsider holding connections
+/// meets `max_connections` before the proxy's own `socket()` calls fail. Returns the line
+/// saying so when it lowered it.
+fn fit_connections(config: &mut Config) -> Option<String> {
+    let (limit, _) = limits::nofile().ok()?;
+    let discovers = config.targets.iter().any(|t| t.discover);
+    let needs = Needs {
+        workers: config.workers.max(1),
+        targets: if discovers { MAX_TARGETS } else { config.targets.len() },
+        admin: config.admin.map_or(0, |_| config.admin_max_connections + 1),
+    };
+    let fits = needs.connections_within(limit).max(1);
+    if config.max_connections <= fits {
+        return None;
+    }
+    let asked = std::mem::replace(&mut config.max_connections, fits);
+    Some(format!(
+        "max_connections lowered from {asked} to {fits}: the descriptor limit is {limit}, the proxy keeps {} for \
+         itself (probes, the admin port, listeners, logs), and a connection may need {} (its own and its \
+         target's); raise the limit (ulimit -n; docker run --ulimit nofile=N; compose `ulimits: nofile:`) to \
+         allow more",
+        needs.reserved(),
+        needs.per_connection()
+    ))
 }
 
 /// The proxy's listener number in its token.
@@ -167,7 +208,11 @@ impl Server {
         // First, so a signal during the lookups below waits for the loop instead of killing
         // the process by its default action.
         let signals = Signals::new(signals::HANDLED)?;
-        let config = config.clone();
+        let mut config = config.clone();
+        raise_descriptor_limit();
+        if let Some(lowered) = fit_connections(&mut config) {
+            warn!("{lowered}");
+        }
         let workers = config.workers.max(1);
         let listeners = listen::bind(config.listen, workers)?;
         let tls_listeners: Vec<Option<TlsListener>> = match &config.tls {
@@ -371,7 +416,7 @@ impl Server {
                 }
             }
             self.env.now = self.clock.now();
-            self.proxy.sweep_idle(&events, &self.env);
+            self.proxy.sweep_idle(&events, &mut self.env);
             // Whether this pass may have changed a counter or a gauge the leader shows.
             let mut busy = !events.is_empty() || self.proxy.has_requeued();
             let mut flow = Flow::Go;
@@ -497,8 +542,9 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    error!("accept failed: {e}; pausing accepts for 100 ms");
+                    // Out of descriptors or memory, most likely: back off instead of spinning.
+                    crate::proxy::local_failure(&mut self.env, &e);
+                    warn_noisy!(Noisy::LocalError, "accept failed: {e}; pausing accepts for 100 ms");
                     self.accept_paused = true;
                     self.env.wheel.insert(self.env.now + 100, Timer::AcceptRetry);
                     return;
@@ -543,6 +589,8 @@ impl Server {
                          max_idle_upstream"
                     );
                 }
+                // The count of log lines held back within the last seconds, so none goes unsaid.
+                oplog::report_suppressed();
                 if freed >= RETURN_TO_OS {
                     log::debug!("freed {} KiB of buffers the last {POOL_PERIOD} ms did not need", freed >> 10);
                     return_memory_to_os(self.env.now);

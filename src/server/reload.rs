@@ -128,6 +128,9 @@ impl Server {
             );
             config.workers = old.workers;
         }
+        if let Some(lowered) = super::fit_connections(&mut config) {
+            warn!("reload: {lowered}");
+        }
         if config.max_request_head != old.max_request_head || config.chunk_limits != old.chunk_limits {
             warn!("reload: `max_request_head`, `max_chunk_line` and `max_trailer_size` size the buffers and need a restart; keeping the running values");
             (config.max_request_head, config.chunk_limits) = (old.max_request_head, old.chunk_limits);
