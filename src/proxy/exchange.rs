@@ -63,6 +63,9 @@ pub struct Exchange {
     /// After the exchange ended: bytes of its unfinished body that may still be dropped before
     /// the connection is closed instead.
     pub discard_budget: u64,
+    /// In a tunnel: what its access-log line needs of the request head (`log_head`), kept
+    /// instead of the head's buffer. Empty otherwise.
+    pub log_head: Vec<u8>,
 }
 
 impl Exchange {
@@ -97,6 +100,7 @@ impl Exchange {
             upstream_eof: false,
             client_shut: false,
             discard_budget: 0,
+            log_head: Vec::new(),
         }
     }
 
@@ -143,6 +147,30 @@ impl Exchange {
         self.upstream_eof = false;
         self.upload_cut = false;
     }
+}
+
+/// The longest request line, and field value, a tunnel keeps for its log line.
+const LOG_LINE: usize = 2048;
+const LOG_FIELD: usize = 512;
+
+/// What an access-log line needs of a request head, in the head's own form: its request line,
+/// `User-Agent` and `X-Request-Id`, each cut to a bound (at most 3 KiB in all). A tunnel may
+/// idle for an hour and should not hold a head-sized buffer (17 KiB) for one line.
+pub fn log_head(head: &[u8]) -> Vec<u8> {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+    let mut out = Vec::with_capacity(LOG_LINE.min(line.len()) + 2 * LOG_FIELD + 40);
+    out.extend_from_slice(&line[..line.len().min(LOG_LINE)]);
+    for name in ["User-Agent", "X-Request-Id"] {
+        if let Some(value) = crate::http::field_value(head, name.as_bytes()) {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&value[..value.len().min(LOG_FIELD)]);
+        }
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.shrink_to_fit();
+    out
 }
 
 /// Spare exchange boxes: a request reuses one instead of allocating.

@@ -19,7 +19,7 @@
 //! the outcome. `docs/ARCHITECTURE.md` walks a request through these steps.
 
 use super::client::Client;
-use super::exchange::{Exchange, Resp};
+use super::exchange::{self, Exchange, Resp};
 use super::local;
 use super::retry::{self, Attempt, Budget, Decision};
 use super::upstream::UpstreamConn;
@@ -904,10 +904,14 @@ impl Session {
     /// Whatever the client sent after its request head, and the target after its `101`, is
     /// the new protocol's already.
     fn start_tunnel(&mut self, cx: &mut Ctx<'_>) -> Step {
-        let Mode::Exchange(ex) = std::mem::replace(&mut self.mode, Mode::Waiting) else {
+        let Mode::Exchange(mut ex) = std::mem::replace(&mut self.mode, Mode::Waiting) else {
             return Err(Closed);
         };
         debug!("{}: request #{} switched protocols: a tunnel to {}", self.peer(), ex.seq, cx.targets.url(ex.target));
+        // A tunnel may idle for an hour: of its request head it keeps what its log line says,
+        // and the head's buffer goes back to the pool.
+        ex.log_head = exchange::log_head(self.uout.as_ref().map_or(&[][..], Buffer::data));
+        buffer::release(&mut self.uout, cx.buffers);
         cx.metrics.tunnel_opened();
         self.mode = Mode::Tunnel(ex);
         Ok(true)
@@ -1287,7 +1291,10 @@ impl Session {
     /// Counts an ended exchange and writes its access-log line. `local` is the status of an
     /// answer the proxy made itself.
     fn record(&self, cx: &mut Ctx<'_>, ex: &Exchange, local: Option<u16>) {
-        let head = self.uout.as_ref().map_or(&[][..], Buffer::data);
+        let head = match ex.log_head.is_empty() {
+            true => self.uout.as_ref().map_or(&[][..], Buffer::data),
+            false => &ex.log_head[..],
+        };
         let request_line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
         let answered = ex.answered.is_some();
         let status = local.unwrap_or(ex.status);
