@@ -6,12 +6,20 @@
 //! An admin connection reads one request head at a time (8 KiB at most), answers it whole, and
 //! keeps the connection for the next one if the client wants that (the status page polls every
 //! second). Each request must come within 10 s of the connection's start or the last answer,
-//! however slowly its bytes trickle in; when the connection limit is reached, the connection
-//! that has waited longest makes room for the new one, so a healthcheck always gets in. One
-//! event answers at most `TURN` requests, then the connection waits for the loop's next pass,
-//! as a proxy session does: a client pipelining requests cannot hold the loop. A connection that
-//! must close after its answer shuts its side and reads what the client still sends for a
-//! moment, so the answer is not destroyed by a reset.
+//! however slowly its bytes trickle in. One turn of a connection answers at most `TURN`
+//! requests, then it waits for the loop's next pass, as a proxy session does: a client
+//! pipelining requests cannot hold the loop. A connection that must close after its answer shuts
+//! its side and reads what the client still sends for a moment, so the answer is not destroyed
+//! by a reset.
+//!
+//! A healthcheck always gets in, whatever floods the port. When `admin_max_connections` is
+//! reached, a new connection takes the place of another by `Standing`: lingering ones go first,
+//! then those answered at least once, then those still waiting for their first answer, the
+//! oldest accepted first within each; nothing a client sends moves its place, so clients that
+//! keep asking cannot push out one that has not been answered yet. A new connection gets its
+//! first turn in the pass that accepted it, and one pass accepts at most an eighth of the limit
+//! (the rest wait in the kernel's queue for the next pass), so a connection whose request is on
+//! its way is read before even a flood of connections that never send can push it out.
 
 mod status;
 
@@ -42,6 +50,12 @@ const LINGER_MS: u64 = 2_000;
 /// Requests answered in one turn of one connection.
 const TURN: usize = 8;
 
+/// New connections one pass of the loop accepts at most, for a limit of `max` connections: a
+/// connection accepted in a pass is pushed out by new ones no sooner than eight passes later.
+fn accepts_per_pass(max: usize) -> usize {
+    (max / 8).max(1)
+}
+
 /// The status page, served from the binary: no external assets.
 const STATUS_PAGE: &str = include_str!("status.html");
 
@@ -61,17 +75,49 @@ struct Conn {
     close_after: bool,
     /// Our side is shut: what the client sends is dropped until it closes.
     lingering: bool,
+    /// A request of it was answered.
+    answered: bool,
+    /// Its place in accept order.
+    seq: u64,
     timer: TimerId,
-    /// When the connection started waiting for its current request (loop ms).
-    waiting_since: u64,
+}
+
+/// Which connections make room first when `admin_max_connections` is reached (lowest first):
+/// a lingering one has had its answer, an answered one has had its turn, and a new one is still
+/// waiting for its first answer. A client cannot move itself up by asking more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Standing {
+    Lingering,
+    Answered,
+    New,
+}
+
+impl Conn {
+    /// Its place in the line to be closed when room is needed: by standing, then oldest first.
+    fn rank(&self) -> (Standing, u64) {
+        let standing = match (self.lingering, self.answered) {
+            (true, _) => Standing::Lingering,
+            (false, true) => Standing::Answered,
+            (false, false) => Standing::New,
+        };
+        (standing, self.seq)
+    }
 }
 
 pub struct Admin {
     listener: TcpListener,
     addr: SocketAddr,
     conns: Slab<Conn>,
-    /// Connections that used up their turn with work left.
+    /// Connections owed a turn without an event: new ones, and those that used up their turn
+    /// with work left.
     requeued: Vec<usize>,
+    /// Connections may be waiting in the listener's queue: the edge-triggered listener will
+    /// not say so again.
+    backlog: bool,
+    /// How many more this pass may accept.
+    accepts_left: usize,
+    /// Connections accepted so far: the next one's `seq`.
+    accepted: u64,
 }
 
 /// What became of an admin connection after a turn.
@@ -93,7 +139,15 @@ impl Admin {
         let mut listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         env.registry.register(&mut listener, token(Kind::Listener(ADMIN_LISTENER)), Interest::READABLE)?;
-        Ok(Admin { listener, addr, conns: Slab::new(), requeued: Vec::new() })
+        Ok(Admin {
+            listener,
+            addr,
+            conns: Slab::new(),
+            requeued: Vec::new(),
+            backlog: false,
+            accepts_left: accepts_per_pass(env.config.admin_max_connections),
+            accepted: 0,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -108,11 +162,12 @@ impl Admin {
         }
     }
 
-    /// Accepts until the backlog is empty. At the limit, the connection that has waited
-    /// longest for a request is closed to make room.
+    /// Accepts what this pass may (`accepts_per_pass`); the rest stay in the kernel's queue
+    /// for the next pass (`pump`). Each new connection is owed a turn this pass.
     pub fn accept(&mut self, env: &mut Env) {
-        loop {
-            let (mut stream, peer) = match self.listener.accept() {
+        self.backlog = false;
+        while self.accepts_left > 0 {
+            let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -121,32 +176,50 @@ impl Admin {
                     return;
                 }
             };
+            self.accepts_left -= 1;
             if self.conns.len() >= env.config.admin_max_connections {
-                let oldest = self.conns.iter().min_by_key(|(_, c)| c.waiting_since).map(|(key, _)| key);
-                if let Some(conn) = oldest.and_then(|key| self.conns.try_remove(key)) {
-                    debug!("admin: admin_max_connections reached; closed the connection waiting longest");
-                    env.wheel.cancel(conn.timer);
-                }
+                self.make_room(env);
             }
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
-            if let Err(e) = env.registry.register(&mut stream, token(Kind::Admin(key)), Interest::READABLE) {
-                warn!("admin: cannot register {peer}: {e}");
-                continue;
-            }
-            let timer = env.wheel.insert(env.now + IDLE_MS, Timer::Admin(key));
-            entry.insert(Conn {
-                stream,
-                ready: Ready::default(),
-                input: Vec::new(),
-                output: Vec::new(),
-                sent: 0,
-                close_after: false,
-                lingering: false,
-                timer,
-                waiting_since: env.now,
-            });
+            self.admit(stream, peer, env);
         }
+        self.backlog = true;
+    }
+
+    /// Closes the connection first in line (`Conn::rank`) to make room for a new one.
+    fn make_room(&mut self, env: &mut Env) {
+        let first = self.conns.iter().min_by_key(|(_, c)| c.rank()).map(|(key, c)| (key, c.rank().0));
+        let Some((key, standing)) = first else {
+            return;
+        };
+        if let Some(conn) = self.conns.try_remove(key) {
+            debug!("admin: admin_max_connections reached; closed the oldest {standing:?} connection");
+            env.wheel.cancel(conn.timer);
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, env: &mut Env) {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = env.registry.register(&mut stream, token(Kind::Admin(key)), Interest::READABLE) {
+            warn!("admin: cannot register {peer}: {e}");
+            return;
+        }
+        let timer = env.wheel.insert(env.now + IDLE_MS, Timer::Admin(key));
+        entry.insert(Conn {
+            stream,
+            // Not known yet: its first turn tries, and the request is often there already.
+            ready: Ready { read: true, write: true, hup: false },
+            input: Vec::new(),
+            output: Vec::new(),
+            sent: 0,
+            close_after: false,
+            lingering: false,
+            answered: false,
+            seq: self.accepted,
+            timer,
+        });
+        self.accepted += 1;
+        self.requeued.push(key);
     }
 
     /// Serves what an event allows. The view borrows the loop's state, so the connection's
@@ -159,14 +232,26 @@ impl Admin {
         self.turn(key, view)
     }
 
+    /// Whether the loop owes the admin a pass without waiting for an event: a connection is
+    /// owed a turn, or the listener's queue may hold connections.
     pub fn has_requeued(&self) -> bool {
-        !self.requeued.is_empty()
+        !self.requeued.is_empty() || self.backlog
     }
 
-    /// Gives the connections that used up their turn another one.
-    pub fn pump_requeued(&mut self, view: &View<'_>) -> Vec<Touched> {
+    /// The admin's share of a pass of the loop, once its events are handled: accepts what the
+    /// pass may still take from the listener's queue, gives every connection owed a turn one,
+    /// and sets how many the next pass may accept.
+    pub fn pump(&mut self, env: &mut Env, proxy: &Proxy) {
+        if self.backlog {
+            self.accept(env);
+        }
         let keys = std::mem::take(&mut self.requeued);
-        keys.into_iter().map(|key| self.turn(key, view)).collect()
+        let view = View { env, proxy };
+        let touched: Vec<Touched> = keys.into_iter().map(|key| self.turn(key, &view)).collect();
+        for touched in touched {
+            self.rearm(touched, env);
+        }
+        self.accepts_left = accepts_per_pass(env.config.admin_max_connections);
     }
 
     /// One turn of one connection.
@@ -195,11 +280,9 @@ impl Admin {
         if more {
             self.requeued.push(key);
         }
+        conn.answered |= answered;
         if conn.lingering && !was_lingering {
             return Touched::Lingering(key);
-        }
-        if answered {
-            conn.waiting_since = view.env.now;
         }
         Touched::Open { key, answered }
     }
