@@ -1,7 +1,10 @@
 //! The admin listener: `/metrics`, `/status` and `/status.json`, `/livez`, `/readyz`. It runs in
 //! the same loop as the proxy, on its own port, with its own small connection limit, and never
 //! forwards anything. Its answers are rendered from the loop's counters when asked for, so the
-//! proxy's hot path pays nothing for them.
+//! proxy's hot path pays nothing for them. `/metrics` and `/status.json` are rendered afresh
+//! while renderings take less than 5 % of the loop's time; beyond that, the last rendering is
+//! sent again, shared rather than copied (`status.rs`): under a flood of scrapes, what they
+//! say can be up to a second old.
 //!
 //! An admin connection reads one request head at a time (8 KiB at most), answers it whole, and
 //! keeps the connection for the next one if the client wants that (the status page polls every
@@ -32,8 +35,11 @@ use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 use slab::Slab;
+use status::Copies;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::ops::Deref;
+use std::sync::Arc;
 
 /// The admin listener's number in its token.
 pub const ADMIN_LISTENER: usize = 1;
@@ -69,8 +75,7 @@ struct Conn {
     stream: TcpStream,
     ready: Ready,
     input: Vec<u8>,
-    output: Vec<u8>,
-    sent: usize,
+    output: Output,
     /// Close once `output` is sent.
     close_after: bool,
     /// Our side is shut: what the client sends is dropped until it closes.
@@ -104,6 +109,60 @@ impl Conn {
     }
 }
 
+/// An answer on its way out: its head (with a short body) in `head`, then `body`.
+#[derive(Default)]
+struct Output {
+    head: Vec<u8>,
+    body: Body,
+    sent: usize,
+}
+
+impl Output {
+    fn pending(&self) -> bool {
+        self.sent < self.head.len() + self.body.len()
+    }
+
+    /// What is left to send, `limit` bytes at most, as two slices for one vectored write.
+    fn rest(&self, limit: usize) -> (&[u8], &[u8]) {
+        let head = &self.head[self.head.len().min(self.sent)..];
+        let body = &self.body[self.sent.saturating_sub(self.head.len()).min(self.body.len())..];
+        let head = &head[..head.len().min(limit)];
+        let body = &body[..body.len().min(limit - head.len())];
+        (head, body)
+    }
+
+    fn clear(&mut self) {
+        self.head.clear();
+        self.body = Body::default();
+        self.sent = 0;
+    }
+}
+
+/// An answer's body: text built into the binary, or a rendering shared by every answer that
+/// sends it, so a pipelined `/metrics` is not copied per request.
+#[derive(Clone)]
+enum Body {
+    Static(&'static [u8]),
+    Shared(Arc<[u8]>),
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::Static(b"")
+    }
+}
+
+impl Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Static(bytes) => bytes,
+            Body::Shared(bytes) => bytes,
+        }
+    }
+}
+
 pub struct Admin {
     listener: TcpListener,
     addr: SocketAddr,
@@ -118,6 +177,7 @@ pub struct Admin {
     accepts_left: usize,
     /// Connections accepted so far: the next one's `seq`.
     accepted: u64,
+    copies: Copies,
 }
 
 /// What became of an admin connection after a turn.
@@ -147,6 +207,7 @@ impl Admin {
             backlog: false,
             accepts_left: accepts_per_pass(env.config.admin_max_connections),
             accepted: 0,
+            copies: Copies::default(),
         })
     }
 
@@ -210,8 +271,7 @@ impl Admin {
             // Not known yet: its first turn tries, and the request is often there already.
             ready: Ready { read: true, write: true, hup: false },
             input: Vec::new(),
-            output: Vec::new(),
-            sent: 0,
+            output: Output::default(),
             close_after: false,
             lingering: false,
             answered: false,
@@ -262,15 +322,12 @@ impl Admin {
         let was_lingering = conn.lingering;
         let outcome = match conn.lingering {
             true => linger(conn),
-            false => serve(conn, view),
+            false => serve(conn, view, &mut self.copies),
         };
         let mut open = outcome.is_ok();
         if open {
-            let interest = if conn.sent < conn.output.len() {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
+            let interest =
+                if conn.output.pending() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             open = view.env.registry.reregister(&mut conn.stream, token(Kind::Admin(key)), interest).is_ok();
         }
         let Turn { answered, more } = match outcome {
@@ -321,12 +378,13 @@ struct Turn {
 }
 
 /// Writes what is pending, reads, and answers the whole requests that came, up to `TURN`.
-fn serve(conn: &mut Conn, view: &View<'_>) -> Result<Turn, Done> {
+fn serve(conn: &mut Conn, view: &View<'_>, copies: &mut Copies) -> Result<Turn, Done> {
     let mut answered = 0;
     loop {
-        while conn.sent < conn.output.len() {
-            match conn.ready.write(&mut conn.stream, &conn.output[conn.sent..], &[]) {
-                Io::Bytes(n) => conn.sent += n,
+        while conn.output.pending() {
+            let (head, body) = conn.output.rest(usize::MAX);
+            match conn.ready.write(&mut conn.stream, head, body) {
+                Io::Bytes(n) => conn.output.sent += n,
                 Io::Retry => {}
                 Io::Blocked | Io::Eof => return Ok(Turn { answered: answered > 0, more: false }),
                 Io::Failed(_) => return Err(Done),
@@ -342,11 +400,10 @@ fn serve(conn: &mut Conn, view: &View<'_>) -> Result<Turn, Done> {
             return linger(conn).map(|_| Turn { answered: true, more: false });
         }
         conn.output.clear();
-        conn.sent = 0;
         if answered == TURN {
             return Ok(Turn { answered: true, more: true });
         }
-        if answer_one(conn, view) {
+        if answer_one(conn, view, copies) {
             answered += 1;
             continue;
         }
@@ -374,7 +431,7 @@ fn linger(conn: &mut Conn) -> Result<Turn, Done> {
 }
 
 /// Answers the first request in `conn.input` if a whole head is there; whether it did.
-fn answer_one(conn: &mut Conn, view: &View<'_>) -> bool {
+fn answer_one(conn: &mut Conn, view: &View<'_>, copies: &mut Copies) -> bool {
     let mut fields = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut fields);
     let parsed = request.parse(&conn.input);
@@ -392,7 +449,7 @@ fn answer_one(conn: &mut Conn, view: &View<'_>) -> bool {
     let path = request.path.unwrap_or("/");
     let answer = match status {
         Some(status) => Answer::text(status, "bad request\n"),
-        None => route(method, path, view),
+        None => route(method, path, view, copies),
     };
     answer.write(&mut conn.output, method == "HEAD", close);
     conn.close_after = close;
@@ -418,19 +475,20 @@ fn wants_close(fields: &[httparse::Header<'_>]) -> bool {
 struct Answer {
     status: u16,
     content_type: &'static str,
-    body: Vec<u8>,
+    body: Body,
     allow: bool,
 }
 
 impl Answer {
-    fn text(status: u16, body: &str) -> Answer {
-        Answer { status, content_type: "text/plain; charset=utf-8", body: body.as_bytes().to_vec(), allow: false }
+    fn text(status: u16, body: &'static str) -> Answer {
+        Answer { status, content_type: "text/plain; charset=utf-8", body: Body::Static(body.as_bytes()), allow: false }
     }
 
-    fn write(&self, out: &mut Vec<u8>, head_only: bool, close: bool) {
+    fn write(self, out: &mut Output, head_only: bool, close: bool) {
         use std::io::Write;
+        out.clear();
         let _ = write!(
-            out,
+            out.head,
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}{}\r\n",
             self.status,
             crate::http::reason(self.status),
@@ -440,13 +498,13 @@ impl Answer {
             if close { "Connection: close\r\n" } else { "" },
         );
         if !head_only {
-            out.extend_from_slice(&self.body);
+            out.body = self.body;
         }
     }
 }
 
 /// The admin endpoints.
-fn route(method: &str, target: &str, view: &View<'_>) -> Answer {
+fn route(method: &str, target: &str, view: &View<'_>, copies: &mut Copies) -> Answer {
     if method != "GET" && method != "HEAD" {
         let mut answer = Answer::text(405, "only GET and HEAD\n");
         answer.allow = true;
@@ -459,19 +517,19 @@ fn route(method: &str, target: &str, view: &View<'_>) -> Answer {
         "/metrics" => Answer {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: status::metrics(view).into_bytes(),
+            body: Body::Shared(copies.metrics(view)),
             allow: false,
         },
         "/status.json" => Answer {
             status: 200,
             content_type: "application/json",
-            body: status::json(view).into_bytes(),
+            body: Body::Shared(copies.json(view)),
             allow: false,
         },
         "/status" | "/" => Answer {
             status: 200,
             content_type: "text/html; charset=utf-8",
-            body: STATUS_PAGE.as_bytes().to_vec(),
+            body: Body::Static(STATUS_PAGE.as_bytes()),
             allow: false,
         },
         _ => Answer::text(404, "not found: try /status, /metrics, /livez or /readyz\n"),
