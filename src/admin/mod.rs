@@ -11,7 +11,11 @@
 //! second). Each request must come within 10 s of the connection's start or the last answer,
 //! however slowly its bytes trickle in. One turn of a connection answers at most `TURN`
 //! requests, then it waits for the loop's next pass, as a proxy session does: a client
-//! pipelining requests cannot hold the loop. A connection that must close after its answer shuts
+//! pipelining requests cannot hold the loop. Long answers (`/metrics`, `/status.json`,
+//! `/status`) share a send budget of `SEND_PER_MS` bytes per millisecond, all connections
+//! together: those it stops wait for the next millisecond in a line of their own, so clients
+//! pulling them without pause cannot take the loop's time, nor each other's turn; short answers
+//! (`/livez`, `/readyz`) never wait for it. A connection that must close after its answer shuts
 //! its side and reads what the client still sends for a moment, so the answer is not destroyed
 //! by a reset.
 //!
@@ -56,6 +60,18 @@ const LINGER_MS: u64 = 2_000;
 /// Requests answered in one turn of one connection.
 const TURN: usize = 8;
 
+/// Bytes the admin port sends in one millisecond of the loop, all connections together: 64 MB/s,
+/// some 80 answers a second of `/metrics` for 256 targets, and a few percent of the loop's time
+/// however many clients pipeline them. Without it, three clients pipelining `/metrics` pulled
+/// 2.3 GB/s from one shared copy and took both cores of a small machine.
+const SEND_PER_MS: usize = 64 * 1024;
+
+/// Answers this long or shorter (`/livez`, `/readyz`, errors) never wait for the send budget.
+const SHORT_ANSWER: usize = 4 * 1024;
+
+/// `Timer::Admin` with this key is no connection's deadline: the send budget is back.
+const BUDGET_BACK: usize = usize::MAX;
+
 /// New connections one pass of the loop accepts at most, for a limit of `max` connections: a
 /// connection accepted in a pass is pushed out by new ones no sooner than eight passes later.
 fn accepts_per_pass(max: usize) -> usize {
@@ -82,6 +98,8 @@ struct Conn {
     lingering: bool,
     /// A request of it was answered.
     answered: bool,
+    /// The send budget stopped it: it moves again when the budget is back, not on an event.
+    waiting: bool,
     /// Its place in accept order.
     seq: u64,
     timer: TimerId,
@@ -120,6 +138,10 @@ struct Output {
 impl Output {
     fn pending(&self) -> bool {
         self.sent < self.head.len() + self.body.len()
+    }
+
+    fn short(&self) -> bool {
+        self.head.len() + self.body.len() <= SHORT_ANSWER
     }
 
     /// What is left to send, `limit` bytes at most, as two slices for one vectored write.
@@ -178,6 +200,29 @@ pub struct Admin {
     /// Connections accepted so far: the next one's `seq`.
     accepted: u64,
     copies: Copies,
+    budget: Budget,
+    /// Connections the budget stopped, in the order they go when it is back: those it stopped
+    /// before they sent anything, then those that sent some (so each gets its share in turn).
+    starved: Vec<usize>,
+    parked: Vec<usize>,
+    /// The timer that brings the budget back (`BUDGET_BACK`), while one is set.
+    wake: Option<TimerId>,
+}
+
+/// What the admin port may still send in the current millisecond of the loop.
+struct Budget {
+    left: usize,
+    ms: u64,
+}
+
+impl Budget {
+    /// A new millisecond brings the whole budget back.
+    fn refill(&mut self, now: u64) {
+        if now != self.ms {
+            self.ms = now;
+            self.left = SEND_PER_MS;
+        }
+    }
 }
 
 /// What became of an admin connection after a turn.
@@ -208,6 +253,10 @@ impl Admin {
             accepts_left: accepts_per_pass(env.config.admin_max_connections),
             accepted: 0,
             copies: Copies::default(),
+            budget: Budget { left: SEND_PER_MS, ms: env.now },
+            starved: Vec::new(),
+            parked: Vec::new(),
+            wake: None,
         })
     }
 
@@ -220,6 +269,9 @@ impl Admin {
         let _ = env.registry.deregister(&mut self.listener);
         for conn in self.conns.drain() {
             env.wheel.cancel(conn.timer);
+        }
+        if let Some(wake) = self.wake.take() {
+            env.wheel.cancel(wake);
         }
     }
 
@@ -275,6 +327,7 @@ impl Admin {
             close_after: false,
             lingering: false,
             answered: false,
+            waiting: false,
             seq: self.accepted,
             timer,
         });
@@ -319,10 +372,15 @@ impl Admin {
         let Some(conn) = self.conns.get_mut(key) else {
             return Touched::Gone;
         };
+        if conn.waiting {
+            // Its place is kept in the budget's line; an event must not let it jump the line.
+            return Touched::Open { key, answered: false };
+        }
+        self.budget.refill(view.env.now);
         let was_lingering = conn.lingering;
         let outcome = match conn.lingering {
             true => linger(conn),
-            false => serve(conn, view, &mut self.copies),
+            false => serve(conn, view, &mut self.copies, &mut self.budget.left),
         };
         let mut open = outcome.is_ok();
         if open {
@@ -330,12 +388,20 @@ impl Admin {
                 if conn.output.pending() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             open = view.env.registry.reregister(&mut conn.stream, token(Kind::Admin(key)), interest).is_ok();
         }
-        let Turn { answered, more } = match outcome {
+        let Turn { answered, next } = match outcome {
             Ok(turn) if open => turn,
             _ => return self.conns.try_remove(key).map_or(Touched::Gone, |conn| Touched::Closed(conn.timer)),
         };
-        if more {
-            self.requeued.push(key);
+        match next {
+            Next::Event => {}
+            Next::Pass => self.requeued.push(key),
+            Next::Budget { sent } => {
+                conn.waiting = true;
+                match sent {
+                    false => self.starved.push(key),
+                    true => self.parked.push(key),
+                }
+            }
         }
         conn.answered |= answered;
         if conn.lingering && !was_lingering {
@@ -347,6 +413,9 @@ impl Admin {
     /// Gives a connection that answered a fresh deadline for its next request, a lingering one
     /// its short one, or cancels the timer of one that closed.
     pub fn rearm(&mut self, touched: Touched, env: &mut Env) {
+        if self.wake.is_none() && !(self.starved.is_empty() && self.parked.is_empty()) {
+            self.wake = Some(env.wheel.insert(self.budget.ms + 1, Timer::Admin(BUDGET_BACK)));
+        }
         let (key, delay) = match touched {
             Touched::Open { key, answered: true } => (key, IDLE_MS),
             Touched::Lingering(key) => (key, LINGER_MS),
@@ -359,8 +428,19 @@ impl Admin {
         }
     }
 
-    /// A connection's deadline passed.
+    /// A connection's deadline passed, or the send budget is back (`BUDGET_BACK`): the
+    /// connections it stopped get their turns on the next pass, in their order.
     pub fn on_timer(&mut self, key: usize) {
+        if key == BUDGET_BACK {
+            self.wake = None;
+            for key in self.starved.drain(..).chain(self.parked.drain(..)) {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.waiting = false;
+                }
+                self.requeued.push(key);
+            }
+            return;
+        }
         if self.conns.try_remove(key).is_some() {
             debug!("admin: connection closed at its deadline");
         }
@@ -373,20 +453,39 @@ struct Done;
 /// What one turn did.
 struct Turn {
     answered: bool,
-    /// The turn ended with work left: another turn is due without a new event.
-    more: bool,
+    next: Next,
 }
 
-/// Writes what is pending, reads, and answers the whole requests that came, up to `TURN`.
-fn serve(conn: &mut Conn, view: &View<'_>, copies: &mut Copies) -> Result<Turn, Done> {
+/// What a connection waits for after its turn.
+enum Next {
+    /// An event: it is blocked, or has nothing to do.
+    Event,
+    /// The loop's next pass: its turn ended with work left.
+    Pass,
+    /// The send budget (`SEND_PER_MS`); `sent`: it sent some of its answers this turn.
+    Budget { sent: bool },
+}
+
+/// Writes what is pending, reads, and answers the whole requests that came, up to `TURN`
+/// answers and what is `left` of the send budget.
+fn serve(conn: &mut Conn, view: &View<'_>, copies: &mut Copies, left: &mut usize) -> Result<Turn, Done> {
     let mut answered = 0;
+    let mut sent = false;
     loop {
         while conn.output.pending() {
-            let (head, body) = conn.output.rest(usize::MAX);
+            let limit = if conn.output.short() { SHORT_ANSWER } else { *left };
+            if limit == 0 {
+                return Ok(Turn { answered: answered > 0, next: Next::Budget { sent } });
+            }
+            let (head, body) = conn.output.rest(limit);
             match conn.ready.write(&mut conn.stream, head, body) {
-                Io::Bytes(n) => conn.output.sent += n,
+                Io::Bytes(n) => {
+                    conn.output.sent += n;
+                    *left = left.saturating_sub(n);
+                    sent = true;
+                }
                 Io::Retry => {}
-                Io::Blocked | Io::Eof => return Ok(Turn { answered: answered > 0, more: false }),
+                Io::Blocked | Io::Eof => return Ok(Turn { answered: answered > 0, next: Next::Event }),
                 Io::Failed(_) => return Err(Done),
             }
         }
@@ -397,11 +496,11 @@ fn serve(conn: &mut Conn, view: &View<'_>, copies: &mut Copies) -> Result<Turn, 
             }
             conn.lingering = true;
             conn.input = Vec::new();
-            return linger(conn).map(|_| Turn { answered: true, more: false });
+            return linger(conn).map(|turn| Turn { answered: true, ..turn });
         }
         conn.output.clear();
         if answered == TURN {
-            return Ok(Turn { answered: true, more: true });
+            return Ok(Turn { answered: true, next: Next::Pass });
         }
         if answer_one(conn, view, copies) {
             answered += 1;
@@ -411,7 +510,7 @@ fn serve(conn: &mut Conn, view: &View<'_>, copies: &mut Copies) -> Result<Turn, 
         match conn.ready.read(&mut conn.stream, &mut chunk) {
             Io::Bytes(n) => conn.input.extend_from_slice(&chunk[..n]),
             Io::Retry => {}
-            Io::Blocked => return Ok(Turn { answered: answered > 0, more: false }),
+            Io::Blocked => return Ok(Turn { answered: answered > 0, next: Next::Event }),
             Io::Eof | Io::Failed(_) => return Err(Done),
         }
     }
@@ -423,11 +522,11 @@ fn linger(conn: &mut Conn) -> Result<Turn, Done> {
     for _ in 0..TURN {
         match conn.ready.read(&mut conn.stream, &mut sink) {
             Io::Bytes(_) | Io::Retry => {}
-            Io::Blocked => return Ok(Turn { answered: false, more: false }),
+            Io::Blocked => return Ok(Turn { answered: false, next: Next::Event }),
             Io::Eof | Io::Failed(_) => return Err(Done),
         }
     }
-    Ok(Turn { answered: false, more: true })
+    Ok(Turn { answered: false, next: Next::Pass })
 }
 
 /// Answers the first request in `conn.input` if a whole head is there; whether it did.
