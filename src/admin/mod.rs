@@ -1,17 +1,32 @@
 //! The admin listener: `/metrics`, `/status` and `/status.json`, `/livez`, `/readyz`. It runs in
 //! the same loop as the proxy, on its own port, with its own small connection limit, and never
 //! forwards anything. Its answers are rendered from the loop's counters when asked for, so the
-//! proxy's hot path pays nothing for them.
+//! proxy's hot path pays nothing for them. `/metrics` and `/status.json` are rendered afresh
+//! while renderings take less than 5 % of the loop's time; beyond that, the last rendering is
+//! sent again, shared rather than copied (`status.rs`): under a flood of scrapes, what they
+//! say can be up to a second old.
 //!
 //! An admin connection reads one request head at a time (8 KiB at most), answers it whole, and
 //! keeps the connection for the next one if the client wants that (the status page polls every
 //! second). Each request must come within 10 s of the connection's start or the last answer,
-//! however slowly its bytes trickle in; when the connection limit is reached, the connection
-//! that has waited longest makes room for the new one, so a healthcheck always gets in. One
-//! event answers at most `TURN` requests, then the connection waits for the loop's next pass,
-//! as a proxy session does: a client pipelining requests cannot hold the loop. A connection that
-//! must close after its answer shuts its side and reads what the client still sends for a
-//! moment, so the answer is not destroyed by a reset.
+//! however slowly its bytes trickle in. One turn of a connection answers at most `TURN`
+//! requests, then it waits for the loop's next pass, as a proxy session does: a client
+//! pipelining requests cannot hold the loop. Long answers (`/metrics`, `/status.json`,
+//! `/status`) share a send budget of `SEND_PER_MS` bytes per millisecond, all connections
+//! together: those it stops wait for the next millisecond in a line of their own, so clients
+//! pulling them without pause cannot take the loop's time, nor each other's turn; short answers
+//! (`/livez`, `/readyz`) never wait for it. A connection that must close after its answer shuts
+//! its side and reads what the client still sends for a moment, so the answer is not destroyed
+//! by a reset.
+//!
+//! A healthcheck always gets in, whatever floods the port. When `admin_max_connections` is
+//! reached, a new connection takes the place of another by `Standing`: lingering ones go first,
+//! then those answered at least once, then those still waiting for their first answer, the
+//! oldest accepted first within each; nothing a client sends moves its place, so clients that
+//! keep asking cannot push out one that has not been answered yet. A new connection gets its
+//! first turn in the pass that accepted it, and one pass accepts at most an eighth of the limit
+//! (the rest wait in the kernel's queue for the next pass), so a connection whose request is on
+//! its way is read before even a flood of connections that never send can push it out.
 
 mod status;
 
@@ -24,8 +39,11 @@ use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 use slab::Slab;
+use status::Copies;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::ops::Deref;
+use std::sync::Arc;
 
 /// The admin listener's number in its token.
 pub const ADMIN_LISTENER: usize = 1;
@@ -42,6 +60,24 @@ const LINGER_MS: u64 = 2_000;
 /// Requests answered in one turn of one connection.
 const TURN: usize = 8;
 
+/// Bytes the admin port sends in one millisecond of the loop, all connections together: 64 MB/s,
+/// some 80 answers a second of `/metrics` for 256 targets, and a few percent of the loop's time
+/// however many clients pipeline them. Without it, three clients pipelining `/metrics` pulled
+/// 2.3 GB/s from one shared copy and took both cores of a small machine.
+const SEND_PER_MS: usize = 64 * 1024;
+
+/// Answers this long or shorter (`/livez`, `/readyz`, errors) never wait for the send budget.
+const SHORT_ANSWER: usize = 4 * 1024;
+
+/// `Timer::Admin` with this key is no connection's deadline: the send budget is back.
+const BUDGET_BACK: usize = usize::MAX;
+
+/// New connections one pass of the loop accepts at most, for a limit of `max` connections: a
+/// connection accepted in a pass is pushed out by new ones no sooner than eight passes later.
+fn accepts_per_pass(max: usize) -> usize {
+    (max / 8).max(1)
+}
+
 /// The status page, served from the binary: no external assets.
 const STATUS_PAGE: &str = include_str!("status.html");
 
@@ -55,23 +91,138 @@ struct Conn {
     stream: TcpStream,
     ready: Ready,
     input: Vec<u8>,
-    output: Vec<u8>,
-    sent: usize,
+    output: Output,
     /// Close once `output` is sent.
     close_after: bool,
     /// Our side is shut: what the client sends is dropped until it closes.
     lingering: bool,
+    /// A request of it was answered.
+    answered: bool,
+    /// The send budget stopped it: it moves again when the budget is back, not on an event.
+    waiting: bool,
+    /// Its place in accept order.
+    seq: u64,
     timer: TimerId,
-    /// When the connection started waiting for its current request (loop ms).
-    waiting_since: u64,
+}
+
+/// Which connections make room first when `admin_max_connections` is reached (lowest first):
+/// a lingering one has had its answer, an answered one has had its turn, and a new one is still
+/// waiting for its first answer. A client cannot move itself up by asking more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Standing {
+    Lingering,
+    Answered,
+    New,
+}
+
+impl Conn {
+    /// Its place in the line to be closed when room is needed: by standing, then oldest first.
+    fn rank(&self) -> (Standing, u64) {
+        let standing = match (self.lingering, self.answered) {
+            (true, _) => Standing::Lingering,
+            (false, true) => Standing::Answered,
+            (false, false) => Standing::New,
+        };
+        (standing, self.seq)
+    }
+}
+
+/// An answer on its way out: its head (with a short body) in `head`, then `body`.
+#[derive(Default)]
+struct Output {
+    head: Vec<u8>,
+    body: Body,
+    sent: usize,
+}
+
+impl Output {
+    fn pending(&self) -> bool {
+        self.sent < self.head.len() + self.body.len()
+    }
+
+    fn short(&self) -> bool {
+        self.head.len() + self.body.len() <= SHORT_ANSWER
+    }
+
+    /// What is left to send, `limit` bytes at most, as two slices for one vectored write.
+    fn rest(&self, limit: usize) -> (&[u8], &[u8]) {
+        let head = &self.head[self.head.len().min(self.sent)..];
+        let body = &self.body[self.sent.saturating_sub(self.head.len()).min(self.body.len())..];
+        let head = &head[..head.len().min(limit)];
+        let body = &body[..body.len().min(limit - head.len())];
+        (head, body)
+    }
+
+    fn clear(&mut self) {
+        self.head.clear();
+        self.body = Body::default();
+        self.sent = 0;
+    }
+}
+
+/// An answer's body: text built into the binary, or a rendering shared by every answer that
+/// sends it, so a pipelined `/metrics` is not copied per request.
+#[derive(Clone)]
+enum Body {
+    Static(&'static [u8]),
+    Shared(Arc<[u8]>),
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::Static(b"")
+    }
+}
+
+impl Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Static(bytes) => bytes,
+            Body::Shared(bytes) => bytes,
+        }
+    }
 }
 
 pub struct Admin {
     listener: TcpListener,
     addr: SocketAddr,
     conns: Slab<Conn>,
-    /// Connections that used up their turn with work left.
+    /// Connections owed a turn without an event: new ones, and those that used up their turn
+    /// with work left.
     requeued: Vec<usize>,
+    /// Connections may be waiting in the listener's queue: the edge-triggered listener will
+    /// not say so again.
+    backlog: bool,
+    /// How many more this pass may accept.
+    accepts_left: usize,
+    /// Connections accepted so far: the next one's `seq`.
+    accepted: u64,
+    copies: Copies,
+    budget: Budget,
+    /// Connections the budget stopped, in the order they go when it is back: those it stopped
+    /// before they sent anything, then those that sent some (so each gets its share in turn).
+    starved: Vec<usize>,
+    parked: Vec<usize>,
+    /// The timer that brings the budget back (`BUDGET_BACK`), while one is set.
+    wake: Option<TimerId>,
+}
+
+/// What the admin port may still send in the current millisecond of the loop.
+struct Budget {
+    left: usize,
+    ms: u64,
+}
+
+impl Budget {
+    /// A new millisecond brings the whole budget back.
+    fn refill(&mut self, now: u64) {
+        if now != self.ms {
+            self.ms = now;
+            self.left = SEND_PER_MS;
+        }
+    }
 }
 
 /// What became of an admin connection after a turn.
@@ -93,7 +244,20 @@ impl Admin {
         let mut listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         env.registry.register(&mut listener, token(Kind::Listener(ADMIN_LISTENER)), Interest::READABLE)?;
-        Ok(Admin { listener, addr, conns: Slab::new(), requeued: Vec::new() })
+        Ok(Admin {
+            listener,
+            addr,
+            conns: Slab::new(),
+            requeued: Vec::new(),
+            backlog: false,
+            accepts_left: accepts_per_pass(env.config.admin_max_connections),
+            accepted: 0,
+            copies: Copies::default(),
+            budget: Budget { left: SEND_PER_MS, ms: env.now },
+            starved: Vec::new(),
+            parked: Vec::new(),
+            wake: None,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,13 +270,17 @@ impl Admin {
         for conn in self.conns.drain() {
             env.wheel.cancel(conn.timer);
         }
+        if let Some(wake) = self.wake.take() {
+            env.wheel.cancel(wake);
+        }
     }
 
-    /// Accepts until the backlog is empty. At the limit, the connection that has waited
-    /// longest for a request is closed to make room.
+    /// Accepts what this pass may (`accepts_per_pass`); the rest stay in the kernel's queue
+    /// for the next pass (`pump`). Each new connection is owed a turn this pass.
     pub fn accept(&mut self, env: &mut Env) {
-        loop {
-            let (mut stream, peer) = match self.listener.accept() {
+        self.backlog = false;
+        while self.accepts_left > 0 {
+            let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -121,32 +289,50 @@ impl Admin {
                     return;
                 }
             };
+            self.accepts_left -= 1;
             if self.conns.len() >= env.config.admin_max_connections {
-                let oldest = self.conns.iter().min_by_key(|(_, c)| c.waiting_since).map(|(key, _)| key);
-                if let Some(conn) = oldest.and_then(|key| self.conns.try_remove(key)) {
-                    debug!("admin: admin_max_connections reached; closed the connection waiting longest");
-                    env.wheel.cancel(conn.timer);
-                }
+                self.make_room(env);
             }
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
-            if let Err(e) = env.registry.register(&mut stream, token(Kind::Admin(key)), Interest::READABLE) {
-                warn!("admin: cannot register {peer}: {e}");
-                continue;
-            }
-            let timer = env.wheel.insert(env.now + IDLE_MS, Timer::Admin(key));
-            entry.insert(Conn {
-                stream,
-                ready: Ready::default(),
-                input: Vec::new(),
-                output: Vec::new(),
-                sent: 0,
-                close_after: false,
-                lingering: false,
-                timer,
-                waiting_since: env.now,
-            });
+            self.admit(stream, peer, env);
         }
+        self.backlog = true;
+    }
+
+    /// Closes the connection first in line (`Conn::rank`) to make room for a new one.
+    fn make_room(&mut self, env: &mut Env) {
+        let first = self.conns.iter().min_by_key(|(_, c)| c.rank()).map(|(key, c)| (key, c.rank().0));
+        let Some((key, standing)) = first else {
+            return;
+        };
+        if let Some(conn) = self.conns.try_remove(key) {
+            debug!("admin: admin_max_connections reached; closed the oldest {standing:?} connection");
+            env.wheel.cancel(conn.timer);
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, env: &mut Env) {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = env.registry.register(&mut stream, token(Kind::Admin(key)), Interest::READABLE) {
+            warn!("admin: cannot register {peer}: {e}");
+            return;
+        }
+        let timer = env.wheel.insert(env.now + IDLE_MS, Timer::Admin(key));
+        entry.insert(Conn {
+            stream,
+            // Not known yet: its first turn tries, and the request is often there already.
+            ready: Ready { read: true, write: true, hup: false },
+            input: Vec::new(),
+            output: Output::default(),
+            close_after: false,
+            lingering: false,
+            answered: false,
+            waiting: false,
+            seq: self.accepted,
+            timer,
+        });
+        self.accepted += 1;
+        self.requeued.push(key);
     }
 
     /// Serves what an event allows. The view borrows the loop's state, so the connection's
@@ -159,14 +345,26 @@ impl Admin {
         self.turn(key, view)
     }
 
+    /// Whether the loop owes the admin a pass without waiting for an event: a connection is
+    /// owed a turn, or the listener's queue may hold connections.
     pub fn has_requeued(&self) -> bool {
-        !self.requeued.is_empty()
+        !self.requeued.is_empty() || self.backlog
     }
 
-    /// Gives the connections that used up their turn another one.
-    pub fn pump_requeued(&mut self, view: &View<'_>) -> Vec<Touched> {
+    /// The admin's share of a pass of the loop, once its events are handled: accepts what the
+    /// pass may still take from the listener's queue, gives every connection owed a turn one,
+    /// and sets how many the next pass may accept.
+    pub fn pump(&mut self, env: &mut Env, proxy: &Proxy) {
+        if self.backlog {
+            self.accept(env);
+        }
         let keys = std::mem::take(&mut self.requeued);
-        keys.into_iter().map(|key| self.turn(key, view)).collect()
+        let view = View { env, proxy };
+        let touched: Vec<Touched> = keys.into_iter().map(|key| self.turn(key, &view)).collect();
+        for touched in touched {
+            self.rearm(touched, env);
+        }
+        self.accepts_left = accepts_per_pass(env.config.admin_max_connections);
     }
 
     /// One turn of one connection.
@@ -174,32 +372,40 @@ impl Admin {
         let Some(conn) = self.conns.get_mut(key) else {
             return Touched::Gone;
         };
+        if conn.waiting {
+            // Its place is kept in the budget's line; an event must not let it jump the line.
+            return Touched::Open { key, answered: false };
+        }
+        self.budget.refill(view.env.now);
         let was_lingering = conn.lingering;
         let outcome = match conn.lingering {
             true => linger(conn),
-            false => serve(conn, view),
+            false => serve(conn, view, &mut self.copies, &mut self.budget.left),
         };
         let mut open = outcome.is_ok();
         if open {
-            let interest = if conn.sent < conn.output.len() {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
+            let interest =
+                if conn.output.pending() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             open = view.env.registry.reregister(&mut conn.stream, token(Kind::Admin(key)), interest).is_ok();
         }
-        let Turn { answered, more } = match outcome {
+        let Turn { answered, next } = match outcome {
             Ok(turn) if open => turn,
             _ => return self.conns.try_remove(key).map_or(Touched::Gone, |conn| Touched::Closed(conn.timer)),
         };
-        if more {
-            self.requeued.push(key);
+        match next {
+            Next::Event => {}
+            Next::Pass => self.requeued.push(key),
+            Next::Budget { sent } => {
+                conn.waiting = true;
+                match sent {
+                    false => self.starved.push(key),
+                    true => self.parked.push(key),
+                }
+            }
         }
+        conn.answered |= answered;
         if conn.lingering && !was_lingering {
             return Touched::Lingering(key);
-        }
-        if answered {
-            conn.waiting_since = view.env.now;
         }
         Touched::Open { key, answered }
     }
@@ -207,6 +413,9 @@ impl Admin {
     /// Gives a connection that answered a fresh deadline for its next request, a lingering one
     /// its short one, or cancels the timer of one that closed.
     pub fn rearm(&mut self, touched: Touched, env: &mut Env) {
+        if self.wake.is_none() && !(self.starved.is_empty() && self.parked.is_empty()) {
+            self.wake = Some(env.wheel.insert(self.budget.ms + 1, Timer::Admin(BUDGET_BACK)));
+        }
         let (key, delay) = match touched {
             Touched::Open { key, answered: true } => (key, IDLE_MS),
             Touched::Lingering(key) => (key, LINGER_MS),
@@ -219,8 +428,19 @@ impl Admin {
         }
     }
 
-    /// A connection's deadline passed.
+    /// A connection's deadline passed, or the send budget is back (`BUDGET_BACK`): the
+    /// connections it stopped get their turns on the next pass, in their order.
     pub fn on_timer(&mut self, key: usize) {
+        if key == BUDGET_BACK {
+            self.wake = None;
+            for key in self.starved.drain(..).chain(self.parked.drain(..)) {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.waiting = false;
+                }
+                self.requeued.push(key);
+            }
+            return;
+        }
         if self.conns.try_remove(key).is_some() {
             debug!("admin: connection closed at its deadline");
         }
@@ -233,19 +453,39 @@ struct Done;
 /// What one turn did.
 struct Turn {
     answered: bool,
-    /// The turn ended with work left: another turn is due without a new event.
-    more: bool,
+    next: Next,
 }
 
-/// Writes what is pending, reads, and answers the whole requests that came, up to `TURN`.
-fn serve(conn: &mut Conn, view: &View<'_>) -> Result<Turn, Done> {
+/// What a connection waits for after its turn.
+enum Next {
+    /// An event: it is blocked, or has nothing to do.
+    Event,
+    /// The loop's next pass: its turn ended with work left.
+    Pass,
+    /// The send budget (`SEND_PER_MS`); `sent`: it sent some of its answers this turn.
+    Budget { sent: bool },
+}
+
+/// Writes what is pending, reads, and answers the whole requests that came, up to `TURN`
+/// answers and what is `left` of the send budget.
+fn serve(conn: &mut Conn, view: &View<'_>, copies: &mut Copies, left: &mut usize) -> Result<Turn, Done> {
     let mut answered = 0;
+    let mut sent = false;
     loop {
-        while conn.sent < conn.output.len() {
-            match conn.ready.write(&mut conn.stream, &conn.output[conn.sent..], &[]) {
-                Io::Bytes(n) => conn.sent += n,
+        while conn.output.pending() {
+            let limit = if conn.output.short() { SHORT_ANSWER } else { *left };
+            if limit == 0 {
+                return Ok(Turn { answered: answered > 0, next: Next::Budget { sent } });
+            }
+            let (head, body) = conn.output.rest(limit);
+            match conn.ready.write(&mut conn.stream, head, body) {
+                Io::Bytes(n) => {
+                    conn.output.sent += n;
+                    *left = left.saturating_sub(n);
+                    sent = true;
+                }
                 Io::Retry => {}
-                Io::Blocked | Io::Eof => return Ok(Turn { answered: answered > 0, more: false }),
+                Io::Blocked | Io::Eof => return Ok(Turn { answered: answered > 0, next: Next::Event }),
                 Io::Failed(_) => return Err(Done),
             }
         }
@@ -256,14 +496,13 @@ fn serve(conn: &mut Conn, view: &View<'_>) -> Result<Turn, Done> {
             }
             conn.lingering = true;
             conn.input = Vec::new();
-            return linger(conn).map(|_| Turn { answered: true, more: false });
+            return linger(conn).map(|turn| Turn { answered: true, ..turn });
         }
         conn.output.clear();
-        conn.sent = 0;
         if answered == TURN {
-            return Ok(Turn { answered: true, more: true });
+            return Ok(Turn { answered: true, next: Next::Pass });
         }
-        if answer_one(conn, view) {
+        if answer_one(conn, view, copies) {
             answered += 1;
             continue;
         }
@@ -271,7 +510,7 @@ fn serve(conn: &mut Conn, view: &View<'_>) -> Result<Turn, Done> {
         match conn.ready.read(&mut conn.stream, &mut chunk) {
             Io::Bytes(n) => conn.input.extend_from_slice(&chunk[..n]),
             Io::Retry => {}
-            Io::Blocked => return Ok(Turn { answered: answered > 0, more: false }),
+            Io::Blocked => return Ok(Turn { answered: answered > 0, next: Next::Event }),
             Io::Eof | Io::Failed(_) => return Err(Done),
         }
     }
@@ -283,15 +522,15 @@ fn linger(conn: &mut Conn) -> Result<Turn, Done> {
     for _ in 0..TURN {
         match conn.ready.read(&mut conn.stream, &mut sink) {
             Io::Bytes(_) | Io::Retry => {}
-            Io::Blocked => return Ok(Turn { answered: false, more: false }),
+            Io::Blocked => return Ok(Turn { answered: false, next: Next::Event }),
             Io::Eof | Io::Failed(_) => return Err(Done),
         }
     }
-    Ok(Turn { answered: false, more: true })
+    Ok(Turn { answered: false, next: Next::Pass })
 }
 
 /// Answers the first request in `conn.input` if a whole head is there; whether it did.
-fn answer_one(conn: &mut Conn, view: &View<'_>) -> bool {
+fn answer_one(conn: &mut Conn, view: &View<'_>, copies: &mut Copies) -> bool {
     let mut fields = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut fields);
     let parsed = request.parse(&conn.input);
@@ -309,7 +548,7 @@ fn answer_one(conn: &mut Conn, view: &View<'_>) -> bool {
     let path = request.path.unwrap_or("/");
     let answer = match status {
         Some(status) => Answer::text(status, "bad request\n"),
-        None => route(method, path, view),
+        None => route(method, path, view, copies),
     };
     answer.write(&mut conn.output, method == "HEAD", close);
     conn.close_after = close;
@@ -335,19 +574,20 @@ fn wants_close(fields: &[httparse::Header<'_>]) -> bool {
 struct Answer {
     status: u16,
     content_type: &'static str,
-    body: Vec<u8>,
+    body: Body,
     allow: bool,
 }
 
 impl Answer {
-    fn text(status: u16, body: &str) -> Answer {
-        Answer { status, content_type: "text/plain; charset=utf-8", body: body.as_bytes().to_vec(), allow: false }
+    fn text(status: u16, body: &'static str) -> Answer {
+        Answer { status, content_type: "text/plain; charset=utf-8", body: Body::Static(body.as_bytes()), allow: false }
     }
 
-    fn write(&self, out: &mut Vec<u8>, head_only: bool, close: bool) {
+    fn write(self, out: &mut Output, head_only: bool, close: bool) {
         use std::io::Write;
+        out.clear();
         let _ = write!(
-            out,
+            out.head,
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}{}\r\n",
             self.status,
             crate::http::reason(self.status),
@@ -357,13 +597,13 @@ impl Answer {
             if close { "Connection: close\r\n" } else { "" },
         );
         if !head_only {
-            out.extend_from_slice(&self.body);
+            out.body = self.body;
         }
     }
 }
 
 /// The admin endpoints.
-fn route(method: &str, target: &str, view: &View<'_>) -> Answer {
+fn route(method: &str, target: &str, view: &View<'_>, copies: &mut Copies) -> Answer {
     if method != "GET" && method != "HEAD" {
         let mut answer = Answer::text(405, "only GET and HEAD\n");
         answer.allow = true;
@@ -376,19 +616,19 @@ fn route(method: &str, target: &str, view: &View<'_>) -> Answer {
         "/metrics" => Answer {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: status::metrics(view).into_bytes(),
+            body: Body::Shared(copies.metrics(view)),
             allow: false,
         },
         "/status.json" => Answer {
             status: 200,
             content_type: "application/json",
-            body: status::json(view).into_bytes(),
+            body: Body::Shared(copies.json(view)),
             allow: false,
         },
         "/status" | "/" => Answer {
             status: 200,
             content_type: "text/html; charset=utf-8",
-            body: STATUS_PAGE.as_bytes().to_vec(),
+            body: Body::Static(STATUS_PAGE.as_bytes()),
             allow: false,
         },
         _ => Answer::text(404, "not found: try /status, /metrics, /livez or /readyz\n"),

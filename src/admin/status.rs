@@ -1,10 +1,107 @@
-//! What `/metrics` and `/status.json` say, read from the loop's state at the moment of asking:
-//! the leader's own counters, plus every other worker's last copy of theirs.
+//! What `/metrics` and `/status.json` say, read from the loop's state: the leader's own
+//! counters, plus every other worker's last copy of theirs.
+//!
+//! A rendering is not free (256 targets make 800 KB of `/metrics`, 5 to 9 ms in a debug build),
+//! so renderings may take at most 5 % of the loop's time (`Credit`): within that, every answer
+//! is rendered afresh; beyond it (clients asking without pause), the last rendering is sent
+//! again, shared rather than copied, until the credit is back or it is `MAX_AGE_MS` old. What
+//! they say is therefore up to a second old under a flood of scrapes, and current otherwise.
 
 use super::View;
 use crate::observe::metrics::{self, unix_now, Metrics, ProxyView, TargetView};
+use log::debug;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How old a rendering may be when it is sent again (loop ms).
+pub const MAX_AGE_MS: u64 = 1000;
+
+/// Rendering time each millisecond of the loop pays for (µs): 5 % of the loop.
+const CREDIT_PER_MS: i64 = 50;
+
+/// Rendering time saved up while nobody asks, at most (µs): what a burst may render afresh.
+const CREDIT_MAX: i64 = 10_000;
+
+/// One rendering of an endpoint, and when it was made.
+struct Rendered {
+    body: Arc<[u8]>,
+    at: u64,
+}
+
+/// The rendering time the loop can spare: it grows with the loop's time, up to `CREDIT_MAX`,
+/// and each rendering spends what it took.
+#[derive(Default)]
+struct Credit {
+    us: i64,
+    at: u64,
+}
+
+impl Credit {
+    /// Whether a rendering is affordable at `now` (loop ms).
+    fn affordable(&mut self, now: u64) -> bool {
+        let earned = i64::try_from(now.saturating_sub(self.at)).unwrap_or(i64::MAX).saturating_mul(CREDIT_PER_MS);
+        self.us = self.us.saturating_add(earned).min(CREDIT_MAX);
+        self.at = now;
+        self.us >= 0
+    }
+
+    fn spend(&mut self, took: Duration) {
+        self.us = self.us.saturating_sub(i64::try_from(took.as_micros()).unwrap_or(i64::MAX));
+    }
+}
+
+/// The last rendering of each endpoint, and what the loop can spare for the next.
+#[derive(Default)]
+pub struct Copies {
+    metrics: Option<Rendered>,
+    json: Option<Rendered>,
+    credit: Credit,
+}
+
+impl Copies {
+    /// The Prometheus text exposition.
+    pub fn metrics(&mut self, view: &View<'_>) -> Arc<[u8]> {
+        let now = view.env.now;
+        if let Some(copy) = reusable(&self.metrics, &mut self.credit, now) {
+            return copy;
+        }
+        keep(&mut self.metrics, &mut self.credit, now, timed("/metrics", || metrics(view)))
+    }
+
+    /// What the status page shows, as JSON.
+    pub fn json(&mut self, view: &View<'_>) -> Arc<[u8]> {
+        let now = view.env.now;
+        if let Some(copy) = reusable(&self.json, &mut self.credit, now) {
+            return copy;
+        }
+        keep(&mut self.json, &mut self.credit, now, timed("/status.json", || json(view)))
+    }
+}
+
+/// The last rendering, when a new one is not affordable and it is recent enough.
+fn reusable(last: &Option<Rendered>, credit: &mut Credit, now: u64) -> Option<Arc<[u8]>> {
+    let affordable = credit.affordable(now);
+    let copy = last.as_ref().filter(|c| !affordable && now.saturating_sub(c.at) < MAX_AGE_MS)?;
+    Some(Arc::clone(&copy.body))
+}
+
+/// A new rendering and how long it took.
+fn timed(what: &str, render: impl FnOnce() -> String) -> (Arc<[u8]>, Duration) {
+    let started = Instant::now();
+    let body: Arc<[u8]> = render().into_bytes().into();
+    let took = started.elapsed();
+    debug!("admin: rendered {what}, {} bytes in {} us", body.len(), took.as_micros());
+    (body, took)
+}
+
+/// Pays for a new rendering and keeps it as the last.
+fn keep(last: &mut Option<Rendered>, credit: &mut Credit, now: u64, (body, took): (Arc<[u8]>, Duration)) -> Arc<[u8]> {
+    credit.spend(took);
+    *last = Some(Rendered { body: Arc::clone(&body), at: now });
+    body
+}
 
 /// Every worker's counters and connections, added up.
 struct Totals<'a> {
@@ -48,8 +145,8 @@ fn totals<'a>(view: &View<'a>) -> Totals<'a> {
     totals
 }
 
-/// The Prometheus text exposition.
-pub fn metrics(view: &View<'_>) -> String {
+/// The Prometheus text exposition, rendered now.
+fn metrics(view: &View<'_>) -> String {
     let totals = totals(view);
     let proxy = ProxyView {
         client_connections: totals.client_connections,
@@ -59,8 +156,8 @@ pub fn metrics(view: &View<'_>) -> String {
     metrics::render(&totals.metrics, &totals.targets, &proxy)
 }
 
-/// What the status page shows, as JSON.
-pub fn json(view: &View<'_>) -> String {
+/// What the status page shows, as JSON, rendered now.
+fn json(view: &View<'_>) -> String {
     let env = view.env;
     let totals = totals(view);
     let m = &*totals.metrics;
@@ -130,4 +227,55 @@ pub fn json(view: &View<'_>) -> String {
         "failovers": feed,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `Copies` sends at `now` for a rendering that takes `took`: the last one, or the
+    /// next number.
+    fn ask(last: &mut Option<Rendered>, credit: &mut Credit, now: u64, took_ms: f64, n: &mut u32) -> String {
+        let body = match reusable(last, credit, now) {
+            Some(copy) => copy,
+            None => {
+                *n += 1;
+                let fresh: Arc<[u8]> = n.to_string().into_bytes().into();
+                keep(last, credit, now, (fresh, Duration::from_secs_f64(took_ms / 1000.0)))
+            }
+        };
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[test]
+    fn renderings_asked_every_10_ms_that_take_300_us_are_always_fresh() {
+        let (mut last, mut credit, mut n) = (None, Credit::default(), 0);
+        for i in 0..500 {
+            assert_eq!(ask(&mut last, &mut credit, i * 10, 0.3, &mut n), (i + 1).to_string());
+        }
+    }
+
+    #[test]
+    fn costly_renderings_are_shared_until_the_loop_has_paid_for_them_and_never_over_a_second_old() {
+        let (mut last, mut credit, mut n) = (None, Credit::default(), 0);
+        // Asked without pause: one rendering of 20 ms, then the copy.
+        assert_eq!(ask(&mut last, &mut credit, 0, 20.0, &mut n), "1");
+        assert_eq!(ask(&mut last, &mut credit, 0, 20.0, &mut n), "1");
+        // 20 ms of rendering is paid back by 400 ms of the loop (5 %).
+        assert_eq!(ask(&mut last, &mut credit, 399, 20.0, &mut n), "1");
+        // This one takes 100 ms, which the loop has not paid back a second later: still, a copy
+        // is not sent once it is a second old.
+        assert_eq!(ask(&mut last, &mut credit, 400, 100.0, &mut n), "2");
+        assert_eq!(ask(&mut last, &mut credit, 1399, 100.0, &mut n), "2");
+        assert_eq!(ask(&mut last, &mut credit, 1400, 100.0, &mut n), "3");
+    }
+
+    #[test]
+    fn a_quiet_spell_saves_up_at_most_ten_ms_of_rendering() {
+        let (mut last, mut credit, mut n) = (None, Credit::default(), 0);
+        assert_eq!(ask(&mut last, &mut credit, 60_000, 4.0, &mut n), "1");
+        assert_eq!(ask(&mut last, &mut credit, 60_000, 4.0, &mut n), "2");
+        assert_eq!(ask(&mut last, &mut credit, 60_000, 4.0, &mut n), "3");
+        assert_eq!(ask(&mut last, &mut credit, 60_000, 4.0, &mut n), "3", "10 ms saved, 12 spent");
+    }
 }

@@ -508,13 +508,11 @@ impl Server {
         Flow::Go
     }
 
-    /// Gives admin connections that used up their turn another one.
+    /// The admin's share of the pass: connections left in its listener's queue, and turns for
+    /// the connections owed one.
     fn pump_admin(&mut self) {
-        let Some(admin) = self.admin.as_mut().filter(|a| a.has_requeued()) else {
-            return;
-        };
-        for touched in admin.pump_requeued(&View { env: &self.env, proxy: &self.proxy }) {
-            admin.rearm(touched, &mut self.env);
+        if let Some(admin) = self.admin.as_mut() {
+            admin.pump(&mut self.env, &self.proxy);
         }
     }
 
