@@ -30,11 +30,13 @@
 
 mod status;
 
+use crate::observe::oplog::Noisy;
 use crate::proxy::{Env, Proxy};
 use crate::runtime::ready::{Io, Ready};
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{token, Kind};
 use crate::runtime::wheel::TimerId;
+use crate::warn_noisy;
 use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
@@ -68,9 +70,6 @@ const SEND_PER_MS: usize = 64 * 1024;
 
 /// Answers this long or shorter (`/livez`, `/readyz`, errors) never wait for the send budget.
 const SHORT_ANSWER: usize = 4 * 1024;
-
-/// `Timer::Admin` with this key is no connection's deadline: the send budget is back.
-const BUDGET_BACK: usize = usize::MAX;
 
 /// New connections one pass of the loop accepts at most, for a limit of `max` connections: a
 /// connection accepted in a pass is pushed out by new ones no sooner than eight passes later.
@@ -205,7 +204,7 @@ pub struct Admin {
     /// before they sent anything, then those that sent some (so each gets its share in turn).
     starved: Vec<usize>,
     parked: Vec<usize>,
-    /// The timer that brings the budget back (`BUDGET_BACK`), while one is set.
+    /// The timer that brings the budget back (`Timer::AdminBudget`), while one is set.
     wake: Option<TimerId>,
 }
 
@@ -285,7 +284,11 @@ impl Admin {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!("admin accept failed: {e}");
+                    // Out of descriptors or memory, most likely: the queue waits for the
+                    // loop's accept retry rather than spinning here.
+                    crate::proxy::local_failure(env, &e);
+                    warn_noisy!(Noisy::LocalError, "admin accept failed: {e}; trying again in 100 ms");
+                    env.wheel.insert(env.now + 100, Timer::AcceptRetry);
                     return;
                 }
             };
@@ -414,7 +417,7 @@ impl Admin {
     /// its short one, or cancels the timer of one that closed.
     pub fn rearm(&mut self, touched: Touched, env: &mut Env) {
         if self.wake.is_none() && !(self.starved.is_empty() && self.parked.is_empty()) {
-            self.wake = Some(env.wheel.insert(self.budget.ms + 1, Timer::Admin(BUDGET_BACK)));
+            self.wake = Some(env.wheel.insert(self.budget.ms + 1, Timer::AdminBudget));
         }
         let (key, delay) = match touched {
             Touched::Open { key, answered: true } => (key, IDLE_MS),
@@ -428,19 +431,20 @@ impl Admin {
         }
     }
 
-    /// A connection's deadline passed, or the send budget is back (`BUDGET_BACK`): the
-    /// connections it stopped get their turns on the next pass, in their order.
-    pub fn on_timer(&mut self, key: usize) {
-        if key == BUDGET_BACK {
-            self.wake = None;
-            for key in self.starved.drain(..).chain(self.parked.drain(..)) {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.waiting = false;
-                }
-                self.requeued.push(key);
+    /// The send budget is back: the connections it stopped get their turns on the next pass,
+    /// in their order.
+    pub fn budget_back(&mut self) {
+        self.wake = None;
+        for key in self.starved.drain(..).chain(self.parked.drain(..)) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.waiting = false;
             }
-            return;
+            self.requeued.push(key);
         }
+    }
+
+    /// A connection's deadline passed.
+    pub fn on_timer(&mut self, key: usize) {
         if self.conns.try_remove(key).is_some() {
             debug!("admin: connection closed at its deadline");
         }

@@ -13,6 +13,8 @@ pub enum Timer {
     ProbeDue(TargetId, u32),
     /// An admin connection stayed silent too long: key into the admin slab.
     Admin(usize),
+    /// The admin port's send budget is back: the connections it stopped go on.
+    AdminBudget,
     /// The next round of lookups of `discover` names is due.
     Discover,
     AcceptRetry,

@@ -574,6 +574,11 @@ impl Server {
                     admin.on_timer(key);
                 }
             }
+            Timer::AdminBudget => {
+                if let Some(admin) = self.admin.as_mut() {
+                    admin.budget_back();
+                }
+            }
             Timer::Discover => {
                 if let Some(discovery) = self.discovery.as_mut() {
                     discovery.due(&self.env.config, &mut self.env.wheel, self.env.now);
@@ -599,6 +604,9 @@ impl Server {
                 self.accept_paused = false;
                 self.accept(false);
                 self.accept(true);
+                if let Some(admin) = self.admin.as_mut() {
+                    admin.accept(&mut self.env);
+                }
             }
             Timer::DrainDeadline => {
                 if self.env.link.is_leader() {
