@@ -13,11 +13,11 @@ pub fn run(url: &str) -> ExitCode {
     match get_status(url) {
         Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
         Ok(status) => {
-            eprintln!("ringproxy --probe {url}: status {status}");
+            say_err!("ringproxy --probe {url}: status {status}");
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("ringproxy --probe {url}: {e}");
+            say_err!("ringproxy --probe {url}: {e}");
             ExitCode::from(1)
         }
     }

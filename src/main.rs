@@ -11,6 +11,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `println!` and `eprintln!` without their panic when the stream is closed or full: a
+/// command-line answer that cannot be written must not abort the process.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod healthcheck;
 
 const USAGE: &str = "\
@@ -58,7 +73,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed, String> 
                 args.log_level = Some(level.parse().map_err(|_| format!("unknown log level {level:?}"))?);
             }
             "-h" | "--help" => {
-                println!("{USAGE}");
+                say!("{USAGE}");
                 return Ok(Parsed::Exit(ExitCode::SUCCESS));
             }
             "--probe" => {
@@ -66,7 +81,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed, String> 
                 return Ok(Parsed::Exit(healthcheck::run(&url)));
             }
             "-V" | "--version" => {
-                println!("ringproxy {}", env!("CARGO_PKG_VERSION"));
+                say!("ringproxy {}", env!("CARGO_PKG_VERSION"));
                 return Ok(Parsed::Exit(ExitCode::SUCCESS));
             }
             other => return Err(format!("unexpected argument {other:?}")),
@@ -80,32 +95,32 @@ fn main() -> ExitCode {
         Ok(Parsed::Run(args)) => args,
         Ok(Parsed::Exit(code)) => return code,
         Err(e) => {
-            eprintln!("ringproxy: {e}\n\n{USAGE}");
+            say_err!("ringproxy: {e}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("ringproxy: {}: {e}", args.config.display());
+            say_err!("ringproxy: {}: {e}", args.config.display());
             return ExitCode::from(1);
         }
     };
     if let Some(Err(e)) = config.tls.as_ref().map(ringproxy::tls::load) {
-        eprintln!("ringproxy: {}: {e}", args.config.display());
+        say_err!("ringproxy: {}: {e}", args.config.display());
         return ExitCode::from(1);
     }
     if args.check {
         for warning in &config.warnings {
-            println!("ringproxy: {}: {warning}", args.config.display());
+            say!("ringproxy: {}: {warning}", args.config.display());
         }
-        println!("ringproxy: {}: ok ({} targets)", args.config.display(), config.targets.len());
+        say!("ringproxy: {}: ok ({} targets)", args.config.display(), config.targets.len());
         return ExitCode::SUCCESS;
     }
     // --log-level, else RUST_LOG when it names a level, else info.
     let env_level = std::env::var("RUST_LOG").ok().and_then(|v| v.trim().parse().ok());
     if let Err(e) = oplog::init(args.log_level.or(env_level).unwrap_or(LevelFilter::Info)) {
-        eprintln!("ringproxy: cannot start logging: {e}");
+        say_err!("ringproxy: cannot start logging: {e}");
         return ExitCode::from(1);
     }
     let code = run(&args, &config);

@@ -162,6 +162,21 @@ fn healthchecks(admin: SocketAddr, probes: usize) -> (usize, usize, Vec<String>)
     (probed, raw, failures)
 }
 
+/// Once `flood` has done `warm` of its work (answers, or connections opened), runs 15 probes and
+/// 30 raw checks against `admin`, stops the flood, and asserts that every one got in.
+fn every_healthcheck_gets_in(admin: SocketAddr, flood: Flood, warm: u64, what: &str) {
+    eventually(Duration::from_secs(10), what, || (flood.count() >= warm).then_some(()));
+    let probes = 15;
+    let (probed, raw, failures) = healthchecks(admin, probes);
+    let done = flood.stop();
+    println!("{what}: {done}; probes passed {probed} of {probes}, raw checks {raw} of {}", 2 * probes);
+    assert!(
+        probed == probes && raw == 2 * probes,
+        "{what}: probes passed {probed} of {probes}, raw checks {raw} of {}: {failures:?}",
+        2 * probes
+    );
+}
+
 #[test]
 fn healthchecks_get_in_while_80_clients_pipeline_livez_on_the_admin_port() {
     let t = targets(1);
@@ -172,19 +187,7 @@ fn healthchecks_get_in_while_80_clients_pipeline_livez_on_the_admin_port() {
     for _ in 0..80 {
         flood.spawn(move |stop, answered| pipeline_livez(admin, answer_len, stop, answered));
     }
-    eventually(Duration::from_secs(10), "the flood answered", || (flood.count() >= 5_000).then_some(()));
-    let probes = 15;
-    let (probed, raw, failures) = healthchecks(admin, probes);
-    let answered = flood.stop();
-    println!(
-        "pipelining flood: {answered} /livez answered; probes passed {probed} of {probes}, raw checks {raw} of {}",
-        2 * probes
-    );
-    assert!(
-        probed == probes && raw == 2 * probes,
-        "probes passed {probed} of {probes}, raw checks {raw} of {}: {failures:?}",
-        2 * probes
-    );
+    every_healthcheck_gets_in(admin, flood, 5_000, "the pipelining flood's /livez answers");
 }
 
 #[test]
@@ -197,19 +200,7 @@ fn healthchecks_get_in_among_300_connections_that_never_send() {
         flood.spawn(move |stop, opened| squat(admin, stop, opened));
     }
     // Over the limit of 64: the squatters keep pushing one another out, and coming back.
-    eventually(Duration::from_secs(10), "the squatters churn", || (flood.count() >= 2_000).then_some(()));
-    let probes = 15;
-    let (probed, raw, failures) = healthchecks(admin, probes);
-    let opened = flood.stop();
-    println!(
-        "idle flood: {opened} connections opened; probes passed {probed} of {probes}, raw checks {raw} of {}",
-        2 * probes
-    );
-    assert!(
-        probed == probes && raw == 2 * probes,
-        "probes passed {probed} of {probes}, raw checks {raw} of {}: {failures:?}",
-        2 * probes
-    );
+    every_healthcheck_gets_in(admin, flood, 2_000, "the idle flood's connections opened");
 }
 
 /// Sequential requests through the proxy on one keep-alive connection for `within` (long
