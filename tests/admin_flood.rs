@@ -17,6 +17,14 @@ use std::time::{Duration, Instant};
 /// How long any flood runs at most, whatever the test does meanwhile.
 const FLOOD_LIMIT: Duration = Duration::from_secs(12);
 
+/// The floods load a small machine's cores: one test at a time, so that no test measures
+/// another's flood.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn my_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Threads that load the admin port until stopped (or `FLOOD_LIMIT`), counting what they did.
 struct Flood {
     stop: Arc<AtomicBool>,
@@ -179,6 +187,7 @@ fn every_healthcheck_gets_in(admin: SocketAddr, flood: Flood, warm: u64, what: &
 
 #[test]
 fn healthchecks_get_in_while_80_clients_pipeline_livez_on_the_admin_port() {
+    let _turn = my_turn();
     let t = targets(1);
     let proxy = Proxy::start(&t, "");
     let admin = proxy.admin.expect("admin");
@@ -192,6 +201,7 @@ fn healthchecks_get_in_while_80_clients_pipeline_livez_on_the_admin_port() {
 
 #[test]
 fn healthchecks_get_in_among_300_connections_that_never_send() {
+    let _turn = my_turn();
     let t = targets(1);
     let proxy = Proxy::start(&t, "");
     let admin = proxy.admin.expect("admin");
@@ -246,6 +256,7 @@ fn pipeline_metrics(flood: &mut Flood, admin: SocketAddr) {
 
 #[test]
 fn clients_pipelining_metrics_over_256_targets_do_not_slow_the_proxy() {
+    let _turn = my_turn();
     let t = targets(1);
     // 255 more targets on closed loopback ports: the first request takes them out of the
     // rotation, and `sleeping` keeps their probes away for the test's length.

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -204,8 +204,14 @@ fn fresh_request(addr: SocketAddr) -> Result<u16, String> {
 }
 
 /// Holds `n` idle connections to `addr` from a thread of its own, opening a new one for each
-/// the proxy closes, until `stop` is set or 20 s pass. Returns the most held at once.
-fn hold_idle(addr: SocketAddr, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+/// the proxy closes, until `stop` is set or 20 s pass; `held` says how many it holds now.
+/// Returns the most held at once.
+fn hold_idle(
+    addr: SocketAddr,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    held_now: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let (mut held, mut most) = (Vec::<TcpStream>::new(), 0);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -219,6 +225,8 @@ fn hold_idle(addr: SocketAddr, n: usize, stop: Arc<AtomicBool>) -> std::thread::
                 }
             }
             most = most.max(held.len());
+            held_now.store(held.len(), Ordering::Relaxed);
+            // Pacing only: how often the held connections are looked at.
             std::thread::sleep(Duration::from_millis(20));
         }
         most
@@ -234,9 +242,11 @@ fn an_idle_connection_flood_under_a_low_descriptor_limit_never_empties_the_rotat
     assert_eq!(watcher.request("GET", "/", &[], b"").status, 200);
     // More idle connections than the process has descriptors, far fewer than max_connections'
     // default of 10,000, held for as long as the test watches.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flood = hold_idle(proxy.addr, 400, Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(500));
+    let (stop, held) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let flood = hold_idle(proxy.addr, 400, Arc::clone(&stop), Arc::clone(&held));
+    eventually(Duration::from_secs(10), "the flood to hold more than the descriptors allow", || {
+        (held.load(Ordering::Relaxed) > 286).then_some(())
+    });
     let deadline = Instant::now() + Duration::from_secs(4);
     let mut served = 0;
     while Instant::now() < deadline {
@@ -294,8 +304,32 @@ fn running_out_of_descriptors_is_the_proxys_own_failure_not_the_targets() {
         assert_eq!(status, Ok(503), "request #{i} with no descriptor left");
     }
     let metrics = admin.request("GET", "/metrics", &[], b"").text();
+    // New clients of both ports wait in the listeners' queues: accepts fail, and are retried
+    // every 100 ms without the loop spinning.
+    let mut late = [proxy.addr, proxy.admin].map(|addr| {
+        let mut c = Client::connect(addr);
+        c.stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        c.send(b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\n");
+        c
+    });
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let fields: Vec<u64> =
+            stat.rsplit(") ").next().unwrap_or("").split(' ').filter_map(|f| f.parse().ok()).collect();
+        // utime and stime, in clock ticks (fields 14 and 15 of the line; 12 and 13 after the name).
+        fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+    };
+    let (ticks, started) = (cpu(), Instant::now());
+    eventually(Duration::from_secs(5), "two seconds of failing accepts", || {
+        (started.elapsed() >= Duration::from_secs(2)).then_some(())
+    });
+    let busy = cpu() - ticks;
+    assert!(busy < 100, "{busy} ticks of CPU in 2 s of failing accepts: the retries spin");
     // SAFETY: as above, with `old` read.
     assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) }, 0);
+    // The retries take them in: the proxy answers 404 (target-svc has no /livez), the admin 200.
+    let statuses = late.each_mut().map(|c| c.try_read_response(false).map(|r| r.status));
+    assert_eq!(statuses, [Ok(404), Ok(200)], "the clients queued while descriptors ran out");
     let value = |series: &str| {
         let line = metrics.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
         line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or_else(|| panic!("no {series}"))

@@ -105,22 +105,27 @@ struct Conn {
 }
 
 /// Which connections make room first when `admin_max_connections` is reached (lowest first):
-/// a lingering one has had its answer, an answered one has had its turn, and a new one is still
-/// waiting for its first answer. A client cannot move itself up by asking more.
+/// a lingering one has had its answer, an answered one has had its turn, a new one is still
+/// waiting for its first answer, and one sending a long answer (a scrape of `/metrics`, held
+/// back by the send budget) would lose what it has had of it. A client cannot move itself up by
+/// asking more: short answers (`/livez`) never make a connection `Sending`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Standing {
     Lingering,
     Answered,
     New,
+    Sending,
 }
 
 impl Conn {
     /// Its place in the line to be closed when room is needed: by standing, then oldest first.
     fn rank(&self) -> (Standing, u64) {
-        let standing = match (self.lingering, self.answered) {
-            (true, _) => Standing::Lingering,
-            (false, true) => Standing::Answered,
-            (false, false) => Standing::New,
+        let sending = self.output.pending() && !self.output.short();
+        let standing = match (self.lingering, sending, self.answered) {
+            (true, _, _) => Standing::Lingering,
+            (false, true, _) => Standing::Sending,
+            (false, false, true) => Standing::Answered,
+            (false, false, false) => Standing::New,
         };
         (standing, self.seq)
     }
@@ -198,6 +203,9 @@ pub struct Admin {
     accepts_left: usize,
     /// Connections accepted so far: the next one's `seq`.
     accepted: u64,
+    /// An accept failed (out of descriptors, most likely): the listener waits for
+    /// `Timer::AdminAcceptRetry` instead of failing again on every pass.
+    accept_paused: bool,
     copies: Copies,
     budget: Budget,
     /// Connections the budget stopped, in the order they go when it is back: those it stopped
@@ -251,6 +259,7 @@ impl Admin {
             backlog: false,
             accepts_left: accepts_per_pass(env.config.admin_max_connections),
             accepted: 0,
+            accept_paused: false,
             copies: Copies::default(),
             budget: Budget { left: SEND_PER_MS, ms: env.now },
             starved: Vec::new(),
@@ -278,7 +287,7 @@ impl Admin {
     /// for the next pass (`pump`). Each new connection is owed a turn this pass.
     pub fn accept(&mut self, env: &mut Env) {
         self.backlog = false;
-        while self.accepts_left > 0 {
+        while self.accepts_left > 0 && !self.accept_paused {
             let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -288,7 +297,8 @@ impl Admin {
                     // loop's accept retry rather than spinning here.
                     crate::proxy::local_failure(env, &e);
                     warn_noisy!(Noisy::LocalError, "admin accept failed: {e}; trying again in 100 ms");
-                    env.wheel.insert(env.now + 100, Timer::AcceptRetry);
+                    self.accept_paused = true;
+                    env.wheel.insert(env.now + 100, Timer::AdminAcceptRetry);
                     return;
                 }
             };
@@ -429,6 +439,12 @@ impl Admin {
             env.wheel.cancel(conn.timer);
             conn.timer = env.wheel.insert(env.now + delay, Timer::Admin(key));
         }
+    }
+
+    /// The pause after a failed accept is over: the listener's queue is tried again.
+    pub fn accept_retry(&mut self, env: &mut Env) {
+        self.accept_paused = false;
+        self.accept(env);
     }
 
     /// The send budget is back: the connections it stopped get their turns on the next pass,

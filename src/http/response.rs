@@ -62,6 +62,10 @@ pub fn parse_response(
     fields.scan(resp.headers, true)?;
     let switching = status == 101;
     if switching {
+        // Two Upgrade fields are one list: a second one could name what the first does not.
+        if fields.kinds[..resp.headers.len()].iter().filter(|&&k| k == Field::Upgrade).count() > 1 {
+            return Err(HttpError::BadResponse("101 Switching Protocols with more than one Upgrade field"));
+        }
         match fields.upgrade(resp.headers) {
             None => {
                 return Err(HttpError::BadResponse("101 Switching Protocols without Connection: upgrade and Upgrade"))

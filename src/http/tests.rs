@@ -72,6 +72,9 @@ fn a_101_switches_only_to_a_protocol_the_request_offered() {
         let refused = switch(offer, answer);
         assert!(refused.is_err(), "{answer} for {}: {refused:?}", String::from_utf8_lossy(offer));
     }
+    let ctx = ResponseContext { upgrade_offer: Some(b"websocket"), ..CTX };
+    let two = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n";
+    assert!(parse_response(two, &ctx, &mut out).is_err(), "a second Upgrade field is part of the list");
 }
 
 fn request(raw: &str) -> Result<(RequestHead, String), HttpError> {

@@ -412,7 +412,11 @@ impl Drop for AccessLog {
     /// channel, and give the writer a bounded while to finish.
     fn drop(&mut self) {
         if let Some(to_writer) = self.to_writer.take().filter(|_| !self.batch.is_empty()) {
-            let _ = to_writer.try_send(Message::Lines(std::mem::take(&mut self.batch)));
+            if let Err(TrySendError::Full(Message::Lines(lost)) | TrySendError::Disconnected(Message::Lines(lost))) =
+                to_writer.try_send(Message::Lines(std::mem::take(&mut self.batch)))
+            {
+                COUNTERS.dropped.fetch_add(lost.iter().filter(|&&b| b == b'\n').count() as u64, Relaxed);
+            }
         }
         self.to_writer = None;
         if let Some(finished) = self.finished.take() {

@@ -188,7 +188,8 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        LINE.with(|cell| match cell.try_borrow_mut() {
+        // `try_with`: a line logged while the thread's locals are torn down is dropped, not a panic.
+        let _ = LINE.try_with(|cell| match cell.try_borrow_mut() {
             Ok(mut line) => {
                 format_line(record, SystemTime::now(), &mut line);
                 QUEUE_STATE.push(&line);
@@ -279,6 +280,14 @@ impl Noisy {
         Noisy::LocalError,
     ];
 
+    /// The level its lines are logged at; the count of those held back is said at the same.
+    pub fn level(self) -> Level {
+        match self {
+            Noisy::TlsHandshake => Level::Info,
+            _ => Level::Warn,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Noisy::BadRequest => "refused requests",
@@ -350,7 +359,7 @@ pub fn report_suppressed() {
     let now = now_ms();
     for kind in Noisy::ALL {
         if let Some(n) = THROTTLES[kind as usize].overdue(now) {
-            log::log!(Level::Warn, "{n} more lines of {} were not logged (at most one a second)", kind.describe());
+            log::log!(kind.level(), "{n} more lines of {} were not logged (at most one a second)", kind.describe());
         }
     }
 }
@@ -368,11 +377,14 @@ impl std::fmt::Display for Suppressed {
 }
 
 /// `warn!` for a line an outsider can cause once per request: at most one a second per kind.
+/// Below the log level nothing is counted either, so no summary speaks of lines never shown.
 #[macro_export]
 macro_rules! warn_noisy {
     ($kind:expr, $($arg:tt)+) => {
-        if let Some(held) = $crate::observe::oplog::admit($kind) {
-            log::warn!("{}{}", format_args!($($arg)+), $crate::observe::oplog::Suppressed(held));
+        if log::log_enabled!(log::Level::Warn) {
+            if let Some(held) = $crate::observe::oplog::admit($kind) {
+                log::warn!("{}{}", format_args!($($arg)+), $crate::observe::oplog::Suppressed(held));
+            }
         }
     };
 }
@@ -381,8 +393,10 @@ macro_rules! warn_noisy {
 #[macro_export]
 macro_rules! info_noisy {
     ($kind:expr, $($arg:tt)+) => {
-        if let Some(held) = $crate::observe::oplog::admit($kind) {
-            log::info!("{}{}", format_args!($($arg)+), $crate::observe::oplog::Suppressed(held));
+        if log::log_enabled!(log::Level::Info) {
+            if let Some(held) = $crate::observe::oplog::admit($kind) {
+                log::info!("{}{}", format_args!($($arg)+), $crate::observe::oplog::Suppressed(held));
+            }
         }
     };
 }

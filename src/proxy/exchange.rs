@@ -158,19 +158,42 @@ const LOG_FIELD: usize = 512;
 /// idle for an hour and should not hold a head-sized buffer (17 KiB) for one line.
 pub fn log_head(head: &[u8]) -> Vec<u8> {
     let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
-    let mut out = Vec::with_capacity(LOG_LINE.min(line.len()) + 2 * LOG_FIELD + 40);
-    out.extend_from_slice(&line[..line.len().min(LOG_LINE)]);
-    for name in ["User-Agent", "X-Request-Id"] {
-        if let Some(value) = crate::http::field_value(head, name.as_bytes()) {
+    let line = &line[..line.len().min(LOG_LINE)];
+    let fields = ["User-Agent", "X-Request-Id"].map(|name| {
+        let value = crate::http::field_value(head, name.as_bytes()).map(|v| &v[..v.len().min(LOG_FIELD)]);
+        (name, value)
+    });
+    let size = line.len() + 4 + fields.iter().filter_map(|&(n, v)| Some(n.len() + 4 + v?.len())).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(line);
+    for (name, value) in fields {
+        if let Some(value) = value {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(&value[..value.len().min(LOG_FIELD)]);
+            out.extend_from_slice(value);
         }
     }
     out.extend_from_slice(b"\r\n\r\n");
-    out.shrink_to_fit();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tunnels_log_head_keeps_what_the_line_says_and_no_more() {
+        let long = format!("GET /{} HTTP/1.1", "a".repeat(5000));
+        let head = format!("{long}\r\nHost: h\r\nUser-Agent: ua/1\r\nCookie: secret\r\nX-Request-Id: r-1\r\n\r\n");
+        let kept = log_head(head.as_bytes());
+        assert_eq!(kept.len(), kept.capacity(), "one allocation, of the right size");
+        let text = String::from_utf8(kept.clone()).expect("utf8");
+        assert!(text.starts_with(&long[..LOG_LINE]) && !text.contains("Cookie") && text.ends_with("\r\n\r\n"));
+        assert_eq!(crate::http::field_value(&kept, b"user-agent"), Some(&b"ua/1"[..]));
+        assert_eq!(crate::http::field_value(&kept, b"x-request-id"), Some(&b"r-1"[..]));
+        assert_eq!(log_head(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), b"GET / HTTP/1.1\r\n\r\n");
+    }
 }
 
 /// Spare exchange boxes: a request reuses one instead of allocating.

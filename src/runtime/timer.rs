@@ -15,6 +15,8 @@ pub enum Timer {
     Admin(usize),
     /// The admin port's send budget is back: the connections it stopped go on.
     AdminBudget,
+    /// The admin listener's pause after a failed accept is over.
+    AdminAcceptRetry,
     /// The next round of lookups of `discover` names is due.
     Discover,
     AcceptRetry,

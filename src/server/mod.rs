@@ -604,8 +604,10 @@ impl Server {
                 self.accept_paused = false;
                 self.accept(false);
                 self.accept(true);
+            }
+            Timer::AdminAcceptRetry => {
                 if let Some(admin) = self.admin.as_mut() {
-                    admin.accept(&mut self.env);
+                    admin.accept_retry(&mut self.env);
                 }
             }
             Timer::DrainDeadline => {
