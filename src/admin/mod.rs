@@ -248,7 +248,7 @@ pub enum Touched {
 
 impl Admin {
     pub fn bind(addr: SocketAddr, env: &Env) -> io::Result<Admin> {
-        let mut listener = TcpListener::bind(addr)?;
+        let mut listener = crate::runtime::listen::bind(addr, 1)?.pop().ok_or(io::ErrorKind::AddrNotAvailable)?;
         let addr = listener.local_addr()?;
         env.registry.register(&mut listener, token(Kind::Listener(ADMIN_LISTENER)), Interest::READABLE)?;
         Ok(Admin {

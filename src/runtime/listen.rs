@@ -8,7 +8,10 @@ use std::mem::size_of;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// Pending connections each listener holds, as mio's own `bind` asks for.
+/// Pending connections each listener's accept queue holds (the kernel caps it at `somaxconn`).
+/// mio's and std's `bind` ask for 128: a flood of a few hundred connections would fill that
+/// and the kernel would drop the next SYN, a healthcheck's among them, for a second or more.
+/// nginx asks for 511, HAProxy for as many as `maxconn`.
 const BACKLOG: libc::c_int = 1024;
 
 /// `count` listeners on `addr`: one plain socket when `count` is 1, else `count` sockets in one
@@ -20,7 +23,7 @@ const BACKLOG: libc::c_int = 1024;
 /// sets `SO_REUSEPORT` itself can still join the group afterwards: the kernel allows it.)
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
     if count <= 1 {
-        return Ok(vec![TcpListener::bind(addr)?]);
+        return Ok(vec![one(addr)?]);
     }
     if addr.port() != 0 {
         drop(std::net::TcpListener::bind(addr)?);
@@ -41,9 +44,26 @@ fn reuseport(_: SocketAddr) -> io::Result<TcpListener> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "more than one worker needs Linux (SO_REUSEPORT)"))
 }
 
-/// A non-blocking listener with `SO_REUSEADDR` and `SO_REUSEPORT` set before `bind`.
+#[cfg(not(target_os = "linux"))]
+fn one(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+/// One listener on `addr`, with `SO_REUSEADDR` as mio sets it, and a `BACKLOG`-long queue.
+#[cfg(target_os = "linux")]
+fn one(addr: SocketAddr) -> io::Result<TcpListener> {
+    listener(addr, &[libc::SO_REUSEADDR])
+}
+
+/// A listener of a `SO_REUSEPORT` group.
 #[cfg(target_os = "linux")]
 fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    listener(addr, &[libc::SO_REUSEADDR, libc::SO_REUSEPORT])
+}
+
+/// A non-blocking listener with `options` set before `bind`, listening with `BACKLOG`.
+#[cfg(target_os = "linux")]
+fn listener(addr: SocketAddr, options: &[libc::c_int]) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain syscalls on a descriptor this function owns from `socket` on; `OwnedFd`
     // closes it on every error path.
@@ -54,7 +74,7 @@ fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
         }
         let fd = OwnedFd::from_raw_fd(fd);
         let on: libc::c_int = 1;
-        for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        for &option in options {
             let set = libc::setsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
