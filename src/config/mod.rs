@@ -2,10 +2,11 @@
 //! the validated form with parsed addresses and durations. Nothing outside this module sees the
 //! raw form. The prototype's file `{"ports": [...], "sleeping": 1}` stays valid as it is.
 
+mod print;
 mod raw;
 
 use crate::http::{self, ChunkLimits};
-use raw::{Keys, RawConfig};
+use raw::{did_you_mean, Keys, RawConfig};
 use serde_json::Value;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -81,6 +82,19 @@ pub struct SniSpec {
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
 }
+
+/// Every top-level key of the file, in the order the parser takes them: the parser's own list,
+/// which the reference (`docs/configuration.md`) and the schema (`docs/ringproxy.schema.json`)
+/// are tested against.
+pub fn keys() -> Vec<&'static str> {
+    raw::known()
+}
+
+/// The keys of a target object in `ports`.
+pub const TARGET_KEYS: [&str; 3] = ["url", "weight", "discover"];
+/// The keys of `tls`, and of each of its `sni` entries.
+pub const TLS_KEYS: [&str; 4] = ["listen", "cert", "key", "sni"];
+pub const SNI_KEYS: [&str; 3] = ["names", "cert", "key"];
 
 /// Where the admin endpoints listen when the config does not say.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9000";
@@ -247,7 +261,7 @@ impl Config {
         let Value::Object(keys) = value else {
             return Err(err("", "the config must be a JSON object, like {\"ports\": [...]}"));
         };
-        RawConfig::from_keys(Keys(keys))?.validate()
+        RawConfig::from_keys(Keys::new(keys))?.validate()
     }
 }
 
@@ -445,8 +459,9 @@ fn parse_port(entry: &Value) -> Result<TargetSpec, ConfigError> {
     let (url, weight, discover) = match entry {
         Value::String(url) => (url.as_str(), 1, false),
         Value::Object(keys) => {
-            if let Some(unknown) = keys.keys().find(|k| !matches!(k.as_str(), "url" | "weight" | "discover")) {
-                return Err(bad(&format!("unknown target key `{unknown}` (url, weight, discover)")));
+            if let Some(unknown) = keys.keys().find(|k| !TARGET_KEYS.contains(&k.as_str())) {
+                let hint = did_you_mean(unknown, &TARGET_KEYS);
+                return Err(bad(&format!("unknown target key `{unknown}`{hint} (url, weight, discover)")));
             }
             let url = keys.get("url").and_then(Value::as_str).ok_or_else(|| bad("a target object needs \"url\""))?;
             let weight = match keys.get("weight") {
@@ -480,8 +495,9 @@ fn parse_tls(value: &Value) -> Result<TlsSpec, ConfigError> {
             "must be an object like {\"listen\": \":8443\", \"cert\": \"chain.pem\", \"key\": \"key.pem\"}",
         ));
     };
-    if let Some(unknown) = keys.keys().find(|k| !matches!(k.as_str(), "listen" | "cert" | "key" | "sni")) {
-        return Err(err("tls", format!("unknown key `{unknown}` (listen, cert, key, sni)")));
+    if let Some(unknown) = keys.keys().find(|k| !TLS_KEYS.contains(&k.as_str())) {
+        let hint = did_you_mean(unknown, &TLS_KEYS);
+        return Err(err("tls", format!("unknown key `{unknown}`{hint} (listen, cert, key, sni)")));
     }
     let text = |key: &str, v: Option<&Value>| -> Result<String, ConfigError> {
         v.and_then(Value::as_str).map(str::to_owned).ok_or_else(|| err(&format!("tls.{key}"), "must be a string"))
@@ -492,6 +508,11 @@ fn parse_tls(value: &Value) -> Result<TlsSpec, ConfigError> {
     let mut sni = Vec::new();
     for (i, entry) in keys.get("sni").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let key = format!("tls.sni[{i}]");
+        let unknown = entry.as_object().and_then(|e| e.keys().find(|k| !SNI_KEYS.contains(&k.as_str())));
+        if let Some(unknown) = unknown {
+            let hint = did_you_mean(unknown, &SNI_KEYS);
+            return Err(err(&key, format!("unknown key `{unknown}`{hint} (names, cert, key)")));
+        }
         let names: Vec<String> = entry
             .get("names")
             .and_then(Value::as_array)
@@ -632,6 +653,30 @@ mod tests {
         assert!(refused(r#"{"ports": ["http://a/"], "fall": 0}"#).contains("`fall`"));
         assert!(refused(r#"{"ports": ["http://a/"], "all_down": "panic"}"#).contains("`all_down`"));
         assert!(refused(r#"{"ports": ["http://a/x", "http://b/y"]}"#).contains("same path"));
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_nearest_known_one() {
+        let typo = refused(r#"{"ports": ["http://a/"], "sleping": 1}"#);
+        assert!(typo.contains("unknown field `sleping` (did you mean `sleeping`?)"), "{typo}");
+        let swapped = refused(r#"{"ports": ["http://a/"], "upstream_timoeut": 1}"#);
+        assert!(swapped.contains("(did you mean `upstream_timeout`?)"), "{swapped}");
+        assert!(!refused(r#"{"ports": ["http://a/"], "colour": 1}"#).contains("did you mean"), "nothing near");
+        let nested = refused(r#"{"ports": [{"url": "http://a/", "wieght": 2}]}"#);
+        assert!(nested.contains("(did you mean `weight`?)"), "{nested}");
+        let tls = refused(r#"{"ports": ["http://a/"], "tls": {"cert": "c", "key": "k", "lisen": ":1"}}"#);
+        assert!(tls.contains("(did you mean `listen`?)"), "{tls}");
+        let sni = refused(r#"{"ports": ["http://a/"], "tls": {"cert": "c", "key": "k", "sni": [{"name": ["a"]}]}}"#);
+        assert!(sni.contains("(did you mean `names`?)"), "{sni}");
+    }
+
+    #[test]
+    fn the_parser_lists_its_keys_and_ignores_a_schema_address() {
+        let keys = keys();
+        assert_eq!(keys.len(), 37, "{keys:?}");
+        assert_eq!((keys[0], keys[1]), ("$schema", "ports"));
+        assert!(Config::parse(r#"{"$schema": "../docs/ringproxy.schema.json", "ports": ["http://a/"]}"#).is_ok());
+        assert!(refused(r#"{"$schema": 1, "ports": ["http://a/"]}"#).contains("`$schema`"));
     }
 
     #[test]

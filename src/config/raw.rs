@@ -53,24 +53,92 @@ pub(super) struct RawConfig {
     pub(super) workers: Value,
 }
 
-/// The keys of a config object, taken one by one so that an error names its key.
-pub(super) struct Keys(pub(super) Map<String, Value>);
+/// The keys of a config object, taken one by one so that an error names its key, and the names
+/// asked for, so that the parser itself says which keys it knows (`known`).
+pub(super) struct Keys {
+    map: Map<String, Value>,
+    asked: Vec<&'static str>,
+}
 
 impl Keys {
-    fn take<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
-        match self.0.remove(key) {
+    pub(super) fn new(map: Map<String, Value>) -> Keys {
+        Keys { map, asked: Vec::new() }
+    }
+
+    fn take<T: DeserializeOwned>(&mut self, key: &'static str) -> Result<Option<T>, ConfigError> {
+        self.asked.push(key);
+        match self.map.remove(key) {
             None => Ok(None),
             Some(value) => serde_json::from_value(value).map(Some).map_err(|e| err(key, e.to_string())),
         }
     }
 
-    fn or<T: DeserializeOwned>(&mut self, key: &str, default: T) -> Result<T, ConfigError> {
+    fn or<T: DeserializeOwned>(&mut self, key: &'static str, default: T) -> Result<T, ConfigError> {
         Ok(self.take(key)?.unwrap_or(default))
     }
+
+    /// A key left over once every known one was taken: an error naming it, with the closest
+    /// known key when one is near (`sleping` → `sleeping`).
+    fn refuse_unknown(&self) -> Result<(), ConfigError> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(unknown) => Err(err("", format!("unknown field `{unknown}`{}", did_you_mean(unknown, &self.asked)))),
+        }
+    }
+}
+
+/// Every top-level key the parser takes, in its order.
+pub(super) fn known() -> Vec<&'static str> {
+    // Only the required key is present: every other one is asked for and takes its default.
+    let mut keys = Keys::new(Map::from_iter([("ports".to_owned(), Value::Array(Vec::new()))]));
+    let _ = RawConfig::from_keys_asked(&mut keys);
+    keys.asked
+}
+
+/// `" (did you mean `KEY`?)"` for the known key nearest `unknown`, when one is near enough to be
+/// a slip of the keyboard: at most two edits, and fewer than a third of its letters.
+pub(super) fn did_you_mean(unknown: &str, known: &[&str]) -> String {
+    let near = known
+        .iter()
+        .map(|k| (edits(&unknown.to_ascii_lowercase(), k), *k))
+        .filter(|&(d, k)| d <= 2 && d * 3 < k.len().max(unknown.len()))
+        .min();
+    near.map(|(_, k)| format!(" (did you mean `{k}`?)")).unwrap_or_default()
+}
+
+/// Edits (insert, delete, replace, swap two neighbours) from `a` to `b`: the optimal string
+/// alignment distance.
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 impl RawConfig {
     pub(super) fn from_keys(mut k: Keys) -> Result<RawConfig, ConfigError> {
+        let raw = RawConfig::from_keys_asked(&mut k)?;
+        k.refuse_unknown()?;
+        Ok(raw)
+    }
+
+    fn from_keys_asked(k: &mut Keys) -> Result<RawConfig, ConfigError> {
+        // A JSON Schema's address, for editors: nothing for the proxy.
+        let _: Option<String> = k.take("$schema")?;
         let raw = RawConfig {
             ports: k.take("ports")?.ok_or_else(|| err("", "missing field `ports`"))?,
             sleeping: k.or("sleeping", 1.0)?,
@@ -88,7 +156,8 @@ impl RawConfig {
             fall: k.or("fall", 1)?,
             rise: k.or("rise", 1)?,
             check_live: k.or("check_live", false)?,
-            retries: k.take("retries")?,
+            // `null` says the default out loud (`--print-config` writes it for a discovered table).
+            retries: k.take::<Option<usize>>("retries")?.flatten(),
             // Long enough for one retry after a full `upstream_timeout`, as nginx retries on timeout.
             retry_timeout: k.or("retry_timeout", 60.0)?,
             all_down: k.or("all_down", "error".to_owned())?,
@@ -112,9 +181,6 @@ impl RawConfig {
             max_trailer_size: k.take("max_trailer_size")?,
             workers: k.or("workers", Value::from(1))?,
         };
-        if let Some(unknown) = k.0.keys().next() {
-            return Err(err("", format!("unknown field `{unknown}`")));
-        }
         Ok(raw)
     }
 }
