@@ -1,4 +1,4 @@
-//! `ringproxy [--config PATH] [--check] [--log-level LEVEL]`: loads the config, starts the
+//! `ringproxy [--config PATH] [--check | --print-config] [--log-level LEVEL]`: loads the config, starts the
 //! reactor, exits 0 after a clean drain, 1 on a bad config or a fatal error, 2 on bad usage.
 //! `ringproxy --probe URL` is a health check for images without a shell: 0 when URL answers
 //! 2xx, 1 otherwise.
@@ -31,12 +31,14 @@ mod healthcheck;
 const USAGE: &str = "\
 ringproxy: a load-balancing HTTP/1.1 reverse proxy
 
-Usage: ringproxy [--config PATH] [--check] [--log-level LEVEL]
+Usage: ringproxy [--config PATH] [--check | --print-config] [--log-level LEVEL]
        ringproxy --probe URL
 
 Options:
   -c, --config PATH      config file (default: config/appsettings.json)
   -t, --check            validate the config and exit: 0 if valid, 1 if not
+  -T, --print-config     print the effective config (every key, after defaults) as JSON
+                         and exit: 0 if valid, 1 if not
   -l, --log-level LEVEL  error, warn, info, debug or trace (default: info, or RUST_LOG)
       --probe URL        GET http://HOST:PORT/PATH and exit 0 on a 2xx answer within
                          2 s, 1 otherwise (a healthcheck for the FROM scratch image)
@@ -54,6 +56,7 @@ SIGUSR1 reopens the access log file. SIGUSR2 is logged and ignored.";
 struct Args {
     config: PathBuf,
     check: bool,
+    print_config: bool,
     log_level: Option<LevelFilter>,
 }
 
@@ -63,11 +66,13 @@ enum Parsed {
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed, String> {
-    let mut args = Args { config: PathBuf::from("config/appsettings.json"), check: false, log_level: None };
+    let mut args =
+        Args { config: PathBuf::from("config/appsettings.json"), check: false, print_config: false, log_level: None };
     while let Some(arg) = argv.next() {
         match arg.as_str() {
             "-c" | "--config" => args.config = argv.next().ok_or("--config needs a path")?.into(),
             "-t" | "--check" => args.check = true,
+            "-T" | "--print-config" => args.print_config = true,
             "-l" | "--log-level" => {
                 let level = argv.next().ok_or("--log-level needs a level")?;
                 args.log_level = Some(level.parse().map_err(|_| format!("unknown log level {level:?}"))?);
@@ -109,6 +114,13 @@ fn main() -> ExitCode {
     if let Some(Err(e)) = config.tls.as_ref().map(ringproxy::tls::load) {
         say_err!("ringproxy: {}: {e}", args.config.display());
         return ExitCode::from(1);
+    }
+    if args.print_config {
+        for warning in &config.warnings {
+            say_err!("ringproxy: {}: {warning}", args.config.display());
+        }
+        say!("{}", config.effective_text());
+        return ExitCode::SUCCESS;
     }
     if args.check {
         for warning in &config.warnings {

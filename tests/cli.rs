@@ -109,3 +109,34 @@ fn a_tiny_sleeping_does_not_make_the_probes_spin() {
     let used = cpu_seconds(proxy.proc.pid()) - before;
     assert!(used < 0.3, "{used} s of CPU in a second of probing a dead target");
 }
+
+#[test]
+fn a_misspelt_key_is_named_with_the_nearest_known_one() {
+    let (code, text) = check(r#"{"ports": ["http://127.0.0.1:1/"], "sleping": 1}"#);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("unknown field `sleping` (did you mean `sleeping`?)"), "{text}");
+}
+
+#[test]
+fn print_config_shows_every_key_after_defaults_as_a_config_of_its_own() {
+    let path = std::env::temp_dir().join(format!("ringproxy-cli-print-{}.json", std::process::id()));
+    std::fs::write(&path, r#"{"ports": ["http://127.0.0.1:1/"], "upstream_timeout": 12, "sleeping": 0.01}"#)
+        .expect("write config");
+    let out = Command::new(common::proxy_bin()).arg("--print-config").arg("--config").arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("{\n  \"ports\": ["), "ports first, as the file has it: {text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("below the floor"), "the warning goes to stderr");
+    let effective: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(effective["upstream_timeout"], 12.0);
+    assert_eq!(effective["connect_timeout"], 2.0, "a default, said out loud");
+    assert_eq!(effective["sleeping"], 0.1, "the floor the proxy uses, not the value asked for");
+    let shown = effective.as_object().expect("an object").len();
+    assert_eq!(shown, ringproxy::config::keys().len() - 2, "every key but $schema and tls (off)");
+    // What it prints is a config that checks, and means the same.
+    std::fs::write(&path, &text).expect("write the effective config");
+    let again =
+        Command::new(common::proxy_bin()).arg("--print-config").arg("--config").arg(&path).output().expect("run");
+    assert_eq!(String::from_utf8_lossy(&again.stdout), text);
+    let _ = std::fs::remove_file(path);
+}
