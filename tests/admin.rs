@@ -275,8 +275,9 @@ fn a_busy_default_admin_port_turns_the_admin_off_but_a_named_one_is_fatal() {
     // Held here, or by someone else already: either way 127.0.0.1:9000 is busy.
     let _held = std::net::TcpListener::bind("127.0.0.1:9000");
     let config = std::env::temp_dir().join(format!("ringproxy-admin-default-{}.json", std::process::id()));
-    std::fs::write(&config, format!("{{\"ports\": [\"{}\"], \"listen\": \"127.0.0.1:0\"}}", t[0].url()))
-        .expect("config");
+    let json = format!("{{\"ports\": [\"{}\"], \"listen\": \"127.0.0.1:0\"}}", t[0].url());
+    common::schema_check(&json).expect("the schema accepts the config");
+    std::fs::write(&config, json).expect("config");
     let proc = common::Proc::spawn(Command::new(common::proxy_bin()).arg("--config").arg(&config));
     let line = proc.wait_line("admin endpoints off", Duration::from_secs(10));
     assert!(line.contains("cannot listen on the default 127.0.0.1:9000"), "{line}");

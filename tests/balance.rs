@@ -183,14 +183,12 @@ fn a_discovered_name_stands_for_every_address_and_follows_its_changes() {
     let nsswitch = std::env::temp_dir().join(format!("ringproxy-nsswitch-{}", std::process::id()));
     std::fs::write(&nsswitch, "hosts: files\n").expect("nsswitch.conf");
     let config = std::env::temp_dir().join(format!("ringproxy-discover-{}.json", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "{{\"ports\": [{{\"url\": \"http://app.test:{port}/\", \"discover\": true}}], \"listen\": \"127.0.0.1:0\", \
-             \"admin\": \"127.0.0.1:0\", \"resolve_interval\": 0.3, \"sleeping\": 0.2}}"
-        ),
-    )
-    .expect("config");
+    let json = format!(
+        "{{\"ports\": [{{\"url\": \"http://app.test:{port}/\", \"discover\": true}}], \"listen\": \"127.0.0.1:0\", \
+         \"admin\": \"127.0.0.1:0\", \"resolve_interval\": 0.3, \"sleeping\": 0.2}}"
+    );
+    common::schema_check(&json).expect("the schema accepts the config");
+    std::fs::write(&config, json).expect("config");
     let script = format!(
         "mount --bind {} /etc/hosts && mount --bind {} /etc/nsswitch.conf && exec {} --config {}",
         file.display(),

@@ -38,6 +38,7 @@ impl Bare {
             if extra.is_empty() { "" } else { ", " },
         );
         let config = temp_log("edges-config").with_extension("json");
+        common::schema_check(&json).expect("the schema accepts the config");
         std::fs::write(&config, json).expect("write config");
         let mut command = Command::new(proxy_bin());
         command.arg("--config").arg(&config).stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null());

@@ -177,6 +177,8 @@ fn check_names_a_missing_certificate_and_a_key_that_does_not_match() {
     };
     let (code, text) = check(certs.tls_json());
     assert_eq!(code, Some(0), "{text}");
+    let valid = format!("{{\"ports\": [\"http://127.0.0.1:1/\"], {}}}", certs.tls_json());
+    common::schema_check(&valid).expect("the schema accepts the config");
     let missing = certs.tls_json().replace(&*certs.cert("localhost").to_string_lossy(), "/nonexistent/cert.pem");
     let (code, text) = check(missing);
     assert!(code == Some(1) && text.contains("`tls.cert`"), "{text}");

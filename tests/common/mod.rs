@@ -44,6 +44,62 @@ pub fn needs_python(module: &str) -> bool {
     needs(found, &format!("the Python package {module}"), &format!("python3 -m pip install {module}"))
 }
 
+/// The config schema, `docs/ringproxy.schema.json`.
+pub fn schema_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/ringproxy.schema.json")
+}
+
+/// A Python process that validates configs against the schema with `jsonschema`, one JSON
+/// document a line in, `ok` or the errors a line out; started once per test binary.
+struct Validator {
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+    _child: Child,
+}
+
+const VALIDATE: &str = r#"
+import json, sys
+from jsonschema import Draft202012Validator
+validator = Draft202012Validator(json.load(open(sys.argv[1])))
+for line in sys.stdin:
+    errors = ["%s: %s" % ("/".join(map(str, e.absolute_path)) or "(top)", e.message)
+              for e in validator.iter_errors(json.loads(line))]
+    print("ok" if not errors else "; ".join(errors), flush=True)
+"#;
+
+/// Whether `json` (a config) is valid under the schema: `Err` with what the validator said.
+/// Without Python's `jsonschema` it passes with a notice, except under CI=true where it fails.
+pub fn schema_check(json: &str) -> Result<(), String> {
+    static VALIDATOR: std::sync::OnceLock<Option<Mutex<Validator>>> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        if !needs_python("jsonschema") {
+            return None;
+        }
+        let mut child = Command::new("python3")
+            .args(["-c", VALIDATE])
+            .arg(schema_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the schema validator");
+        let input = child.stdin.take().expect("stdin");
+        let output = BufReader::new(child.stdout.take().expect("stdout"));
+        Some(Mutex::new(Validator { input, output, _child: child }))
+    });
+    let Some(validator) = validator else {
+        return Ok(());
+    };
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    let mut v = validator.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    writeln!(v.input, "{value}").map_err(|e| format!("to the validator: {e}"))?;
+    let mut answer = String::new();
+    v.output.read_line(&mut answer).map_err(|e| format!("from the validator: {e}"))?;
+    match answer.trim() {
+        "ok" => Ok(()),
+        errors => Err(errors.to_owned()),
+    }
+}
+
 /// Polls `check` until it gives a value or `within` passes.
 pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -244,6 +300,10 @@ impl Proxy {
             true => json.to_owned(),
             false => json.replacen('{', "{\"admin\": \"127.0.0.1:0\", ", 1),
         };
+        // Every config a test starts the proxy with is one the schema accepts.
+        if let Err(e) = schema_check(&json) {
+            panic!("the schema refuses a config the proxy is started with: {e}\n{json}");
+        }
         let config = std::env::temp_dir().join(format!(
             "ringproxy-test-{}-{}.json",
             std::process::id(),

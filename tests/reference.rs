@@ -1,0 +1,69 @@
+//! The parser, the schema (`docs/ringproxy.schema.json`) and the reference
+//! (`docs/configuration.md`) say the same: the same keys, nested ones included, and the same
+//! defaults. A key added to one and not the others fails here.
+
+use ringproxy::config::{keys, Config, SNI_KEYS, TARGET_KEYS, TLS_KEYS};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn schema() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ringproxy.schema.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("the schema")).expect("the schema is JSON")
+}
+
+fn names(object: &Value) -> BTreeSet<String> {
+    object.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn set(keys: &[&str]) -> BTreeSet<String> {
+    keys.iter().map(|k| (*k).to_owned()).collect()
+}
+
+/// The object form of a `ports` entry in the schema.
+fn target_object(schema: &Value) -> &Value {
+    let forms = schema["properties"]["ports"]["items"]["oneOf"].as_array().expect("ports: a URL or an object");
+    forms.iter().find(|f| f["type"] == "object").expect("the object form")
+}
+
+#[test]
+fn the_schema_has_every_key_the_parser_takes_and_no_other() {
+    let schema = schema();
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(schema["additionalProperties"], false, "an unknown key is an error for the proxy too");
+    assert_eq!(names(&schema["properties"]), set(&keys()));
+    assert_eq!(names(&target_object(&schema)["properties"]), set(&TARGET_KEYS));
+    let tls = &schema["properties"]["tls"];
+    assert_eq!(names(&tls["properties"]), set(&TLS_KEYS));
+    assert_eq!(names(&tls["properties"]["sni"]["items"]["properties"]), set(&SNI_KEYS));
+    for (key, property) in schema["properties"].as_object().expect("properties") {
+        let described = property["description"].as_str().is_some_and(|d| d.len() > 20);
+        assert!(described, "`{key}` has no description for the editor to show");
+    }
+}
+
+#[test]
+fn the_schemas_defaults_are_the_parsers() {
+    let schema = schema();
+    let effective = Config::parse(r#"{"ports": ["http://127.0.0.1:1/"]}"#).expect("valid").effective();
+    let mut compared = 0;
+    for (key, property) in schema["properties"].as_object().expect("properties") {
+        let Some(default) = property.get("default") else {
+            continue;
+        };
+        let used = &effective[key.as_str()];
+        let same = match (default.as_f64(), used.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => default == used,
+        };
+        assert!(same, "`{key}`: the schema says {default}, the parser uses {used}");
+        compared += 1;
+    }
+    assert!(compared >= 30, "only {compared} defaults compared");
+    for (nested, parsed) in [
+        (&target_object(&schema)["properties"]["weight"]["default"], 1),
+        (&schema["properties"]["tls"]["properties"]["listen"]["default"], 8443),
+    ] {
+        assert!(nested.as_u64() == Some(parsed) || nested.as_str().is_some_and(|s| s.ends_with(&parsed.to_string())));
+    }
+}
