@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 pub mod observe;
 pub mod proxy;
+pub mod random;
 pub mod runtime;
 pub mod server;
 pub mod tls;

@@ -15,6 +15,7 @@ pub mod p2c;
 pub mod round_robin;
 
 use crate::config::{Config, Policy, TargetSpec, MAX_TARGETS};
+use crate::random::Rng;
 use hashring::HashRing;
 use std::net::SocketAddr;
 
@@ -128,8 +129,8 @@ pub struct Targets {
     ring: HashRing,
     policy: Policy,
     slow_start_ms: u64,
-    /// For `p2c`'s random choices (xorshift64*: no crate, no syscall).
-    rng: u64,
+    /// For `p2c`'s random choices.
+    rng: Rng,
     refused: usize,
 }
 
@@ -147,7 +148,7 @@ impl Targets {
             ring: HashRing::new([]),
             policy: config.policy,
             slow_start_ms: 0,
-            rng: hash::fnv1a(&std::process::id().to_le_bytes()) | 1,
+            rng: Rng::new(hash::fnv1a(&std::process::id().to_le_bytes())),
             refused: 0,
         };
         targets.configure(config);
@@ -173,7 +174,7 @@ impl Targets {
     /// Gives this copy of the table random draws of its own (each worker has one copy), so
     /// that `p2c` does not draw the same targets in every worker at once.
     pub fn reseed(&mut self, salt: u64) {
-        self.rng = (self.rng ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+        self.rng.reseed(salt);
     }
 
     /// Addresses of discovered names left out at start: the table was full.

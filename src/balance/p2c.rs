@@ -6,17 +6,18 @@
 
 use super::least_conn::lighter;
 use super::{Candidates, TargetId};
+use crate::random::Rng;
 use std::cmp::Ordering;
 
-pub fn pick(candidates: Candidates<'_>, rng: &mut u64) -> Option<TargetId> {
+pub fn pick(candidates: Candidates<'_>, rng: &mut Rng) -> Option<TargetId> {
     let n = candidates.iter().count() as u64;
     let (i, j) = match n {
         0 => return None,
         1 => return candidates.iter().next().map(|t| t.id),
         _ => {
-            let i = next(rng) % n;
+            let i = rng.below(n);
             // A second index, never the first.
-            let j = (i + 1 + next(rng) % (n - 1)) % n;
+            let j = (i + 1 + rng.below(n - 1)) % n;
             (i, j)
         }
     };
@@ -26,18 +27,10 @@ pub fn pick(candidates: Candidates<'_>, rng: &mut u64) -> Option<TargetId> {
     let winner = match lighter(a, wa, b, wb) {
         Ordering::Less => a,
         Ordering::Greater => b,
-        Ordering::Equal if next(rng) % (wa + wb) < wa => a,
+        Ordering::Equal if rng.below(wa + wb) < wa => a,
         Ordering::Equal => b,
     };
     Some(winner.id)
-}
-
-/// xorshift64*.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod probe;
 
 use crate::balance::{TargetId, Targets};
 use crate::config::Config;
+use crate::random::Rng;
 use crate::runtime::clock::millis;
 use crate::runtime::timer::Timer;
 use crate::runtime::wheel::{TimerId, Wheel};
@@ -98,22 +99,17 @@ impl Streak {
     }
 }
 
-/// Spreads probe times over ±10 % of the period (xorshift64*: no crate, no syscall).
-pub struct Jitter(u64);
+/// Spreads probe times over ±10 % of the period.
+pub struct Jitter(Rng);
 
 impl Jitter {
     pub fn new(seed: u64) -> Jitter {
-        Jitter(seed | 1)
+        Jitter(Rng::new(seed))
     }
 
     /// A delay within [0.9, 1.1] × `period`.
     pub fn spread(&mut self, period: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let random = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let width = period / 5;
-        period - period / 10 + random % (width + 1)
+        period - period / 10 + self.0.below(period / 5 + 1)
     }
 }
 
