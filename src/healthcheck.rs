@@ -2,6 +2,7 @@
 //! no shell and no curl. Exit 0 on a 2xx status within the deadline, 1 otherwise, with a line.
 
 use ringproxy::config::parse_target_url;
+use ringproxy::health::probe;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
@@ -35,23 +36,15 @@ fn get_status(url: &str) -> Result<u16, String> {
     stream.set_read_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
     let path = if target.path_prefix.is_empty() { "/" } else { target.path_prefix.as_str() };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-probe\r\nConnection: close\r\n\r\n",
-        target.host
-    );
-    stream.write_all(request.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    stream.write_all(&probe::request(path, &target.host)).map_err(|e| format!("send: {e}"))?;
     let mut head = [0u8; 64];
     let mut got = 0;
-    while got < 12 {
+    while got < 13 {
         match stream.read(&mut head[got..]) {
             Ok(0) => return Err("closed before answering".into()),
             Ok(n) => got += n,
             Err(e) => return Err(format!("read: {e}")),
         }
     }
-    let line = &head[..got];
-    if !line.starts_with(b"HTTP/1.") || line[8] != b' ' {
-        return Err("not an HTTP/1.x answer".into());
-    }
-    std::str::from_utf8(&line[9..12]).ok().and_then(|s| s.parse().ok()).ok_or_else(|| "malformed status line".into())
+    probe::status(&head[..got]).ok_or_else(|| "not an HTTP/1.x status line".into())
 }

@@ -192,10 +192,18 @@ impl Prober {
     }
 }
 
-/// A target's probe request.
-fn request(path: &str, host: &str) -> Vec<u8> {
+/// A probe request, the proxy's own or `ringproxy --probe`'s.
+pub fn request(path: &str, host: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringproxy-probe\r\nConnection: close\r\n\r\n")
         .into_bytes()
+}
+
+/// The status of an `HTTP/1.x NNN ` status line at the start of `got` (13 bytes at least).
+pub fn status(got: &[u8]) -> Option<u16> {
+    let well_formed =
+        got.len() >= 13 && got.starts_with(b"HTTP/1.") && got[8] == b' ' && matches!(got[12], b' ' | b'\r');
+    let digits = got.get(9..12).filter(|d| well_formed && d.iter().all(u8::is_ascii_digit))?;
+    Some(digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
 }
 
 /// Moves a probe as far as readiness allows: connect, send the request, read the status line.
@@ -231,14 +239,28 @@ fn drive(probe: &mut Probe, request: &[u8]) -> Progress {
     // "HTTP/1.1 200 " is all a probe needs to see.
     let got = &probe.got[..probe.got_len];
     if got.len() >= 13 {
-        return if got.starts_with(b"HTTP/1.") && &got[8..12] == b" 200" && matches!(got[12], b' ' | b'\r') {
-            Progress::Passed
-        } else {
-            Progress::Failed("answered other than 200")
+        return match status(got) {
+            Some(200) => Progress::Passed,
+            _ => Progress::Failed("answered other than 200"),
         };
     }
     if closed {
         return Progress::Failed("closed before answering");
     }
     Progress::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_line_is_read_strictly() {
+        assert_eq!(status(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(status(b"HTTP/1.0 503 \r\n"), Some(503));
+        assert_eq!(status(b"HTTP/1.1 204\r\n\r\n"), Some(204));
+        for bad in [&b"HTTP/1.1 2000 OK"[..], b"HTTP/2 200 OK\r\n", b"HTTP/1.1 2x0 OK\r\n", b"HTTP/1.1 200"] {
+            assert_eq!(status(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }
