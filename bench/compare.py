@@ -23,13 +23,13 @@ the ratios, and the proxy's CPU µs per request.
 
 The report is written to a directory outside the repository (--out, by default a fresh
 temporary one) and printed; --update also writes bench/results/compare-<date>.md and
-bench/results/latest.md and replaces the table in README.md between the bench markers. Every
-process it starts is stopped at the end.
+bench/results/latest.md and replaces the tables in docs/performance.md between the bench
+markers. Every process it starts is stopped at the end.
 
     bench/compare.py                       # full: 3 rounds of 10 s, 10 000 idle connections, every workload
     bench/compare.py --quick               # 3 rounds of 3 s, 2 000 idle connections: a smoke run
     bench/compare.py --workload close      # one row of the matrix, without the keep-alive extras
-    bench/compare.py --update              # and update the committed results and the README table
+    bench/compare.py --update              # and update the committed results and docs/performance.md
     bench/compare.py --perf                # also `perf record -a -g` behind each proxy (Debian linux-perf)
 
 Traffic goes only to 127.0.0.1. Needs wrk, nginx-light, haproxy, strace and valgrind, and
@@ -57,6 +57,8 @@ from loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+# The committed copy of the report's tables, between its bench markers (--update).
+PERFORMANCE_PAGE = ROOT / "docs" / "performance.md"
 PROXIES = ["ringproxy", "haproxy", "nginx"]
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "strace": "strace", "valgrind": "valgrind",
@@ -93,8 +95,9 @@ def parse_args():
     p.add_argument("--workload", choices=list(WORKLOADS), help="run one row of the matrix only")
     p.add_argument("--out", type=Path, help="where the report goes (default: a new temporary directory)")
     p.add_argument("--update", action="store_true",
-                   help="also write bench/results/ and the README table (the committed copies)")
-    p.add_argument("--no-readme", action="store_true", help="with --update: leave the README table alone")
+                   help="also write bench/results/ and the table in docs/performance.md (the committed copies)")
+    p.add_argument("--no-docs", "--no-readme", dest="no_docs", action="store_true",
+                   help="with --update: leave the table in docs/performance.md alone")
     p.add_argument("--perf", action="store_true", help="also profile the machine with perf record -a -g behind each proxy")
     a = p.parse_args()
     if a.quick:
@@ -725,7 +728,7 @@ def main():
 
 def write_report(args, report, appendix):
     """The report into --out (outside the repository by default); with --update, the committed
-    copies too: bench/results/ and the README table."""
+    copies too: bench/results/ and the table in docs/performance.md."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
     out = args.out or Path(tempfile.mkdtemp(prefix="ringproxy-compare-results-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -737,15 +740,23 @@ def write_report(args, report, appendix):
     (RESULTS / f"compare-{stamp}.md").write_text(report + appendix)
     (RESULTS / "latest.md").write_text(report)
     log(f"wrote bench/results/compare-{stamp}.md and bench/results/latest.md")
-    if args.no_readme or args.workload:
+    if args.no_docs or args.workload:
         return
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    if replace_bench_table(PERFORMANCE_PAGE, report):
+        log("replaced the table in docs/performance.md")
+    else:
+        log("docs/performance.md has no bench markers: its table is left alone")
+
+
+def replace_bench_table(page, report):
+    """Puts `report` between the bench markers of `page`; False when the markers are missing."""
+    text = page.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + start + "\n" + report + end + rest.split(end, 1)[1])
-        log("replaced the README table")
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    page.write_text(head + start + "\n" + report + end + rest.split(end, 1)[1])
+    return True
 
 
 def render_matrix(args, matrix):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Makes docs/status.png, the README's picture of the status page: ringproxy in front of three
-# local target-svc processes, some traffic, one target killed so that the page shows it down
+# Makes docs/status.png, the status page's picture in docs/operations.md: ringproxy in front of
+# three local target-svc processes, some traffic, one target killed so that the page shows it down
 # and its failover in the feed, then headless chromium (Debian package) takes the shot.
 # Everything runs on 127.0.0.1 and is stopped at the end. Writes docs/status.png only.
 set -euo pipefail
