@@ -67,3 +67,29 @@ fn the_schemas_defaults_are_the_parsers() {
         assert!(nested.as_u64() == Some(parsed) || nested.as_str().is_some_and(|s| s.ends_with(&parsed.to_string())));
     }
 }
+
+/// The keys in the first column of `docs/configuration.md`'s tables (`` `key` ``).
+fn documented_keys() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let text = std::fs::read_to_string(path).expect("docs/configuration.md");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once("` |").map(|(key, _)| key.to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_reference_documents_every_key_the_parser_takes_and_no_other() {
+    let documented = documented_keys();
+    let top: Vec<&String> = documented.iter().filter(|k| !k.contains(['.', '['])).collect();
+    let unique: BTreeSet<String> = top.iter().map(|k| (*k).clone()).collect();
+    assert_eq!(unique.len(), top.len(), "a key documented twice: {top:?}");
+    assert_eq!(unique, set(&keys()), "docs/configuration.md and the parser disagree");
+    let nested = |prefix: &str| -> BTreeSet<String> {
+        let subkeys = documented.iter().filter_map(|k| k.strip_prefix(prefix)).filter(|k| !k.contains(['.', '[']));
+        subkeys.map(str::to_owned).collect()
+    };
+    assert_eq!(nested("ports[]."), set(&TARGET_KEYS));
+    assert_eq!(nested("tls."), set(&TLS_KEYS));
+    assert_eq!(nested("tls.sni[]."), set(&SNI_KEYS));
+}
