@@ -15,5 +15,3 @@ pub mod server;
 pub mod tls;
 pub mod workers;
 
-/// The loop's module under its name before the redesign.
-pub use server as reactor;

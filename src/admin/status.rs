@@ -192,7 +192,8 @@ fn json(view: &View<'_>) -> String {
         })
         .collect();
     let feed: Vec<Value> = m
-        .feed()
+        .failovers
+        .iter()
         .map(|f| {
             let tried: Vec<Value> = f
                 .trace
@@ -220,7 +221,7 @@ fn json(view: &View<'_>) -> String {
         "live": env.targets.live_count(),
         "connections": totals.client_connections,
         "workers": env.link.count(),
-        "failovers_total": m.failovers,
+        "failovers_total": m.failovers.total,
         "tunnels": m.tunnels_open,
         "reloads": {"success": m.reloads[0], "failure": m.reloads[1]},
         "targets": rows,

@@ -678,5 +678,3 @@ impl Server {
     }
 }
 
-/// The name the loop had before the redesign, for code written against it.
-pub type Reactor = Server;
