@@ -423,8 +423,14 @@ impl Session {
             Io::Failed(e) if e.kind() == io::ErrorKind::InvalidData && self.client.is_tls() => {
                 // A bad handshake (an old protocol, plain HTTP on the TLS port, garbage).
                 cx.metrics.tls_handshakes_failed += 1;
-                info_noisy!(Noisy::TlsHandshake, "{}: {e}; closed", self.peer());
-                Err(Closed)
+                let peer = self.peer();
+                let Some(plain) = self.client.plain_http() else {
+                    info_noisy!(Noisy::TlsHandshake, "{peer}: {e}; closed");
+                    return Err(Closed);
+                };
+                info_noisy!(Noisy::TlsHandshake, "{peer}: plain HTTP sent to the TLS port; answered 400; closed");
+                self.answer(cx, 400, local::PLAIN_HTTP_ON_TLS, false, plain.head);
+                Ok(true)
             }
             Io::Failed(e) => {
                 debug!("{}: client read failed: {e}", self.peer());
