@@ -66,3 +66,21 @@ fn the_access_log_counts_the_body_of_a_400_for_a_malformed_request() {
     assert!(lines[0].contains(&expected), "{expected:?} in {}", lines[0]);
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn one_target_is_said_in_the_singular_by_check_the_start_line_and_a_reload() {
+    let t = common::targets(1);
+    let config = std::env::temp_dir().join(format!("ringproxy-newuser-check-{}.json", std::process::id()));
+    std::fs::write(&config, common::config_json(&t, "")).expect("config");
+    let out = std::process::Command::new(common::proxy_bin()).arg("--check").arg("--config").arg(&config).output();
+    let text = String::from_utf8_lossy(&out.expect("run --check").stdout).into_owned();
+    assert!(text.trim_end().ends_with(": ok (1 target)"), "{text}");
+    let _ = std::fs::remove_file(&config);
+
+    let proxy = Proxy::start(&t, "");
+    let start = proxy.proc.wait_line("listening on", Duration::from_secs(5));
+    assert!(start.contains("; 1 target: http://127.0.0.1:"), "{start}");
+    proxy.reload(&common::config_json(&t, "\"admin\": \"127.0.0.1:0\""));
+    let reloaded = proxy.proc.wait_line("reloaded the config", Duration::from_secs(5));
+    assert!(reloaded.contains("reloaded the config: 1 target (0 added, 0 removed), 1 live"), "{reloaded}");
+}
