@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the two images compose runs, FROM scratch around statically linked release binaries
-# (no image registry is needed). Run it before `docker compose -f docker/compose.yaml up`.
+# (no image registry is needed). Run it before `docker compose -p ringproxy -f docker/compose.yaml up`.
 # Binaries land in docker/bin/ (ignored by git); compose's build copies them from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -126,7 +126,8 @@ fn main() -> ExitCode {
         for warning in &config.warnings {
             say!("ringproxy: {}: {warning}", args.config.display());
         }
-        say!("ringproxy: {}: ok ({} targets)", args.config.display(), config.targets.len());
+        let targets = oplog::count(config.targets.len(), "target", "targets");
+        say!("ringproxy: {}: ok ({targets})", args.config.display());
         return ExitCode::SUCCESS;
     }
     // --log-level, else RUST_LOG when it names a level, else info.
@@ -156,10 +157,10 @@ fn run(args: &Args, config: &Config) -> ExitCode {
     server.reload_from(args.config.clone());
     let urls: Vec<&str> = config.targets.iter().map(|t| t.url.as_str()).collect();
     info!(
-        "ringproxy {} listening on {}; {} targets: {}; probing dropped targets every {:?}",
+        "ringproxy {} listening on {}; {}: {}; probing dropped targets every {:?}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
-        urls.len(),
+        oplog::count(urls.len(), "target", "targets"),
         urls.join(" "),
         config.sleeping
     );

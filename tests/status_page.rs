@@ -6,6 +6,7 @@ mod common;
 use common::{eventually, targets, Proxy};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The browser, or `None` (with a notice) where it is not installed and CI does not require it.
@@ -20,7 +21,10 @@ fn chromium() -> Option<&'static str> {
 /// Runs headless chromium on `url` with `args` (`--dump-dom`, `--screenshot=...`), letting the
 /// page's scripts run for a few seconds of virtual time; its standard output.
 fn browse(browser: &str, url: &str, args: &[&str]) -> String {
-    let profile = std::env::temp_dir().join(format!("ringproxy-chromium-{}-{}", std::process::id(), args.len()));
+    // A profile of its own for each run: two browsers on one profile stop one another.
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let profile = std::env::temp_dir().join(format!("ringproxy-chromium-{}-{run}", std::process::id()));
     let mut child = Command::new(browser)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,560"])
         .args(["--virtual-time-budget=4000", "--no-first-run", "--disable-extensions"])
@@ -83,4 +87,16 @@ fn the_status_page_shows_a_killed_target_down_and_its_failover_in_the_feed() {
     let png = std::fs::read(&shot).unwrap_or_default();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot of the page");
     let _ = std::fs::remove_file(Path::new(&shot));
+}
+
+#[test]
+fn the_status_page_counts_one_target_in_the_singular() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let t = targets(1);
+    let proxy = Proxy::start(&t, "");
+    let dom = browse(browser, &format!("http://{}/status", proxy.admin.expect("admin")), &["--dump-dom"]);
+    let summary = dom.split("id=\"summary\">").nth(1).and_then(|s| s.split("</div>").next()).expect("the summary");
+    assert!(summary.contains(" · 1 of 1 target live · 0 client connections · 0 failovers · "), "{summary}");
 }

@@ -119,7 +119,7 @@ fn only_tls_1_2_and_1_3_are_offered() {
 }
 
 #[test]
-fn plain_http_garbage_and_a_stalled_handshake_are_closed_and_counted() {
+fn plain_http_gets_a_plain_400_and_garbage_and_a_stalled_handshake_a_close_all_counted() {
     let certs = Certs::make("bad");
     let t = targets(1);
     let proxy = Proxy::start(&t, &format!("{}, \"client_header_timeout\": 0.5", certs.tls_json()));
@@ -130,18 +130,49 @@ fn plain_http_garbage_and_a_stalled_handshake_are_closed_and_counted() {
         std::io::Write::write_all(&mut s, bytes).expect("send");
         let mut answer = Vec::new();
         let _ = std::io::Read::read_to_end(&mut s, &mut answer);
-        answer
+        String::from_utf8_lossy(&answer).into_owned()
     };
+    // Plain HTTP is told so in plain HTTP (as nginx does), with no TLS alert in front, and closed.
     let plain = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert!(!plain.starts_with(b"HTTP/1.1 200"), "no HTTP answer on the TLS port");
-    exchange(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert!(plain.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{plain:?}");
+    assert!(plain.contains("\r\nContent-Type: text/plain\r\n"), "{plain:?}");
+    assert!(plain.contains("\r\nConnection: close\r\n"), "{plain:?}");
+    assert!(plain.ends_with("\r\n\r\nThe plain HTTP request was sent to the HTTPS port"), "{plain:?}");
+    let head = exchange(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 400 ") && head.ends_with("\r\n\r\n"), "no body to HEAD: {head:?}");
+    // A client still sending its body reads the whole answer all the same (a lingering close).
+    let mut upload = std::net::TcpStream::connect(addr).expect("connect");
+    upload.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut request = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 4000000\r\n\r\n".to_vec();
+    request.resize(request.len() + 4_000_000, b'x');
+    let sender = common::send_in_background(&upload, request);
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut upload, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 ") && answer.ends_with("HTTPS port"), "{answer:?}");
+    drop(upload);
+    let _ = sender.join();
+    let plain_url = format!("http://127.0.0.1:{}/", addr.port());
+    let out = curl(&["-w", "\n%{http_code}", &plain_url]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said,
+        "The plain HTTP request was sent to the HTTPS port\n400",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Neither TLS nor HTTP: a close, and never an HTTP answer.
+    let tls_garbage = exchange(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert!(!tls_garbage.contains("HTTP/"), "{tls_garbage:?}");
+    let junk = exchange(b"\x00\x01hello world\r\n\r\n");
+    assert!(!junk.contains("HTTP/"), "{junk:?}");
     let mut stalled = std::net::TcpStream::connect(addr).expect("connect");
     std::io::Write::write_all(&mut stalled, &[0x16, 0x03, 0x01]).expect("a third of a record");
     // Each is counted; the log says the first of them, and at most one a second after it.
-    common::eventually(Duration::from_secs(5), "three failed handshakes counted", || {
-        (proxy.metric("ringproxy_tls_handshake_failures_total") >= 3.0).then_some(())
+    common::eventually(Duration::from_secs(5), "seven failed handshakes counted", || {
+        (proxy.metric("ringproxy_tls_handshake_failures_total") >= 7.0).then_some(())
     });
-    proxy.proc.wait_line("; closed", Duration::from_secs(5));
+    proxy.proc.wait_line("plain HTTP sent to the TLS port; answered 400; closed", Duration::from_secs(5));
     let url = format!("https://localhost:{}/", addr.port());
     let out = curl(&["--cacert", &certs.cert("localhost").to_string_lossy(), &url]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world!", "the listener still serves");

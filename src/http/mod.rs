@@ -17,7 +17,7 @@ mod writer;
 mod tests;
 
 pub use body::{BodyFramer, ChunkLimits, Progress};
-pub use request::{parse_request, Forwarding, RequestHead};
+pub use request::{leading_method, parse_request, Forwarding, RequestHead};
 pub use response::{parse_response, write_local_response, ResponseContext, ResponseHead};
 
 use std::fmt;

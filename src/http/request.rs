@@ -26,6 +26,14 @@ pub struct RequestHead {
     pub upgrade: bool,
 }
 
+/// The method at the start of `bytes`, when they begin as a request line does: a token (RFC
+/// 9112 §3.1) and a space. A connection's first bytes tell plain HTTP from TLS this way: a TLS
+/// record starts with 0x16, which is no `tchar`.
+pub fn leading_method(bytes: &[u8]) -> Option<&[u8]> {
+    let len = bytes.iter().position(|&b| !super::is_tchar(b))?;
+    (len > 0 && bytes[len] == b' ').then(|| &bytes[..len])
+}
+
 /// What the proxy adds to each request it forwards.
 #[derive(Clone, Copy, Debug)]
 pub struct Forwarding<'a> {

@@ -494,3 +494,22 @@ fn a_long_request_line_is_414_whole_or_cut() {
     let cut = parse_request(&raw.as_bytes()[..MAX_URI + 40], &FWD, &mut out);
     assert_eq!(cut, Err(HttpError::UriTooLong));
 }
+
+#[test]
+fn a_request_line_is_told_from_a_tls_record_by_its_first_bytes() {
+    assert_eq!(leading_method(b"GET / HTTP/1.1\r\n"), Some(&b"GET"[..]));
+    assert_eq!(leading_method(b"HEAD /"), Some(&b"HEAD"[..]));
+    assert_eq!(leading_method(b"PROPFIND "), Some(&b"PROPFIND"[..]));
+    for not_http in [
+        &b"\x16\x03\x01\x02\x00\x01"[..],
+        b"\x80\x2e\x01\x03\x01",
+        b" GET /",
+        b"GET\r\n",
+        b"GET",
+        b"",
+        b"\x00\x01hello ",
+        b"G(ET /",
+    ] {
+        assert_eq!(leading_method(not_http), None, "{not_http:?}");
+    }
+}

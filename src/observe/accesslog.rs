@@ -354,7 +354,8 @@ impl AccessLog {
             self.dropped += 1;
             COUNTERS.dropped.fetch_add(1, Relaxed);
             if self.dropped.is_power_of_two() {
-                warn!("access log writer is behind: {} lines dropped so far", self.dropped);
+                let dropped = oplog::count(self.dropped, "line", "lines");
+                warn!("access log writer is behind: {dropped} dropped so far");
             }
             return;
         }

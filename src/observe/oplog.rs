@@ -359,8 +359,38 @@ pub fn report_suppressed() {
     let now = now_ms();
     for kind in Noisy::ALL {
         if let Some(n) = THROTTLES[kind as usize].overdue(now) {
-            log::log!(kind.level(), "{n} more lines of {} were not logged (at most one a second)", kind.describe());
+            let lines = count(n, "more line", "more lines");
+            log::log!(kind.level(), "{lines} of {} {} not logged (at most one a second)", kind.describe(), were(n));
         }
+    }
+}
+
+/// `was` or `were`, to go with a count.
+fn were(n: u64) -> &'static str {
+    if n == 1 {
+        "was"
+    } else {
+        "were"
+    }
+}
+
+/// A count and its noun, singular or plural as the count asks (`1 target`, `0 targets`), for
+/// log and command-line lines; formatted in place, with nothing allocated.
+pub struct Counted<N> {
+    n: N,
+    one: &'static str,
+    many: &'static str,
+}
+
+/// `n` `one` or `many`: `count(1, "address", "addresses")` says `1 address`.
+pub fn count<N>(n: N, one: &'static str, many: &'static str) -> Counted<N> {
+    Counted { n, one, many }
+}
+
+impl<N: std::fmt::Display + PartialEq + From<u8>> std::fmt::Display for Counted<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let noun = if self.n == N::from(1) { self.one } else { self.many };
+        write!(f, "{} {noun}", self.n)
     }
 }
 
@@ -404,6 +434,14 @@ macro_rules! info_noisy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_says_its_noun_in_the_singular_only_for_one() {
+        assert_eq!(count(1usize, "target", "targets").to_string(), "1 target");
+        assert_eq!(count(0usize, "target", "targets").to_string(), "0 targets");
+        assert_eq!(count(2u64, "address", "addresses").to_string(), "2 addresses");
+        assert_eq!(format!("{}, {}", count(1u64, "more line", "more lines"), were(1)), "1 more line, was");
+    }
 
     #[test]
     fn a_throttle_lets_one_line_a_second_through_and_counts_the_rest() {

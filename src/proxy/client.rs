@@ -9,7 +9,12 @@
 //! drained of plaintext: rustls may hold decrypted bytes the session has no room for yet, so
 //! `readable` asks rustls too. Bytes rustls holds for the socket are flushed on every call, and
 //! `pending_output` tells the session not to close before they are out.
+//!
+//! A client that speaks plain HTTP to the TLS listener fails the handshake; the connection's
+//! first bytes, kept for that, tell it from garbage, and such a client is answered in plain
+//! HTTP (`plain_http`), as nginx does, instead of with an alert it cannot read.
 
+use crate::http::leading_method;
 use crate::runtime::ready::{Io, Ready};
 use mio::net::TcpStream;
 use rustls::ServerConnection;
@@ -22,22 +27,31 @@ const TLS_BUFFER: usize = 64 * 1024;
 /// The most plaintext one TLS record carries (RFC 8446 §5.1).
 const MAX_RECORD: usize = 16 * 1024;
 
+/// The connection's first bytes kept to tell a plain HTTP request from garbage: room for the
+/// longest registered method (`UPDATEREDIRECTREF`) and its space.
+const FIRST_BYTES: usize = 24;
+
 thread_local! {
     /// Where a response head and the start of its body are joined into one record's
     /// plaintext: one per loop thread, allocated once.
     static RECORD: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; MAX_RECORD].into_boxed_slice());
 }
 
-/// A socket read through its sticky readiness, as rustls's `read_tls` takes it.
+/// A socket read through its sticky readiness, as rustls's `read_tls` takes it, keeping a
+/// copy of the connection's first bytes.
 struct Sticky<'a> {
     stream: &'a mut TcpStream,
     ready: &'a mut Ready,
+    first: &'a mut FirstBytes,
 }
 
 impl io::Read for Sticky<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.ready.read(self.stream, buf) {
-            Io::Bytes(n) => Ok(n),
+            Io::Bytes(n) => {
+                self.first.keep(&buf[..n]);
+                Ok(n)
+            }
             Io::Eof => Ok(0),
             Io::Blocked => Err(io::ErrorKind::WouldBlock.into()),
             Io::Retry => Err(io::ErrorKind::Interrupted.into()),
@@ -56,8 +70,35 @@ pub struct Client {
     tls: Option<Box<Tls>>,
 }
 
+/// The first `FIRST_BYTES` bytes a TLS client sent, whatever they were.
+#[derive(Default)]
+struct FirstBytes {
+    bytes: [u8; FIRST_BYTES],
+    len: usize,
+}
+
+impl FirstBytes {
+    fn keep(&mut self, read: &[u8]) {
+        let n = read.len().min(FIRST_BYTES - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&read[..n]);
+        self.len += n;
+    }
+
+    /// The method of the plain HTTP request these bytes begin, if they begin one.
+    fn plain_http_method(&self) -> Option<&[u8]> {
+        leading_method(&self.bytes[..self.len])
+    }
+}
+
+/// A plain HTTP request on the TLS listener, as far as its first bytes tell.
+pub struct PlainHttp {
+    /// It is a HEAD request: its answer has no body.
+    pub head: bool,
+}
+
 struct Tls {
     conn: ServerConnection,
+    first: FirstBytes,
     /// Decrypted bytes waiting in rustls.
     plaintext: usize,
     /// The client sent close_notify or closed its TCP side: after the plaintext, the end.
@@ -81,7 +122,14 @@ impl Client {
             ready: Ready::default(),
             peer,
             eof: false,
-            tls: Some(Box::new(Tls { conn, plaintext: 0, closed: false, notified: false, fin_owed: false })),
+            tls: Some(Box::new(Tls {
+                conn,
+                first: FirstBytes::default(),
+                plaintext: 0,
+                closed: false,
+                notified: false,
+                fin_owed: false,
+            })),
         }
     }
 
@@ -96,6 +144,17 @@ impl Client {
     /// A TLS client whose handshake has not completed.
     pub fn is_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.conn.is_handshaking())
+    }
+
+    /// After a failed handshake (a read's `InvalidData`): whether the connection's first bytes
+    /// were a plain HTTP request rather than a TLS record. If they were, the connection is
+    /// plain from now on, so that the session can answer in HTTP before it closes; nothing
+    /// of TLS was sent on it.
+    pub fn plain_http(&mut self) -> Option<PlainHttp> {
+        let tls = self.tls.as_ref().filter(|t| t.conn.is_handshaking())?;
+        let head = tls.first.plain_http_method()? == b"HEAD";
+        self.tls = None;
+        Some(PlainHttp { head })
     }
 
     pub fn event(&mut self, event: &mio::event::Event) {
@@ -138,7 +197,8 @@ impl Client {
             }
             // Through the sticky readiness, so that a short read counts as drained (unless a
             // FIN is queued) and costs no second read that would only say `WouldBlock`.
-            match tls.conn.read_tls(&mut Sticky { stream: &mut self.stream, ready: &mut self.ready }) {
+            let mut socket = Sticky { stream: &mut self.stream, ready: &mut self.ready, first: &mut tls.first };
+            match tls.conn.read_tls(&mut socket) {
                 // The end of the TCP stream: what is decrypted already is still read out.
                 Ok(0) => tls.closed = true,
                 Ok(_) => {}
@@ -155,8 +215,11 @@ impl Client {
                     tls.closed |= state.peer_has_closed();
                 }
                 Err(e) => {
-                    // The alert rustls queued tells the client why.
-                    let _ = flush(tls, &mut self.stream, &mut self.ready);
+                    // The alert rustls queued tells a TLS client why; a plain HTTP client gets
+                    // an answer it can read instead (`plain_http`).
+                    if tls.first.plain_http_method().is_none() {
+                        let _ = flush(tls, &mut self.stream, &mut self.ready);
+                    }
                     return Io::Failed(io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")));
                 }
             }

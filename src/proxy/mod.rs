@@ -20,7 +20,7 @@ use crate::health::probe::{ProbeCtx, ProbeResult, Probed};
 use crate::health::{Change, Failure, Health};
 use crate::observe::accesslog::AccessLog;
 use crate::observe::metrics::Metrics;
-use crate::observe::oplog::Noisy;
+use crate::observe::oplog::{count, Noisy};
 use crate::runtime::buffer::BufferPool;
 use crate::runtime::limits::LocalError;
 use crate::runtime::timer::Timer;
@@ -351,7 +351,8 @@ impl Proxy {
         env.metrics.connections_refused += 1;
         if self.turned_away_logged.is_none_or(|at| env.now >= at + 1000) {
             let max = env.config.max_connections;
-            warn!("max_connections ({max}) reached: refused {} connections so far", self.turned_away);
+            let refused = count(self.turned_away, "connection", "connections");
+            warn!("max_connections ({max}) reached: refused {refused} so far");
             self.turned_away_logged = Some(env.now);
         }
     }

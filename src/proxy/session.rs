@@ -423,8 +423,14 @@ impl Session {
             Io::Failed(e) if e.kind() == io::ErrorKind::InvalidData && self.client.is_tls() => {
                 // A bad handshake (an old protocol, plain HTTP on the TLS port, garbage).
                 cx.metrics.tls_handshakes_failed += 1;
-                info_noisy!(Noisy::TlsHandshake, "{}: {e}; closed", self.peer());
-                Err(Closed)
+                let peer = self.peer();
+                let Some(plain) = self.client.plain_http() else {
+                    info_noisy!(Noisy::TlsHandshake, "{peer}: {e}; closed");
+                    return Err(Closed);
+                };
+                info_noisy!(Noisy::TlsHandshake, "{peer}: plain HTTP sent to the TLS port; answered 400; closed");
+                self.answer(cx, 400, local::PLAIN_HTTP_ON_TLS, false, plain.head);
+                Ok(true)
             }
             Io::Failed(e) => {
                 debug!("{}: client read failed: {e}", self.peer());
@@ -1164,17 +1170,15 @@ impl Session {
         if let Some(cin) = self.cin.as_mut() {
             cin.consume(ex.body_ready.min(cin.len()));
         }
-        self.close_after |= !keep_alive || ex.body_withheld();
+        self.close_after |= !leaves_client_open(&ex, keep_alive);
         if !ex.req_body.is_done() {
             self.owes_body = true;
-            let fits = ex.req_body.length_left().is_none_or(|left| left <= DISCARD_LIMIT);
-            if !self.close_after && fits {
+            if !self.close_after {
                 let mut ex = ex;
                 ex.discard_budget = DISCARD_LIMIT;
                 self.mode = Mode::Discard(ex);
                 return;
             }
-            self.close_after = true;
         }
         cx.exchanges.recycle(ex);
     }
@@ -1264,27 +1268,50 @@ impl Session {
     /// Replaces whatever the exchange was doing with a response made by the proxy. Interim
     /// (1xx) heads already queued for the client stay in front of it: each is whole.
     fn respond_local(&mut self, cx: &mut Ctx<'_>, status: u16, body: &str, keep_alive: bool) {
-        let interim_queued = matches!(&self.mode, Mode::Exchange(ex) if matches!(ex.resp, Resp::Head));
         // A refused request is still in the input: its method is what the client sent.
         let head_request = match &self.mode {
             Mode::Exchange(ex) => ex.head.is_head,
             _ => self.cin.as_ref().is_some_and(|b| b.data().starts_with(b"HEAD ")),
         };
-        let keep_alive = keep_alive && !cx.draining;
-        if matches!(self.mode, Mode::Exchange(_)) {
-            self.end_exchange(cx, Some(status), keep_alive);
-        } else {
-            self.served += 1;
-            self.log_refused(cx, status);
-            self.close_after |= !keep_alive;
-        }
+        self.answer(cx, status, body, keep_alive, head_request);
+    }
+
+    /// Queues the proxy's own answer for the client, and ends the exchange (or logs the refused
+    /// request) with the body bytes it carries: none to a HEAD request (RFC 9110 §9.3.2).
+    fn answer(&mut self, cx: &mut Ctx<'_>, status: u16, body: &str, keep_alive: bool, head_request: bool) {
+        let interim_queued = matches!(&self.mode, Mode::Exchange(ex) if matches!(ex.resp, Resp::Head));
+        let open = keep_alive
+            && !cx.draining
+            && !self.close_after
+            && match &self.mode {
+                Mode::Exchange(ex) => leaves_client_open(ex, keep_alive),
+                _ => true,
+            };
+        // Written before the exchange ends, so that its log line says what the client gets.
         let cout = buffer::ensure(&mut self.cout, cx.buffers);
         if !interim_queued {
             cout.clear();
         }
-        match http::write_local_response(cout.space(), status, body, !self.close_after, head_request) {
-            Some(n) => cout.fill(n),
-            None => self.close_after = true,
+        let written = http::write_local_response(cout.space(), status, body, open, head_request);
+        if let Some(n) = written {
+            cout.fill(n);
+        }
+        let open = open && written.is_some();
+        let body_bytes = match written {
+            Some(_) if !head_request => body.len() as u64,
+            _ => 0,
+        };
+        match &mut self.mode {
+            Mode::Exchange(ex) => {
+                // No byte of a response reached the client before (else there is no answer).
+                ex.sent_bytes = body_bytes;
+                self.end_exchange(cx, Some(status), open);
+            }
+            _ => {
+                self.served += 1;
+                self.log_refused(cx, status, body_bytes);
+                self.close_after |= !open;
+            }
         }
     }
 
@@ -1326,7 +1353,7 @@ impl Session {
     }
 
     /// A request refused before it became an exchange (malformed, too large, too slow).
-    fn log_refused(&self, cx: &mut Ctx<'_>, status: u16) {
+    fn log_refused(&self, cx: &mut Ctx<'_>, status: u16, body_bytes: u64) {
         cx.metrics.answered_locally(status);
         if !cx.log.enabled() {
             return;
@@ -1336,7 +1363,7 @@ impl Session {
             time: std::time::SystemTime::now(),
             request_line: b"-",
             status,
-            body_bytes: 0,
+            body_bytes,
             target: None,
             upstream_ms: None,
             total_ms: 0,
@@ -1345,6 +1372,15 @@ impl Session {
             trace: &Trace::default(),
         });
     }
+}
+
+/// Whether the client connection may carry another request once `ex` ends: its answer allows
+/// it (`keep_alive`), no body may still come that could not be told from the next request, and
+/// an unfinished body is short enough to read and drop.
+fn leaves_client_open(ex: &Exchange, keep_alive: bool) -> bool {
+    keep_alive
+        && !ex.body_withheld()
+        && (ex.req_body.is_done() || ex.req_body.length_left().is_none_or(|left| left <= DISCARD_LIMIT))
 }
 
 /// A request id for a request that came without one: 32 hex digits, the process's random part

@@ -312,8 +312,8 @@ impl Server {
         let env = &mut self.env;
         if env.targets.refused() > 0 {
             warn!(
-                "{} discovered addresses left out: the table holds {MAX_TARGETS} targets at most",
-                env.targets.refused()
+                "{} left out: the table holds {MAX_TARGETS} targets at most",
+                oplog::count(env.targets.refused(), "discovered address", "discovered addresses")
             );
         }
         self.admin = match env.config.admin {
@@ -587,10 +587,8 @@ impl Server {
             Timer::PoolTrim => {
                 let (closed, freed) = self.proxy.trim_pools(self.env.config.max_idle_upstream);
                 if closed > 0 {
-                    log::debug!(
-                        "closed {closed} idle upstream connections beyond what the last {POOL_PERIOD} ms needed or \
-                         max_idle_upstream"
-                    );
+                    let closed = oplog::count(closed, "idle upstream connection", "idle upstream connections");
+                    log::debug!("closed {closed} beyond what the last {POOL_PERIOD} ms needed or max_idle_upstream");
                 }
                 // The count of log lines held back within the last seconds, so none goes unsaid.
                 oplog::report_suppressed();
@@ -612,7 +610,8 @@ impl Server {
             }
             Timer::DrainDeadline => {
                 if self.env.link.is_leader() {
-                    warn!("shutdown timeout: cutting {} connections still in flight", self.proxy.len());
+                    let open = oplog::count(self.proxy.len(), "connection", "connections");
+                    warn!("shutdown timeout: cutting {open} still in flight");
                 }
                 return Flow::Stop;
             }
@@ -658,8 +657,8 @@ impl Server {
         let shutdown = millis(self.env.config.shutdown_timeout);
         if leader {
             self.env.link.tell_others(|| Note::Drain(signal));
-            let open = self.proxy.len();
-            info!("{signal}: draining {open} connections (at most {shutdown} ms), no longer accepting");
+            let open = oplog::count(self.proxy.len(), "connection", "connections");
+            info!("{signal}: draining {open} (at most {shutdown} ms), no longer accepting");
         }
         if let Some(mut listener) = self.listener.take() {
             if let Err(e) = self.env.registry.deregister(&mut listener) {

@@ -8,6 +8,7 @@ use crate::admin::Admin;
 use crate::balance::Reconciled;
 use crate::config::{Config, ConfigError, MAX_TARGETS};
 use crate::observe::accesslog::AccessLog;
+use crate::observe::oplog::count;
 use crate::tls::{self, TlsConfig};
 use crate::workers::{Note, Reloaded};
 use log::{error, info, warn};
@@ -169,7 +170,8 @@ impl Server {
         env.metrics.reloaded(true);
         let (live, all) = (env.targets.live_count(), env.targets.len());
         let (added, removed) = (changes.added.len(), changes.removed.len());
-        info!("reloaded the config: {all} targets ({added} added, {removed} removed), {live} live");
+        let all = count(all, "target", "targets");
+        info!("reloaded the config: {all} ({added} added, {removed} removed), {live} live");
     }
 
     /// Takes a reloaded config's table and settings, as every worker does the same way.
@@ -198,7 +200,8 @@ impl Server {
             }
         }
         if changes.refused > 0 && env.link.is_leader() {
-            warn!("{} addresses left out: the table holds {MAX_TARGETS} targets at most", changes.refused);
+            let refused = count(changes.refused, "address", "addresses");
+            warn!("{refused} left out: the table holds {MAX_TARGETS} targets at most");
         }
         self.proxy.targets_changed(&changes.added, &changes.removed);
         if let Some(prober) = self.prober.as_mut() {
@@ -230,7 +233,7 @@ impl Server {
         }
         if self.env.link.is_leader() {
             let (added, removed) = (changes.added.len(), changes.removed.len());
-            info!("{}: {} addresses ({added} new, {removed} gone)", entry.url, addrs.len());
+            info!("{}: {} ({added} new, {removed} gone)", entry.url, count(addrs.len(), "address", "addresses"));
             for url in &changes.gone {
                 info!("target {url} gone: its name no longer resolves to it");
             }
