@@ -272,8 +272,12 @@ fn clients_pipelining_metrics_over_256_targets_do_not_slow_the_proxy() {
     let config = format!("{{\"ports\": [{}], \"listen\": \"127.0.0.1:0\", \"sleeping\": 60}}", urls.join(", "));
     let proxy = Proxy::with_config(&config);
     let admin = proxy.admin.expect("admin");
-    eventually(Duration::from_secs(10), "every closed port out of the rotation", || {
-        (proxy.get("/").status == 200 && proxy.get("/").target() == t[0].name).then_some(())
+    // Requests take the closed ports out of the rotation. A port another process on the machine
+    // took meanwhile would stay in: what is measured is the latency to whatever is live.
+    eventually(Duration::from_secs(10), "the closed ports out of the rotation", || {
+        proxy.get("/");
+        let status: serde_json::Value = serde_json::from_slice(&proxy.admin_get("/status.json").body).ok()?;
+        (status["live"].as_u64()? <= 3).then_some(())
     });
     let size = proxy.admin_get("/metrics").body.len();
     assert!(size > 500_000, "256 targets make a large exposition: {size} bytes");
