@@ -14,4 +14,3 @@ pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod workers;
-

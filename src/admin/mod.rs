@@ -30,6 +30,7 @@
 
 mod status;
 
+use crate::http::LocalHead;
 use crate::observe::oplog::Noisy;
 use crate::proxy::{Env, Proxy};
 use crate::runtime::ready::{Io, Ready};
@@ -604,18 +605,20 @@ impl Answer {
     }
 
     fn write(self, out: &mut Output, head_only: bool, close: bool) {
-        use std::io::Write;
         out.clear();
-        let _ = write!(
-            out.head,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}{}\r\n",
-            self.status,
-            crate::http::reason(self.status),
-            self.content_type,
-            self.body.len(),
-            if self.allow { "Allow: GET, HEAD\r\n" } else { "" },
-            if close { "Connection: close\r\n" } else { "" },
-        );
+        let fields: &[&str] =
+            if self.allow { &["Cache-Control: no-store", "Allow: GET, HEAD"] } else { &["Cache-Control: no-store"] };
+        let head = LocalHead {
+            status: self.status,
+            content_type: self.content_type,
+            length: self.body.len() as u64,
+            fields,
+            keep_alive: !close,
+        };
+        let mut bytes = [0u8; 256];
+        // The admin's heads are short and bounded; one that would not fit is an empty answer.
+        let written = head.write(&mut bytes).unwrap_or(0);
+        out.head.extend_from_slice(&bytes[..written]);
         if !head_only {
             out.body = self.body;
         }

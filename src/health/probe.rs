@@ -7,7 +7,7 @@ use crate::balance::{TargetId, Targets};
 use crate::config::Config;
 use crate::runtime::clock::millis;
 use crate::runtime::limits::LocalError;
-use crate::runtime::ready::{Io, Ready};
+use crate::runtime::ready::{Connect, Io, Ready};
 use crate::runtime::resolve::{self, Resolver};
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{token, Kind};
@@ -209,13 +209,10 @@ pub fn status(got: &[u8]) -> Option<u16> {
 /// Moves a probe as far as readiness allows: connect, send the request, read the status line.
 fn drive(probe: &mut Probe, request: &[u8]) -> Progress {
     if !probe.connected {
-        if !(probe.ready.write || probe.ready.read) {
-            return Progress::Pending;
-        }
-        match probe.stream.take_error() {
-            Ok(None) if probe.stream.peer_addr().is_ok() => probe.connected = true,
-            Ok(None) => return Progress::Pending,
-            Ok(Some(_)) | Err(_) => return Progress::Failed("connect failed"),
+        match probe.ready.connect_outcome(&probe.stream) {
+            Connect::Done => probe.connected = true,
+            Connect::Pending => return Progress::Pending,
+            Connect::Failed(_) => return Progress::Failed("connect failed"),
         }
     }
     while probe.sent < request.len() {

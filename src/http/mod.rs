@@ -18,7 +18,7 @@ mod tests;
 
 pub use body::{BodyFramer, ChunkLimits, Progress};
 pub use request::{leading_method, parse_request, Forwarding, RequestHead};
-pub use response::{parse_response, write_local_response, ResponseContext, ResponseHead};
+pub use response::{parse_response, write_local_response, LocalHead, ResponseContext, ResponseHead};
 
 use std::fmt;
 

@@ -165,16 +165,48 @@ fn switch_offered(chosen: &[u8], offer: &[u8]) -> bool {
 /// HEAD request without its body (RFC 9110 §9.3.2), which the client would otherwise read as
 /// the start of the next response. Returns the bytes written, or `None` if `out` is too small.
 pub fn write_local_response(out: &mut [u8], status: u16, body: &str, keep_alive: bool, head: bool) -> Option<usize> {
+    let local = LocalHead { status, content_type: "text/plain", length: body.len() as u64, fields: &[], keep_alive };
     let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
-    w.put(b"HTTP/1.1 ");
-    w.status(status);
-    w.put(b" ");
-    w.put(reason(status).as_bytes());
-    w.put(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
-    w.decimal(body.len() as u64);
-    w.put(if keep_alive { b"\r\n\r\n" } else { b"\r\nConnection: close\r\n\r\n" });
+    local.put(&mut w);
     if !head {
         w.put(body.as_bytes());
     }
     w.finish().ok()
+}
+
+/// The head of an answer the proxy or its admin port makes itself.
+pub struct LocalHead<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    /// The body's length, whether or not the body follows (a HEAD request's answer has none).
+    pub length: u64,
+    /// More fields, each a whole `Name: value` line without its CRLF.
+    pub fields: &'a [&'a str],
+    pub keep_alive: bool,
+}
+
+impl LocalHead<'_> {
+    /// Writes the head into `out`: the bytes written, or `None` if `out` is too small.
+    pub fn write(&self, out: &mut [u8]) -> Option<usize> {
+        let mut w = HeadWriter { out, len: 0, overflow: HttpError::HeadTooLarge };
+        self.put(&mut w);
+        w.finish().ok()
+    }
+
+    fn put(&self, w: &mut HeadWriter<'_>) {
+        w.put(b"HTTP/1.1 ");
+        w.status(self.status);
+        w.put(b" ");
+        w.put(reason(self.status).as_bytes());
+        w.put(b"\r\nContent-Type: ");
+        w.put(self.content_type.as_bytes());
+        w.put(b"\r\nContent-Length: ");
+        w.decimal(self.length);
+        w.put(b"\r\n");
+        for field in self.fields {
+            w.put(field.as_bytes());
+            w.put(b"\r\n");
+        }
+        w.put(if self.keep_alive { b"\r\n" } else { b"Connection: close\r\n\r\n" });
+    }
 }

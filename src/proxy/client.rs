@@ -31,10 +31,48 @@ const MAX_RECORD: usize = 16 * 1024;
 /// longest registered method (`UPDATEREDIRECTREF`) and its space.
 const FIRST_BYTES: usize = 24;
 
-thread_local! {
-    /// Where a response head and the start of its body are joined into one record's
-    /// plaintext: one per loop thread, allocated once.
-    static RECORD: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; MAX_RECORD].into_boxed_slice());
+/// Hands rustls `head` then `body`, joining the head and the start of the body into one
+/// record through `record`: half the records for a small response, and one decryption
+/// instead of two for the client. `taken` counts the bytes rustls took.
+fn write_joined(
+    conn: &mut ServerConnection,
+    head: &[u8],
+    body: &[u8],
+    record: &mut [u8],
+    taken: &mut usize,
+) -> io::Result<()> {
+    let joined = !head.is_empty() && !body.is_empty() && head.len() < record.len();
+    let first = if joined {
+        let n = body.len().min(record.len() - head.len());
+        record[..head.len()].copy_from_slice(head);
+        record[head.len()..head.len() + n].copy_from_slice(&body[..n]);
+        &record[..head.len() + n]
+    } else {
+        head
+    };
+    let rest = if joined { &body[first.len() - head.len()..] } else { body };
+    for part in [first, rest] {
+        let n = conn.writer().write(part)?;
+        *taken += n;
+        if n < part.len() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Where a response head and the start of its body are joined into one TLS record's
+/// plaintext: one per loop (`Resources`), taken on the first TLS write and kept.
+#[derive(Default)]
+pub struct RecordScratch(Vec<u8>);
+
+impl RecordScratch {
+    fn get(&mut self) -> &mut [u8] {
+        if self.0.is_empty() {
+            self.0 = vec![0; MAX_RECORD];
+        }
+        &mut self.0
+    }
 }
 
 /// A socket read through its sticky readiness, as rustls's `read_tls` takes it, keeping a
@@ -231,8 +269,8 @@ impl Client {
     }
 
     /// One write of `head` then `body`: straight to the socket, or into rustls and from it to
-    /// the socket as far as the socket takes bytes.
-    pub fn write(&mut self, head: &[u8], body: &[u8]) -> Io {
+    /// the socket as far as the socket takes bytes (`scratch` joins them into one record).
+    pub fn write(&mut self, head: &[u8], body: &[u8], scratch: &mut RecordScratch) -> Io {
         let Some(tls) = self.tls.as_mut() else {
             return self.ready.write(&mut self.stream, head, body);
         };
@@ -241,28 +279,7 @@ impl Client {
         }
         if !tls.conn.is_handshaking() && (!head.is_empty() || !body.is_empty()) {
             let mut taken = 0;
-            let written = RECORD.with_borrow_mut(|record| {
-                // A head and the start of its body go out as one record: half the records
-                // for a small response, and one decryption instead of two for the client.
-                let joined = !head.is_empty() && !body.is_empty() && head.len() < record.len();
-                let first = if joined {
-                    let n = body.len().min(record.len() - head.len());
-                    record[..head.len()].copy_from_slice(head);
-                    record[head.len()..head.len() + n].copy_from_slice(&body[..n]);
-                    &record[..head.len() + n]
-                } else {
-                    head
-                };
-                let rest = if joined { &body[first.len() - head.len()..] } else { body };
-                for part in [first, rest] {
-                    let n = tls.conn.writer().write(part)?;
-                    taken += n;
-                    if n < part.len() {
-                        break;
-                    }
-                }
-                Ok::<(), io::Error>(())
-            });
+            let written = write_joined(&mut tls.conn, head, body, scratch.get(), &mut taken);
             if let Err(e) = written {
                 return Io::Failed(e);
             }

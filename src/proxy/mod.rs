@@ -29,7 +29,7 @@ use crate::runtime::wheel::Wheel;
 use crate::tls::TlsConfig;
 use crate::warn_noisy;
 use crate::workers::{Link, Note};
-use client::Client;
+use client::{Client, RecordScratch};
 use exchange::ExchangePool;
 use log::{info, warn};
 use mio::net::TcpStream;
@@ -82,6 +82,8 @@ pub struct Resources {
     pub seq: u64,
     /// Random per process, in hex: generated request ids are this and the sequence number.
     pub id_prefix: [u8; 16],
+    /// Where a TLS client's response head and body start are joined into one record.
+    pub record: RecordScratch,
 }
 
 /// Everything a session may touch besides itself, for one call.
@@ -100,6 +102,7 @@ pub struct Ctx<'a> {
     pub exchanges: &'a mut ExchangePool,
     pub seq: &'a mut u64,
     pub id_prefix: &'a [u8; 16],
+    pub record: &'a mut RecordScratch,
     pub link: &'a Link,
 }
 
@@ -120,6 +123,7 @@ impl<'a> Ctx<'a> {
             exchanges: &mut res.exchanges,
             seq: &mut res.seq,
             id_prefix: &res.id_prefix,
+            record: &mut res.record,
             link: &env.link,
         }
     }
@@ -254,6 +258,7 @@ impl Proxy {
                 exchanges: ExchangePool::default(),
                 seq: 0,
                 id_prefix: hex(random_seed()),
+                record: RecordScratch::default(),
             },
             requeued: Vec::new(),
             spare: Vec::new(),

@@ -22,7 +22,7 @@ use super::client::Client;
 use super::exchange::{self, Exchange, Resp};
 use super::local;
 use super::retry::{self, Attempt, Budget, Decision};
-use super::upstream::UpstreamConn;
+use super::upstream::{Peek, UpstreamConn};
 use super::{Ctx, Verdict};
 use crate::balance::{Request, TargetId};
 use crate::config::{AllDown, HashKey, Policy};
@@ -34,7 +34,7 @@ use crate::observe::oplog::Noisy;
 use crate::runtime::buffer::{self, Buffer};
 use crate::runtime::clock::millis;
 use crate::runtime::limits::LocalError;
-use crate::runtime::ready::Io;
+use crate::runtime::ready::{Connect, Io};
 use crate::runtime::timer::Timer;
 use crate::runtime::wheel::TimerId;
 use crate::{info_noisy, warn_noisy};
@@ -309,7 +309,7 @@ impl Session {
             moved |= self.parse_response_head(cx)?;
             moved |= self.classify_response_body(cx)?;
         }
-        moved |= self.write_client()?;
+        moved |= self.write_client(cx)?;
         if matches!(self.mode, Mode::Tunnel(_)) {
             // Switched in this step: the tunnel's own rules apply from the next one (a client
             // that half-closed before the 101 may still hear the target).
@@ -679,26 +679,18 @@ impl Session {
 
     /// A non-blocking connect finished, one way or the other.
     fn check_connect(&mut self, cx: &mut Ctx<'_>) -> Step {
-        let Some(up) = self.up.as_mut().filter(|up| !up.connected && (up.ready.write || up.ready.read)) else {
+        let Some(up) = self.up.as_mut().filter(|up| !up.connected) else {
             return Ok(false);
         };
-        let outcome = match up.stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => up.stream.peer_addr().map(|_| ()),
-        };
-        match outcome {
-            Ok(()) => {
+        match up.ready.connect_outcome(&up.stream) {
+            Connect::Done => {
                 up.connected = true;
                 // Best effort: a failure here only costs latency.
                 let _ = up.stream.set_nodelay(true);
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                up.ready.write = false;
-                up.ready.read = false;
-                Ok(false)
-            }
-            Err(e) => match LocalError::of(&e) {
+            Connect::Pending => Ok(false),
+            Connect::Failed(e) => match LocalError::of(&e) {
                 None => self.attempt_failed(cx, Failure::Connect(e.kind())),
                 Some(local) => {
                     cx.metrics.local_error(local);
@@ -970,7 +962,7 @@ impl Session {
         let cout = self.cout.as_ref().map_or(&[][..], Buffer::data);
         let uin = buffer::ensure(&mut self.uin, cx.buffers);
         if !cout.is_empty() || !uin.is_empty() {
-            match self.client.write(cout, uin.data()) {
+            match self.client.write(cout, uin.data(), cx.record) {
                 Io::Bytes(n) => {
                     let from_head = n.min(cout.len());
                     if let Some(cout) = self.cout.as_mut() {
@@ -1066,14 +1058,14 @@ impl Session {
         }
     }
 
-    fn write_client(&mut self) -> Step {
+    fn write_client(&mut self, cx: &mut Ctx<'_>) -> Step {
         let head = self.cout.as_ref().map_or(&[][..], Buffer::data);
         let ready = match &self.mode {
             Mode::Exchange(ex) => ex.resp_forwardable(),
             _ => 0,
         };
         let body = self.uin.as_ref().map_or(&[][..], |uin| &uin.data()[..ready]);
-        match self.client.write(head, body) {
+        match self.client.write(head, body, cx.record) {
             Io::Bytes(n) => {
                 let from_head = n.min(head.len());
                 if let Some(cout) = self.cout.as_mut() {
@@ -1145,8 +1137,9 @@ impl Session {
             // A last read that filled the buffer did not show the socket drained, and no event
             // will tell of bytes already behind the response: they have to be looked for.
             if reusable && up.ready.read {
-                if let Err(bytes) = up.quiet() {
-                    (reusable, stray) = (false, bytes);
+                match up.peek() {
+                    Peek::Quiet => {}
+                    peeked => (reusable, stray) = (false, peeked == Peek::Stray),
                 }
             }
             if reusable {

@@ -48,18 +48,27 @@ pub struct UpstreamConn {
     parked: u64,
 }
 
+/// What an idle connection has to say, by one non-blocking `MSG_PEEK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peek {
+    /// Nothing: it can carry a request.
+    Quiet,
+    /// Bytes nobody asked for: a second answer to the last request.
+    Stray,
+    /// The end of the stream, or an error: the target closed it.
+    Closed,
+}
+
 impl UpstreamConn {
-    /// One non-blocking `MSG_PEEK`: nothing to read (`Ok`), bytes nobody asked for
-    /// (`Err(true)`: a second answer), or the end of the stream or an error (`Err(false)`).
-    /// Only a quiet connection can carry a request. Asked of idle connections before a request
-    /// that is not idempotent or in the pass that parked them, and after a response whose last
-    /// read did not show the socket drained, where no event will tell of what came behind it.
-    pub fn quiet(&self) -> Result<(), bool> {
+    /// Asked of idle connections before a request that is not idempotent or in the pass that
+    /// parked them, and after a response whose last read did not show the socket drained,
+    /// where no event will tell of what came behind it. Only a `Quiet` one carries a request.
+    pub fn peek(&self) -> Peek {
         let mut byte = [0u8; 1];
         match self.stream.peek(&mut byte) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Ok(n) => Err(n > 0),
-            Err(_) => Err(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peek::Quiet,
+            Ok(n) if n > 0 => Peek::Stray,
+            Ok(_) | Err(_) => Peek::Closed,
         }
     }
 }
@@ -214,7 +223,7 @@ impl Upstreams {
         let pass = self.pass;
         let idle = self.idle.get_mut(target.slot())?;
         while let Some(mut conn) = idle.pop_front() {
-            if conn.target != target || ((verify || conn.parked == pass) && conn.quiet().is_err()) {
+            if conn.target != target || ((verify || conn.parked == pass) && conn.peek() != Peek::Quiet) {
                 self.slots.try_remove(conn.slot);
                 continue;
             }
@@ -295,7 +304,7 @@ impl Upstreams {
         let idle = self.idle.get_mut(target.slot())?;
         let conn = idle.iter().position(|c| c.slot == slot).and_then(|at| idle.remove(at))?;
         // The peek tells a target's close (EOF, a reset) from stray bytes; idle events are rare.
-        let stray = conn.quiet() == Err(true);
+        let stray = conn.peek() == Peek::Stray;
         self.slots.try_remove(conn.slot);
         stray.then_some(target)
     }
@@ -333,7 +342,7 @@ mod tests {
             // A later pass than the one that parked it: only `verify` checks it.
             pool.next_pass();
             let conn = pool.checkout(target, 0, false).expect("kept without the check");
-            let closed = conn.quiet().is_err();
+            let closed = conn.peek() != Peek::Quiet;
             pool.checkin(conn, 2);
             if closed {
                 break;
@@ -352,7 +361,7 @@ mod tests {
         // A second answer right behind the first, before any event could report it.
         server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").expect("stray bytes");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.idle[0].front().is_some_and(|c| c.quiet().is_ok()) {
+        while pool.idle[0].front().is_some_and(|c| c.peek() == Peek::Quiet) {
             assert!(Instant::now() < deadline, "the bytes never arrived");
             std::thread::yield_now();
         }

@@ -27,7 +27,36 @@ pub enum Io {
     Failed(io::Error),
 }
 
+/// Where a non-blocking connect stands.
+pub enum Connect {
+    Done,
+    /// No answer yet: wait for the socket's next event.
+    Pending,
+    Failed(io::Error),
+}
+
 impl Ready {
+    /// Whether a non-blocking connect on `stream` has finished, as mio's `TcpStream::connect`
+    /// says to ask once the socket is writable: `take_error`, then `peer_addr`, whose
+    /// `NotConnected` means not yet. Waiting clears the flags, so the next event asks again.
+    pub fn connect_outcome(&mut self, stream: &mio::net::TcpStream) -> Connect {
+        if !(self.write || self.read) {
+            return Connect::Pending;
+        }
+        let outcome = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => stream.peer_addr().map(|_| ()),
+        };
+        match outcome {
+            Ok(()) => Connect::Done,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                (self.write, self.read) = (false, false);
+                Connect::Pending
+            }
+            Err(e) => Connect::Failed(e),
+        }
+    }
+
     pub fn update(&mut self, event: &mio::event::Event) {
         self.read |= event.is_readable() || event.is_read_closed() || event.is_error();
         self.write |= event.is_writable() || event.is_write_closed() || event.is_error();
