@@ -54,7 +54,7 @@ impl Discovery {
             }
         }
         if any {
-            let next = now + crate::runtime::clock::millis(config.resolve_interval);
+            let next = now + crate::runtime::clock::millis(config.health.resolve_interval);
             self.timer = Some(wheel.insert(next, Timer::Discover));
         }
     }
@@ -90,7 +90,7 @@ impl Discovery {
             if !self.failing.iter().any(|(n, _)| *n == name) {
                 warn!(
                     "{url}: lookup failed: {e}; keeping its addresses, trying again every {:?}",
-                    config.resolve_interval
+                    config.health.resolve_interval
                 );
                 self.failing.push((name.clone(), 0));
             }

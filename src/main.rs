@@ -162,7 +162,7 @@ fn run(args: &Args, config: &Config) -> ExitCode {
         server.local_addr(),
         oplog::count(urls.len(), "target", "targets"),
         urls.join(" "),
-        config.sleeping
+        config.health.sleeping
     );
     if config.workers > 1 {
         info!("{} workers, each with its own event loop and listener (SO_REUSEPORT)", config.workers);

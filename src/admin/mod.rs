@@ -258,7 +258,7 @@ impl Admin {
             conns: Slab::new(),
             requeued: Vec::new(),
             backlog: false,
-            accepts_left: accepts_per_pass(env.config.admin_max_connections),
+            accepts_left: accepts_per_pass(env.config.admin.max_connections),
             accepted: 0,
             accept_paused: false,
             copies: Copies::default(),
@@ -304,7 +304,7 @@ impl Admin {
                 }
             };
             self.accepts_left -= 1;
-            if self.conns.len() >= env.config.admin_max_connections {
+            if self.conns.len() >= env.config.admin.max_connections {
                 self.make_room(env);
             }
             self.admit(stream, peer, env);
@@ -378,7 +378,7 @@ impl Admin {
         for touched in touched {
             self.rearm(touched, env);
         }
-        self.accepts_left = accepts_per_pass(env.config.admin_max_connections);
+        self.accepts_left = accepts_per_pass(env.config.admin.max_connections);
     }
 
     /// One turn of one connection.

@@ -146,7 +146,7 @@ impl Targets {
             slots: Vec::new(),
             next_generation: Vec::new(),
             ring: HashRing::new([]),
-            policy: config.policy,
+            policy: config.balancing.policy,
             slow_start_ms: 0,
             rng: Rng::new(hash::fnv1a(&std::process::id().to_le_bytes())),
             refused: 0,
@@ -189,8 +189,8 @@ impl Targets {
 
     /// Takes the policy and slow start of a (re)loaded config.
     pub fn configure(&mut self, config: &Config) {
-        self.policy = config.policy;
-        self.slow_start_ms = u64::try_from(config.slow_start.as_millis()).unwrap_or(u64::MAX);
+        self.policy = config.balancing.policy;
+        self.slow_start_ms = u64::try_from(config.balancing.slow_start.as_millis()).unwrap_or(u64::MAX);
     }
 
     /// Puts a target in the first free slot under the slot's next generation.

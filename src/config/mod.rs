@@ -129,65 +129,107 @@ impl TargetSpec {
     }
 }
 
+/// The validated configuration, grouped by what each part of the proxy reads.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub targets: Vec<TargetSpec>,
-    pub sleeping: Duration,
     pub listen: SocketAddr,
-    pub connect_timeout: Duration,
-    pub client_header_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    pub upstream_timeout: Duration,
+    pub targets: Vec<TargetSpec>,
+    pub timeouts: Timeouts,
+    pub health: HealthCheck,
+    pub balancing: Balancing,
+    pub limits: Limits,
+    pub logging: Logging,
+    pub admin: AdminSpec,
+    /// Protocols a client may switch to through the proxy (`Upgrade`), lower case.
+    pub upgrade_protocols: Vec<String>,
+    pub tls: Option<TlsSpec>,
+    /// Event loops, each on its own thread with its own listener (`SO_REUSEPORT`).
+    pub workers: usize,
+    /// Values the file asked for that were raised to their floor, one line each, for the log.
+    pub warnings: Vec<String>,
+}
+
+/// How long each wait may last (the `*_timeout` keys).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// A whole request head, from the connection's start; also the TLS handshake's limit.
+    pub client_header: Duration,
+    /// An idle client connection between requests.
+    pub keepalive: Duration,
+    /// A response head, and the silence limit while a body streams.
+    pub upstream: Duration,
+    /// The longest pause in a request body before 408.
+    pub client_body: Duration,
+    /// The longest silence, both ways, on a tunnel (a WebSocket after its `101`).
+    pub tunnel: Duration,
+    /// What requests in flight get after SIGTERM.
+    pub shutdown: Duration,
+    /// No retry starts later than this after the request arrived.
+    pub retry: Duration,
+}
+
+/// What the proxy looks at to judge its targets, and how often.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    /// Between probes of a dropped target.
+    pub sleeping: Duration,
     pub probe_timeout: Duration,
-    pub shutdown_timeout: Duration,
     pub probe_path: String,
-    pub all_down_status: u16,
-    pub max_request_head: usize,
-    pub max_idle_upstream: usize,
     /// Consecutive failures that take a target out of the rotation.
     pub fall: u32,
     /// Consecutive successful probes that bring a target back.
     pub rise: u32,
     /// Probe live targets too, not only dropped ones.
     pub check_live: bool,
-    /// Most retries of one request; `None`: as many as there are targets in the table (which
-    /// discovery and reloads change).
-    pub retries: Option<usize>,
-    /// No retry starts later than this after the request arrived.
-    pub retry_timeout: Duration,
-    pub all_down: AllDown,
-    pub access_log: LogDestination,
-    pub access_log_format: LogFormat,
-    /// The admin listener (metrics, status, health endpoints); `None`: off.
-    pub admin: Option<SocketAddr>,
-    /// The file named `admin`: failing to listen there is fatal. The default address is taken
-    /// only if free, so that a port already in use on the host never stops the proxy.
-    pub admin_named: bool,
-    /// Admin connections beyond this are closed at once.
-    pub admin_max_connections: usize,
-    /// Longest pause in a request body before 408.
-    pub client_body_timeout: Duration,
-    /// Largest request body accepted (413 beyond); `None`: no limit.
-    pub max_body_size: Option<u64>,
-    /// Client connections beyond this are answered 503 and closed at once.
-    pub max_connections: usize,
+    /// How often names of `discover` targets are looked up again.
+    pub resolve_interval: Duration,
+}
+
+/// Which target a request goes to, and what happens when none can take it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Balancing {
     pub policy: Policy,
     pub hash_key: HashKey,
     /// How long a target that comes back takes to ramp up to its full weight; zero: at once.
     pub slow_start: Duration,
-    /// How often names of `discover` targets are looked up again.
-    pub resolve_interval: Duration,
-    /// Protocols a client may switch to through the proxy (`Upgrade`), lower case.
-    pub upgrade_protocols: Vec<String>,
-    /// Longest silence, both ways, on a tunnel (a WebSocket after its `101`).
-    pub tunnel_timeout: Duration,
-    pub tls: Option<TlsSpec>,
+    /// Most retries of one request; `None`: as many as there are targets in the table (which
+    /// discovery and reloads change).
+    pub retries: Option<usize>,
+    pub all_down: AllDown,
+    pub all_down_status: u16,
+}
+
+/// Sizes and counts the proxy holds to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Client connections beyond this are answered 503 and closed at once.
+    pub max_connections: usize,
+    pub max_request_head: usize,
+    /// Largest request body accepted (413 beyond); `None`: no limit.
+    pub max_body_size: Option<u64>,
+    pub max_idle_upstream: usize,
     /// Longest chunk-size line (with extensions) and trailer section of a chunked body.
     pub chunk_limits: ChunkLimits,
-    /// Event loops, each on its own thread with its own listener (`SO_REUSEPORT`).
-    pub workers: usize,
-    /// Values the file asked for that were raised to their floor, one line each, for the log.
-    pub warnings: Vec<String>,
+}
+
+/// The access log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logging {
+    pub access_log: LogDestination,
+    pub access_log_format: LogFormat,
+}
+
+/// The admin listener (metrics, status, health endpoints).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdminSpec {
+    /// `None`: off.
+    pub addr: Option<SocketAddr>,
+    /// The file named the address: failing to listen there is fatal. The default address is
+    /// taken only if free, so that a port already in use on the host never stops the proxy.
+    pub named: bool,
+    /// Admin connections beyond this make room by closing one.
+    pub max_connections: usize,
 }
 
 /// The most event loops: one per core on any machine this runs on, and the peers' mailboxes
@@ -238,7 +280,7 @@ impl Config {
     /// The access log's directory must exist: a typo there is a config error naming the key,
     /// not a failure to start.
     fn check_files(&self) -> Result<(), ConfigError> {
-        let LogDestination::File(path) = &self.access_log else {
+        let LogDestination::File(path) = &self.logging.access_log else {
             return Ok(());
         };
         let dir = match path.parent() {
@@ -266,7 +308,31 @@ impl Config {
 }
 
 impl RawConfig {
+    /// The validated config, group by group; every error names its key. A value below its
+    /// floor is raised, with a line in `warnings`.
     fn validate(self) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let listen = parse_listen(&self.listen).ok_or_else(|| {
+            err("listen", format!("{:?} is not an address like 0.0.0.0:8000, :8000 or localhost:8000", self.listen))
+        })?;
+        Ok(Config {
+            listen,
+            targets: self.targets()?,
+            timeouts: self.timeouts(&mut warnings)?,
+            health: self.health(&mut warnings)?,
+            balancing: self.balancing(&mut warnings)?,
+            limits: self.limits()?,
+            logging: self.logging()?,
+            admin: self.admin()?,
+            upgrade_protocols: self.upgrade_protocols()?,
+            tls: self.tls.as_ref().map(parse_tls).transpose()?,
+            workers: parse_workers(&self.workers)?,
+            warnings,
+        })
+    }
+
+    /// `ports`: at least one target, at most `MAX_TARGETS`, no two the same, one common path.
+    fn targets(&self) -> Result<Vec<TargetSpec>, ConfigError> {
         if self.ports.is_empty() {
             return Err(err("ports", "the target list is empty"));
         }
@@ -274,44 +340,52 @@ impl RawConfig {
             return Err(err("ports", format!("at most {MAX_TARGETS} targets are supported")));
         }
         let targets = self.ports.iter().map(parse_port).collect::<Result<Vec<_>, _>>()?;
-        if !(100..=599).contains(&self.all_down_status) {
-            return Err(err("all_down_status", "must be an HTTP status from 100 to 599"));
+        let prefix = &targets[0].path_prefix;
+        if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
+            return Err(err("ports", format!("{:?}: every target must have the same path as the first", t.url)));
         }
+        for (i, t) in targets.iter().enumerate() {
+            let same = |u: &TargetSpec| u.port == t.port && u.host.eq_ignore_ascii_case(&t.host);
+            if let Some(first) = targets[..i].iter().find(|u| same(u)) {
+                return Err(err("ports", format!("{:?} and {:?} are the same target", first.url, t.url)));
+            }
+        }
+        Ok(targets)
+    }
+
+    fn timeouts(&self, warnings: &mut Vec<String>) -> Result<Timeouts, ConfigError> {
+        let mut secs = |key: &str, value: f64| seconds(key, value, TIMEOUT_FLOOR, warnings);
+        Ok(Timeouts {
+            connect: secs("connect_timeout", self.connect_timeout)?,
+            client_header: secs("client_header_timeout", self.client_header_timeout)?,
+            keepalive: secs("keepalive_timeout", self.keepalive_timeout)?,
+            upstream: secs("upstream_timeout", self.upstream_timeout)?,
+            client_body: secs("client_body_timeout", self.client_body_timeout)?,
+            tunnel: secs("tunnel_timeout", self.tunnel_timeout)?,
+            shutdown: secs("shutdown_timeout", self.shutdown_timeout)?,
+            retry: secs("retry_timeout", self.retry_timeout)?,
+        })
+    }
+
+    fn health(&self, warnings: &mut Vec<String>) -> Result<HealthCheck, ConfigError> {
         if !self.probe_path.starts_with('/') || self.probe_path.bytes().any(|b| b <= b' ') {
             return Err(err("probe_path", "must be a path starting with / and without spaces"));
-        }
-        if !(1024..=1024 * 1024).contains(&self.max_request_head) {
-            return Err(err("max_request_head", "must be between 1024 and 1048576 bytes"));
         }
         if self.fall == 0 || self.rise == 0 {
             return Err(err(if self.fall == 0 { "fall" } else { "rise" }, "must be at least 1"));
         }
-        let all_down = match self.all_down.as_str() {
-            "error" => AllDown::Error,
-            "try_all" => AllDown::TryAll,
-            other => return Err(err("all_down", format!("must be \"error\" or \"try_all\", got {other:?}"))),
-        };
-        let access_log = match self.access_log.as_str() {
-            "off" | "" => LogDestination::Off,
-            "stdout" => LogDestination::Stdout,
-            path => LogDestination::File(path.into()),
-        };
-        let access_log_format = match self.access_log_format.as_str() {
-            "common" | "clf" => LogFormat::Common,
-            "json" => LogFormat::Json,
-            other => return Err(err("access_log_format", format!("must be \"common\" or \"json\", got {other:?}"))),
-        };
-        let admin = match &self.admin {
-            None => parse_listen(DEFAULT_ADMIN),
-            Some(None) => None,
-            Some(Some(text)) => Some(
-                parse_listen(text)
-                    .ok_or_else(|| err("admin", format!("{text:?} is not an address like 127.0.0.1:9000, or null")))?,
-            ),
-        };
-        if self.admin_max_connections == 0 {
-            return Err(err("admin_max_connections", "must be at least 1"));
-        }
+        Ok(HealthCheck {
+            sleeping: seconds("sleeping", self.sleeping, SLEEPING_FLOOR, warnings)?,
+            probe_timeout: seconds("probe_timeout", self.probe_timeout, TIMEOUT_FLOOR, warnings)?,
+            probe_path: self.probe_path.clone(),
+            fall: self.fall,
+            rise: self.rise,
+            check_live: self.check_live,
+            resolve_interval: seconds("resolve_interval", self.resolve_interval, SLEEPING_FLOOR, warnings)?,
+        })
+    }
+
+    fn balancing(&self, warnings: &mut Vec<String>) -> Result<Balancing, ConfigError> {
         let policy = match self.policy.as_str() {
             "hashring" => Policy::HashRing,
             "round_robin" => Policy::RoundRobin,
@@ -323,35 +397,75 @@ impl RawConfig {
                 return Err(err("policy", format!("must be {known}, got {other:?}")));
             }
         };
-        let hash_key = parse_hash_key(&self.hash_key)?;
-        let prefix = &targets[0].path_prefix;
-        if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
-            return Err(err("ports", format!("{:?}: every target must have the same path as the first", t.url)));
+        let all_down = match self.all_down.as_str() {
+            "error" => AllDown::Error,
+            "try_all" => AllDown::TryAll,
+            other => return Err(err("all_down", format!("must be \"error\" or \"try_all\", got {other:?}"))),
+        };
+        if !(100..=599).contains(&self.all_down_status) {
+            return Err(err("all_down_status", "must be an HTTP status from 100 to 599"));
         }
-        for (i, t) in targets.iter().enumerate() {
-            let same = |u: &TargetSpec| u.port == t.port && u.host.eq_ignore_ascii_case(&t.host);
-            if let Some(first) = targets[..i].iter().find(|u| same(u)) {
-                return Err(err("ports", format!("{:?} and {:?} are the same target", first.url, t.url)));
-            }
+        let slow_start = match self.slow_start {
+            0.0 => Duration::ZERO,
+            value => seconds("slow_start", value, TIMEOUT_FLOOR, warnings)?,
+        };
+        Ok(Balancing {
+            policy,
+            hash_key: parse_hash_key(&self.hash_key)?,
+            slow_start,
+            retries: self.retries,
+            all_down,
+            all_down_status: self.all_down_status,
+        })
+    }
+
+    fn limits(&self) -> Result<Limits, ConfigError> {
+        if !(1024..=1024 * 1024).contains(&self.max_request_head) {
+            return Err(err("max_request_head", "must be between 1024 and 1048576 bytes"));
         }
         if self.max_connections == 0 {
             return Err(err("max_connections", "must be at least 1"));
         }
-        let chunk_limits = self.chunk_limits()?;
-        let workers = parse_workers(&self.workers)?;
-        let mut warnings = Vec::new();
-        let mut secs = |key: &str, value: f64, floor: f64| seconds(key, value, floor, &mut warnings);
-        let sleeping = secs("sleeping", self.sleeping, SLEEPING_FLOOR)?;
-        let connect_timeout = secs("connect_timeout", self.connect_timeout, TIMEOUT_FLOOR)?;
-        let client_header_timeout = secs("client_header_timeout", self.client_header_timeout, TIMEOUT_FLOOR)?;
-        let keepalive_timeout = secs("keepalive_timeout", self.keepalive_timeout, TIMEOUT_FLOOR)?;
-        let upstream_timeout = secs("upstream_timeout", self.upstream_timeout, TIMEOUT_FLOOR)?;
-        let probe_timeout = secs("probe_timeout", self.probe_timeout, TIMEOUT_FLOOR)?;
-        let shutdown_timeout = secs("shutdown_timeout", self.shutdown_timeout, TIMEOUT_FLOOR)?;
-        let retry_timeout = secs("retry_timeout", self.retry_timeout, TIMEOUT_FLOOR)?;
-        let client_body_timeout = secs("client_body_timeout", self.client_body_timeout, TIMEOUT_FLOOR)?;
-        let resolve_interval = secs("resolve_interval", self.resolve_interval, SLEEPING_FLOOR)?;
-        let tunnel_timeout = secs("tunnel_timeout", self.tunnel_timeout, TIMEOUT_FLOOR)?;
+        Ok(Limits {
+            max_connections: self.max_connections,
+            max_request_head: self.max_request_head,
+            max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
+            max_idle_upstream: self.max_idle_upstream,
+            chunk_limits: self.chunk_limits()?,
+        })
+    }
+
+    fn logging(&self) -> Result<Logging, ConfigError> {
+        let access_log = match self.access_log.as_str() {
+            "off" | "" => LogDestination::Off,
+            "stdout" => LogDestination::Stdout,
+            path => LogDestination::File(path.into()),
+        };
+        let access_log_format = match self.access_log_format.as_str() {
+            "common" | "clf" => LogFormat::Common,
+            "json" => LogFormat::Json,
+            other => return Err(err("access_log_format", format!("must be \"common\" or \"json\", got {other:?}"))),
+        };
+        Ok(Logging { access_log, access_log_format })
+    }
+
+    fn admin(&self) -> Result<AdminSpec, ConfigError> {
+        let addr = match &self.admin {
+            None => parse_listen(DEFAULT_ADMIN),
+            Some(None) => None,
+            Some(Some(text)) => Some(
+                parse_listen(text)
+                    .ok_or_else(|| err("admin", format!("{text:?} is not an address like 127.0.0.1:9000, or null")))?,
+            ),
+        };
+        if self.admin_max_connections == 0 {
+            return Err(err("admin_max_connections", "must be at least 1"));
+        }
+        Ok(AdminSpec { addr, named: self.admin.is_some(), max_connections: self.admin_max_connections })
+    }
+
+    /// Protocol names (tokens), lower case; never h2c, which the proxy cannot tunnel.
+    fn upgrade_protocols(&self) -> Result<Vec<String>, ConfigError> {
         if let Some(bad) = self.upgrade_protocols.iter().find(|p| !http::is_token(p)) {
             return Err(err("upgrade_protocols", format!("{bad:?} is not a protocol name like \"websocket\"")));
         }
@@ -361,53 +475,7 @@ impl RawConfig {
                 format!("{h2c:?}: the proxy speaks HTTP/1.1 to targets and cannot tunnel h2c"),
             ));
         }
-        let upgrade_protocols = self.upgrade_protocols.iter().map(|p| p.to_ascii_lowercase()).collect();
-        let tls = self.tls.as_ref().map(parse_tls).transpose()?;
-        let slow_start = match self.slow_start {
-            0.0 => Duration::ZERO,
-            value => secs("slow_start", value, TIMEOUT_FLOOR)?,
-        };
-        Ok(Config {
-            retries: self.retries,
-            targets,
-            sleeping,
-            listen: parse_listen(&self.listen).ok_or_else(|| {
-                err("listen", format!("{:?} is not an address like 0.0.0.0:8000, :8000 or localhost:8000", self.listen))
-            })?,
-            connect_timeout,
-            client_header_timeout,
-            keepalive_timeout,
-            upstream_timeout,
-            probe_timeout,
-            shutdown_timeout,
-            probe_path: self.probe_path,
-            all_down_status: self.all_down_status,
-            max_request_head: self.max_request_head,
-            max_idle_upstream: self.max_idle_upstream,
-            fall: self.fall,
-            rise: self.rise,
-            check_live: self.check_live,
-            retry_timeout,
-            all_down,
-            access_log,
-            access_log_format,
-            admin,
-            admin_named: self.admin.is_some(),
-            admin_max_connections: self.admin_max_connections,
-            policy,
-            hash_key,
-            slow_start,
-            resolve_interval,
-            upgrade_protocols,
-            tunnel_timeout,
-            tls,
-            client_body_timeout,
-            max_body_size: (self.max_body_size > 0).then_some(self.max_body_size),
-            max_connections: self.max_connections,
-            chunk_limits,
-            workers,
-            warnings,
-        })
+        Ok(self.upgrade_protocols.iter().map(|p| p.to_ascii_lowercase()).collect())
     }
 
     /// The chunk limits must fit a connection buffer, with room to spare, since the bytes they
@@ -527,7 +595,6 @@ fn parse_tls(value: &Value) -> Result<TlsSpec, ConfigError> {
     Ok(TlsSpec { listen, cert: text("cert", keys.get("cert"))?.into(), key: text("key", keys.get("key"))?.into(), sni })
 }
 
-/// `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
 /// `workers`: a count from 1 to `MAX_WORKERS`, or `"auto"`: the cores this process may run on.
 fn parse_workers(value: &serde_json::Value) -> Result<usize, ConfigError> {
     let bad = || err("workers", format!("must be a number from 1 to {MAX_WORKERS} or \"auto\", got {value}"));
@@ -543,6 +610,7 @@ fn parse_workers(value: &serde_json::Value) -> Result<usize, ConfigError> {
     }
 }
 
+/// `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
 fn parse_hash_key(text: &str) -> Result<HashKey, ConfigError> {
     match text.split_once(':') {
         None if text == "client_ip" => Ok(HashKey::ClientIp),
@@ -612,14 +680,17 @@ mod tests {
         let c =
             Config::parse(r#"{"ports": ["http://127.0.0.1:9001/", "http://t2:80/"], "sleeping": 1}"#).expect("valid");
         assert_eq!(c.targets.len(), 2);
-        assert_eq!(c.sleeping, Duration::from_secs(1));
+        assert_eq!(c.health.sleeping, Duration::from_secs(1));
         assert_eq!(c.listen, "0.0.0.0:8000".parse().expect("addr"));
-        assert_eq!(c.probe_path, "/ping/");
-        assert_eq!(c.all_down_status, 500);
+        assert_eq!(c.health.probe_path, "/ping/");
+        assert_eq!(c.balancing.all_down_status, 500);
         assert_eq!(c.targets[0].literal_addr(), Some("127.0.0.1:9001".parse().expect("addr")));
         assert_eq!(c.targets[1].literal_addr(), None);
-        assert_eq!((c.fall, c.rise, c.retries, c.all_down), (1, 1, None, AllDown::Error));
-        assert_eq!(c.access_log, LogDestination::Off);
+        assert_eq!(
+            (c.health.fall, c.health.rise, c.balancing.retries, c.balancing.all_down),
+            (1, 1, None, AllDown::Error)
+        );
+        assert_eq!(c.logging.access_log, LogDestination::Off);
     }
 
     #[test]
@@ -682,7 +753,7 @@ mod tests {
     #[test]
     fn by_default_a_request_that_timed_out_has_time_for_one_retry() {
         let c = Config::parse(r#"{"ports": ["http://a/"]}"#).expect("valid");
-        assert!(c.retry_timeout > c.upstream_timeout + c.connect_timeout, "{:?}", c.retry_timeout);
+        assert!(c.timeouts.retry > c.timeouts.upstream + c.timeouts.connect, "{:?}", c.timeouts.retry);
     }
 
     #[test]
@@ -690,7 +761,7 @@ mod tests {
         let c = Config::parse(r#"{"ports": ["http://a/"], "sleeping": 1e-9, "probe_timeout": 0}"#);
         assert!(c.is_err(), "zero is refused, not raised");
         let c = Config::parse(r#"{"ports": ["http://a/"], "sleeping": 1e-9}"#).expect("valid");
-        assert_eq!((c.sleeping, c.warnings.len()), (Duration::from_millis(100), 1));
+        assert_eq!((c.health.sleeping, c.warnings.len()), (Duration::from_millis(100), 1));
         assert!(refused(r#"{"ports": ["http://A:80/", "http://a/"]}"#).contains("same target"));
         assert!(refused(r#"{"ports": ["http://a/"], "max_connections": 0}"#).contains("`max_connections`"));
         assert!(refused(r#"{"ports": ["http://a/"], "check_live": "yes"}"#).contains("`check_live`"));
@@ -717,9 +788,9 @@ mod tests {
         .expect("valid");
         let w: Vec<(u32, bool)> = c.targets.iter().map(|t| (t.weight, t.discover)).collect();
         assert_eq!(w, vec![(1, false), (3, false), (1, true)]);
-        assert_eq!((c.policy, c.slow_start), (Policy::RoundRobin, Duration::from_secs(10)));
-        assert_eq!(c.hash_key, HashKey::Header("x-user".into()));
-        assert_eq!(c.resolve_interval, Duration::from_secs(5));
+        assert_eq!((c.balancing.policy, c.balancing.slow_start), (Policy::RoundRobin, Duration::from_secs(10)));
+        assert_eq!(c.balancing.hash_key, HashKey::Header("x-user".into()));
+        assert_eq!(c.health.resolve_interval, Duration::from_secs(5));
         for bad in [
             r#"{"ports": [{"url": "http://a/", "weight": 0}]}"#,
             r#"{"ports": [{"url": "http://a/", "wieght": 2}]}"#,
@@ -735,11 +806,11 @@ mod tests {
     #[test]
     fn the_admin_listener_defaults_to_loopback_and_null_turns_it_off() {
         let c = Config::parse(r#"{"ports": ["http://a/"]}"#).expect("valid");
-        assert_eq!(c.admin, Some("127.0.0.1:9000".parse().expect("addr")));
+        assert_eq!(c.admin.addr, Some("127.0.0.1:9000".parse().expect("addr")));
         let c = Config::parse(r#"{"ports": ["http://a/"], "admin": null}"#).expect("valid");
-        assert_eq!(c.admin, None);
+        assert_eq!(c.admin.addr, None);
         let c = Config::parse(r#"{"ports": ["http://a/"], "admin": ":9100"}"#).expect("valid");
-        assert_eq!(c.admin, Some("0.0.0.0:9100".parse().expect("addr")));
+        assert_eq!(c.admin.addr, Some("0.0.0.0:9100".parse().expect("addr")));
         assert!(refused(r#"{"ports": ["http://a/"], "admin": "x"}"#).contains("`admin`"));
         assert!(refused(r#"{"ports": ["http://a/"], "access_log_format": "xml"}"#).contains("`access_log_format`"));
     }

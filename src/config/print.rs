@@ -40,57 +40,57 @@ impl Config {
                     .map(|t| json!({"url": t.url, "weight": t.weight, "discover": t.discover}))
                     .collect(),
             ),
-            "sleeping" => secs(self.sleeping),
+            "sleeping" => secs(self.health.sleeping),
             "listen" => json!(self.listen.to_string()),
-            "connect_timeout" => secs(self.connect_timeout),
-            "client_header_timeout" => secs(self.client_header_timeout),
-            "keepalive_timeout" => secs(self.keepalive_timeout),
-            "upstream_timeout" => secs(self.upstream_timeout),
-            "probe_timeout" => secs(self.probe_timeout),
-            "shutdown_timeout" => secs(self.shutdown_timeout),
-            "probe_path" => json!(self.probe_path),
-            "all_down_status" => json!(self.all_down_status),
-            "max_request_head" => json!(self.max_request_head),
-            "max_idle_upstream" => json!(self.max_idle_upstream),
-            "fall" => json!(self.fall),
-            "rise" => json!(self.rise),
-            "check_live" => json!(self.check_live),
-            "retries" => match (self.retries, self.targets.iter().any(|t| t.discover)) {
+            "connect_timeout" => secs(self.timeouts.connect),
+            "client_header_timeout" => secs(self.timeouts.client_header),
+            "keepalive_timeout" => secs(self.timeouts.keepalive),
+            "upstream_timeout" => secs(self.timeouts.upstream),
+            "probe_timeout" => secs(self.health.probe_timeout),
+            "shutdown_timeout" => secs(self.timeouts.shutdown),
+            "probe_path" => json!(self.health.probe_path),
+            "all_down_status" => json!(self.balancing.all_down_status),
+            "max_request_head" => json!(self.limits.max_request_head),
+            "max_idle_upstream" => json!(self.limits.max_idle_upstream),
+            "fall" => json!(self.health.fall),
+            "rise" => json!(self.health.rise),
+            "check_live" => json!(self.health.check_live),
+            "retries" => match (self.balancing.retries, self.targets.iter().any(|t| t.discover)) {
                 (Some(n), _) => json!(n),
                 (None, true) => Value::Null,
                 (None, false) => json!(self.targets.len()),
             },
-            "retry_timeout" => secs(self.retry_timeout),
-            "all_down" => json!(match self.all_down {
+            "retry_timeout" => secs(self.timeouts.retry),
+            "all_down" => json!(match self.balancing.all_down {
                 AllDown::Error => "error",
                 AllDown::TryAll => "try_all",
             }),
-            "access_log" => match &self.access_log {
+            "access_log" => match &self.logging.access_log {
                 LogDestination::Off => json!("off"),
                 LogDestination::Stdout => json!("stdout"),
                 LogDestination::File(path) => json!(path.to_string_lossy()),
             },
-            "access_log_format" => json!(match self.access_log_format {
+            "access_log_format" => json!(match self.logging.access_log_format {
                 LogFormat::Common => "common",
                 LogFormat::Json => "json",
             }),
-            "admin" => self.admin.map_or(Value::Null, |a| json!(a.to_string())),
-            "admin_max_connections" => json!(self.admin_max_connections),
-            "policy" => json!(match self.policy {
+            "admin" => self.admin.addr.map_or(Value::Null, |a| json!(a.to_string())),
+            "admin_max_connections" => json!(self.admin.max_connections),
+            "policy" => json!(match self.balancing.policy {
                 Policy::HashRing => "hashring",
                 Policy::RoundRobin => "round_robin",
                 Policy::LeastConn => "least_conn",
                 Policy::P2c => "p2c",
                 Policy::Hash => "hash",
             }),
-            "hash_key" => json!(match &self.hash_key {
+            "hash_key" => json!(match &self.balancing.hash_key {
                 HashKey::ClientIp => "client_ip".to_owned(),
                 HashKey::Path => "path".to_owned(),
                 HashKey::Header(name) => format!("header:{name}"),
                 HashKey::Cookie(name) => format!("cookie:{name}"),
             }),
-            "slow_start" => secs(self.slow_start),
-            "resolve_interval" => secs(self.resolve_interval),
+            "slow_start" => secs(self.balancing.slow_start),
+            "resolve_interval" => secs(self.health.resolve_interval),
             "upgrade_protocols" => json!(self.upgrade_protocols),
             "tls" => {
                 let tls = self.tls.as_ref()?;
@@ -108,12 +108,12 @@ impl Config {
                     "sni": sni,
                 })
             }
-            "tunnel_timeout" => secs(self.tunnel_timeout),
-            "client_body_timeout" => secs(self.client_body_timeout),
-            "max_body_size" => json!(self.max_body_size.unwrap_or(0)),
-            "max_connections" => json!(self.max_connections),
-            "max_chunk_line" => json!(self.chunk_limits.line),
-            "max_trailer_size" => json!(self.chunk_limits.trailers),
+            "tunnel_timeout" => secs(self.timeouts.tunnel),
+            "client_body_timeout" => secs(self.timeouts.client_body),
+            "max_body_size" => json!(self.limits.max_body_size.unwrap_or(0)),
+            "max_connections" => json!(self.limits.max_connections),
+            "max_chunk_line" => json!(self.limits.chunk_limits.line),
+            "max_trailer_size" => json!(self.limits.chunk_limits.trailers),
             "workers" => json!(self.workers),
             // `$schema`, and any key that only the file carries.
             _ => return None,

@@ -183,12 +183,12 @@ impl Health {
 
     /// A failure that counts against `id` (live or not); the change it makes.
     pub fn failed(&mut self, id: TargetId, live: bool, config: &Config) -> Change {
-        self.state(id).map_or(Change::Stay, |s| s.streak.failure(live, config.fall))
+        self.state(id).map_or(Change::Stay, |s| s.streak.failure(live, config.health.fall))
     }
 
     /// `id` answered: a response head, or a probe's 200.
     pub fn succeeded(&mut self, id: TargetId, live: bool, config: &Config) -> Change {
-        self.state(id).map_or(Change::Stay, |s| s.streak.success(live, config.rise))
+        self.state(id).map_or(Change::Stay, |s| s.streak.success(live, config.health.rise))
     }
 
     /// A probe of `id` is running, or `id` is a suspect being watched: for the status page.
@@ -220,7 +220,7 @@ impl Health {
     /// Arms `id`'s next probe, one jittered period from now, unless one is armed or running or
     /// the target needs none (live, not a suspect, no `check_live`).
     pub fn schedule_probe(&mut self, id: TargetId, live: bool, config: &Config, wheel: &mut Wheel<Timer>, now: u64) {
-        let delay = self.jitter.spread(millis(config.sleeping));
+        let delay = self.jitter.spread(millis(config.health.sleeping));
         let Some(s) = self.state(id) else {
             return;
         };
@@ -265,7 +265,7 @@ impl Health {
 
 /// Whether the prober should keep an eye on a target.
 fn wants_probe(s: &State, live: bool, config: &Config) -> bool {
-    config.check_live || !live || s.suspect
+    config.health.check_live || !live || s.suspect
 }
 
 fn arm(s: &mut State, wheel: &mut Wheel<Timer>, when: u64) {

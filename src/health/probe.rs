@@ -80,7 +80,7 @@ impl Prober {
             if self.requests.len() <= t.id.slot() {
                 self.requests.resize_with(t.id.slot() + 1, Vec::new);
             }
-            self.requests[t.id.slot()] = request(&config.probe_path, &t.spec.host);
+            self.requests[t.id.slot()] = request(&config.health.probe_path, &t.spec.host);
         }
     }
 
@@ -135,7 +135,7 @@ impl Prober {
         });
         match connected {
             Ok(stream) => {
-                let timer = cx.wheel.insert(cx.now + millis(cx.config.probe_timeout), Timer::Probe(key));
+                let timer = cx.wheel.insert(cx.now + millis(cx.config.health.probe_timeout), Timer::Probe(key));
                 entry.insert(Probe {
                     stream,
                     target: id,

@@ -253,7 +253,7 @@ impl Proxy {
         Proxy {
             sessions: Slab::new(),
             res: Resources {
-                buffers: BufferPool::new(config.max_request_head + HEAD_SLACK),
+                buffers: BufferPool::new(config.limits.max_request_head + HEAD_SLACK),
                 upstreams: Upstreams::new(config.targets.len()),
                 exchanges: ExchangePool::default(),
                 seq: 0,
@@ -314,7 +314,7 @@ impl Proxy {
     /// connection of the TLS listener.
     pub fn accept(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: Option<&TlsConfig>, env: &mut Env) {
         // `max_connections` holds for the process, whichever worker accepted.
-        if !env.link.admit(env.config.max_connections) {
+        if !env.link.admit(env.config.limits.max_connections) {
             return self.turn_away(stream, tls.is_some(), env);
         }
         env.metrics.connections_accepted += 1;
@@ -355,7 +355,7 @@ impl Proxy {
         self.turned_away += 1;
         env.metrics.connections_refused += 1;
         if self.turned_away_logged.is_none_or(|at| env.now >= at + 1000) {
-            let max = env.config.max_connections;
+            let max = env.config.limits.max_connections;
             let refused = count(self.turned_away, "connection", "connections");
             warn!("max_connections ({max}) reached: refused {refused} so far");
             self.turned_away_logged = Some(env.now);

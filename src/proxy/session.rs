@@ -110,13 +110,13 @@ impl Phase {
     fn timeout(self, ctx: &Ctx<'_>) -> u64 {
         let c = ctx.config;
         match self {
-            Phase::Idle => millis(c.keepalive_timeout),
-            Phase::Header => millis(c.client_header_timeout),
-            Phase::Body | Phase::Discard => millis(c.client_body_timeout),
-            Phase::Connect => millis(c.connect_timeout),
-            Phase::Response | Phase::Stream => millis(c.upstream_timeout),
+            Phase::Idle => millis(c.timeouts.keepalive),
+            Phase::Header => millis(c.timeouts.client_header),
+            Phase::Body | Phase::Discard => millis(c.timeouts.client_body),
+            Phase::Connect => millis(c.timeouts.connect),
+            Phase::Response | Phase::Stream => millis(c.timeouts.upstream),
             Phase::Linger => LINGER_MS,
-            Phase::Tunnel => millis(c.tunnel_timeout),
+            Phase::Tunnel => millis(c.timeouts.tunnel),
         }
     }
 
@@ -520,7 +520,7 @@ impl Session {
             upgrades: &cx.config.upgrade_protocols,
             tls: self.client.is_tls(),
         };
-        let max_head = cx.config.max_request_head;
+        let max_head = cx.config.limits.max_request_head;
         let limit = cin.len().min(max_head);
         let head = match http::parse_request(&cin.data()[..limit], &fwd, uout.space()) {
             Ok(Some(head)) => head,
@@ -532,7 +532,7 @@ impl Session {
             Ok(None) => return Ok(self.reject(cx, HttpError::HeadTooLarge)),
             Err(e) => return Ok(self.reject(cx, e)),
         };
-        if let (BodyKind::Length(n), Some(max)) = (head.body, cx.config.max_body_size) {
+        if let (BodyKind::Length(n), Some(max)) = (head.body, cx.config.limits.max_body_size) {
             if n > max {
                 return Ok(self.reject(cx, HttpError::BodyTooLarge));
             }
@@ -546,9 +546,9 @@ impl Session {
             buffer::enlarge(&mut self.cin, cx.buffers);
         }
         *cx.seq += 1;
-        let mut exchange = Exchange::new(cx.link.next_seq(), cx.now, head, cx.config.chunk_limits);
-        if cx.config.policy == Policy::Hash {
-            exchange.key = request_key(&cx.config.hash_key, self.client.peer().ip(), uout.data());
+        let mut exchange = Exchange::new(cx.link.next_seq(), cx.now, head, cx.config.limits.chunk_limits);
+        if cx.config.balancing.policy == Policy::Hash {
+            exchange.key = request_key(&cx.config.balancing.hash_key, self.client.peer().ip(), uout.data());
         }
         self.mode = Mode::Exchange(cx.exchanges.fill(exchange));
         self.send_to_target(cx, false)?;
@@ -574,7 +574,7 @@ impl Session {
             let Mode::Exchange(ex) = &mut self.mode else {
                 return Ok(());
             };
-            let fail_open = cx.config.all_down == AllDown::TryAll;
+            let fail_open = cx.config.balancing.all_down == AllDown::TryAll;
             let picked = match same_target {
                 true => Some(ex.target),
                 false => {
@@ -593,7 +593,7 @@ impl Session {
                     self.respond_local(cx, 504, http::reason(504), keep);
                 } else {
                     warn_noisy!(Noisy::NoTarget, "{}: no live target left for request #{}", self.client.peer(), ex.seq);
-                    self.respond_local(cx, cx.config.all_down_status, local::ALL_DOWN, keep);
+                    self.respond_local(cx, cx.config.balancing.all_down_status, local::ALL_DOWN, keep);
                 }
                 return Ok(());
             };
@@ -727,7 +727,7 @@ impl Session {
         };
         ex.body_ready += progress.used;
         ex.body_total += progress.used as u64;
-        if cx.config.max_body_size.is_some_and(|max| ex.body_total > max) {
+        if cx.config.limits.max_body_size.is_some_and(|max| ex.body_total > max) {
             return self.refuse_exchange(cx, 413, "request body too large");
         }
         Ok(moved || progress.used > 0 || progress.done)
@@ -880,7 +880,7 @@ impl Session {
             cx.target_answered(ex.target);
             return self.start_tunnel(cx);
         }
-        ex.resp = Resp::Body(BodyFramer::with_limits(head.body, cx.config.chunk_limits));
+        ex.resp = Resp::Body(BodyFramer::with_limits(head.body, cx.config.limits.chunk_limits));
         ex.client_keep_alive = head.client_keep_alive;
         ex.upstream_reusable = head.upstream_reusable;
         ex.answered_early = !ex.request_sent(self.uout.as_ref().map_or(0, Buffer::len));
@@ -1143,7 +1143,7 @@ impl Session {
                 }
             }
             if reusable {
-                cx.upstreams.checkin(up, cx.config.max_idle_upstream);
+                cx.upstreams.checkin(up, cx.config.limits.max_idle_upstream);
             } else {
                 if stray {
                     let url = cx.targets.url(ex.target);
@@ -1417,13 +1417,13 @@ fn cookie<'h>(field: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
 /// Upstream connections this worker may hold, in use and idle, before a new one closes an
 /// idle one: its share of `max_connections`, which was fitted to the descriptor limit.
 fn upstream_room(cx: &Ctx<'_>) -> usize {
-    cx.config.max_connections.div_ceil(cx.link.count().max(1))
+    cx.config.limits.max_connections.div_ceil(cx.link.count().max(1))
 }
 
 /// The retry budget, from the config.
 fn budget(cx: &Ctx<'_>) -> Budget {
-    let retries = cx.config.retries.unwrap_or_else(|| cx.targets.len());
-    Budget { retries, timeout_ms: millis(cx.config.retry_timeout) }
+    let retries = cx.config.balancing.retries.unwrap_or_else(|| cx.targets.len());
+    Budget { retries, timeout_ms: millis(cx.config.timeouts.retry) }
 }
 
 #[cfg(test)]

@@ -53,11 +53,11 @@ fn lookup_targets(config: &Config) -> Vec<Vec<SocketAddr>> {
                 Ok(all) if t.discover => all,
                 Ok(all) => resolve::preferred(&all).into_iter().collect(),
                 Err(e) if t.discover => {
-                    warn!("{}: {e}; looking it up again every {:?}", t.url, config.resolve_interval);
+                    warn!("{}: {e}; looking it up again every {:?}", t.url, config.health.resolve_interval);
                     Vec::new()
                 }
                 Err(e) => {
-                    warn!("target {} down: {e} (probing every {:?})", t.url, config.sleeping);
+                    warn!("target {} down: {e} (probing every {:?})", t.url, config.health.sleeping);
                     Vec::new()
                 }
             },
@@ -86,13 +86,13 @@ fn fit_connections(config: &mut Config) -> Option<String> {
     let needs = Needs {
         workers: config.workers.max(1),
         targets: if discovers { MAX_TARGETS } else { config.targets.len() },
-        admin: config.admin.map_or(0, |_| config.admin_max_connections + 1),
+        admin: config.admin.addr.map_or(0, |_| config.admin.max_connections + 1),
     };
     let fits = needs.connections_within(limit).max(1);
-    if config.max_connections <= fits {
+    if config.limits.max_connections <= fits {
         return None;
     }
-    let asked = std::mem::replace(&mut config.max_connections, fits);
+    let asked = std::mem::replace(&mut config.limits.max_connections, fits);
     Some(format!(
         "max_connections lowered from {asked} to {fits}: the descriptor limit is {limit}, the proxy keeps {} for \
          itself (probes, the admin port, listeners, logs), and a connection may need {} (its own and its \
@@ -266,7 +266,7 @@ impl Server {
         let mut targets = Targets::new(config, addrs);
         targets.reseed(link.index() as u64);
         let mut env = Env {
-            log: AccessLog::start(&config.access_log, config.access_log_format)?,
+            log: AccessLog::start(&config.logging.access_log, config.logging.access_log_format)?,
             now: clock.now(),
             draining: false,
             registry,
@@ -316,10 +316,10 @@ impl Server {
                 oplog::count(env.targets.refused(), "discovered address", "discovered addresses")
             );
         }
-        self.admin = match env.config.admin {
+        self.admin = match env.config.admin.addr {
             Some(addr) => match Admin::bind(addr, env) {
                 Ok(admin) => Some(admin),
-                Err(e) if env.config.admin_named => {
+                Err(e) if env.config.admin.named => {
                     return Err(io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))
                 }
                 Err(e) => {
@@ -585,7 +585,7 @@ impl Server {
                 }
             }
             Timer::PoolTrim => {
-                let (closed, freed) = self.proxy.trim_pools(self.env.config.max_idle_upstream);
+                let (closed, freed) = self.proxy.trim_pools(self.env.config.limits.max_idle_upstream);
                 if closed > 0 {
                     let closed = oplog::count(closed, "idle upstream connection", "idle upstream connections");
                     log::debug!("closed {closed} beyond what the last {POOL_PERIOD} ms needed or max_idle_upstream");
@@ -654,7 +654,7 @@ impl Server {
             }
             return Flow::Stop;
         }
-        let shutdown = millis(self.env.config.shutdown_timeout);
+        let shutdown = millis(self.env.config.timeouts.shutdown);
         if leader {
             self.env.link.tell_others(|| Note::Drain(signal));
             let open = oplog::count(self.proxy.len(), "connection", "connections");

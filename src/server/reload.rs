@@ -70,14 +70,14 @@ impl Server {
         }
         info!("{signal}: reloading {}", path.display());
         let (done, waker) = (self.reload.done.clone(), Arc::clone(&self.reload.waker));
-        let running_log = self.env.config.access_log.clone();
+        let running_log = self.env.config.logging.access_log.clone();
         let workers = self.env.link.count();
         let spawned = std::thread::Builder::new().name("reload".into()).spawn(move || {
             let loaded = Config::load(&path).and_then(|config| {
                 let tls = config.tls.as_ref().map(tls::load).transpose()?;
-                let moved = config.access_log != running_log;
+                let moved = config.logging.access_log != running_log;
                 let logs = (0..if moved { workers } else { 0 })
-                    .map(|_| AccessLog::start(&config.access_log, config.access_log_format))
+                    .map(|_| AccessLog::start(&config.logging.access_log, config.logging.access_log_format))
                     .collect::<io::Result<Vec<_>>>()
                     .map_err(|e| ConfigError { key: "access_log".into(), problem: format!("cannot open: {e}") })?;
                 Ok(Loaded { config, logs, tls })
@@ -132,9 +132,12 @@ impl Server {
         if let Some(lowered) = super::fit_connections(&mut config) {
             warn!("reload: {lowered}");
         }
-        if config.max_request_head != old.max_request_head || config.chunk_limits != old.chunk_limits {
+        if config.limits.max_request_head != old.limits.max_request_head
+            || config.limits.chunk_limits != old.limits.chunk_limits
+        {
             warn!("reload: `max_request_head`, `max_chunk_line` and `max_trailer_size` size the buffers and need a restart; keeping the running values");
-            (config.max_request_head, config.chunk_limits) = (old.max_request_head, old.chunk_limits);
+            (config.limits.max_request_head, config.limits.chunk_limits) =
+                (old.limits.max_request_head, old.limits.chunk_limits);
         }
         let old_tls_listen = old.tls.as_ref().map(|t| t.listen);
         let mut tls = tls;
@@ -146,8 +149,8 @@ impl Server {
             // New connections get the certificates just read; open ones keep theirs.
             running.config = Arc::clone(renewed);
         }
-        if config.admin != self.env.config.admin {
-            config.admin = self.move_admin(config.admin);
+        if config.admin.addr != self.env.config.admin.addr {
+            config.admin.addr = self.move_admin(config.admin.addr);
         }
         let mut logs = logs.into_iter();
         if let Some(log) = logs.next() {
@@ -176,7 +179,7 @@ impl Server {
 
     /// Takes a reloaded config's table and settings, as every worker does the same way.
     pub(super) fn apply_table(&mut self, config: Config) -> Reconciled {
-        self.env.log.set_format(config.access_log_format);
+        self.env.log.set_format(config.logging.access_log_format);
         self.env.targets.configure(&config);
         let changes = self.env.targets.reconcile(&config.targets, self.env.now);
         self.env.config = config;
@@ -245,7 +248,7 @@ impl Server {
     /// Moves the admin listener to `to`; the address it ends up on. A move to another address
     /// on the same port (127.0.0.1:9000 to 0.0.0.0:9000) must close the old listener first.
     fn move_admin(&mut self, to: Option<SocketAddr>) -> Option<SocketAddr> {
-        let (from, configured) = (self.admin_addr(), self.env.config.admin);
+        let (from, configured) = (self.admin_addr(), self.env.config.admin.addr);
         let bound = match to {
             Some(addr) => match Admin::bind(addr, &self.env) {
                 Ok(admin) => Some(admin),
