@@ -11,7 +11,10 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
 }
 
 fn check(json: &str) -> (Option<i32>, String) {
-    let path = std::env::temp_dir().join(format!("ringproxy-cli-{}-{}.json", std::process::id(), json.len()));
+    // A name of its own for each call: tests run side by side, and two configs may be as long.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("ringproxy-cli-{}-{call}.json", std::process::id()));
     std::fs::write(&path, json).expect("write config");
     let result = run(&["--check", "--config", path.to_str().expect("utf8 path")]);
     let _ = std::fs::remove_file(path);

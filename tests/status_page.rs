@@ -81,7 +81,8 @@ fn the_status_page_shows_a_killed_target_down_and_its_failover_in_the_feed() {
     assert!(failover.contains("conn_refused") || failover.contains("stale"), "and why it failed: {failover}");
     assert!(failover.contains("answered by http://127.0.0.1:"), "and who answered: {failover}");
 
-    // A screenshot too, as a person would see it; `bench/screenshot.sh` makes the README's.
+    // A screenshot too, as a person would see it; `bench/screenshot.sh` makes docs/status.png,
+    // which docs/operations.md shows.
     let shot = std::env::temp_dir().join(format!("ringproxy-status-{}.png", std::process::id()));
     browse(browser, &page, &[&format!("--screenshot={}", shot.display())]);
     let png = std::fs::read(&shot).unwrap_or_default();
