@@ -272,6 +272,11 @@ impl Proxy {
         self.sessions.len()
     }
 
+    /// Requests this worker has started, ever.
+    pub fn requests(&self) -> u64 {
+        self.res.seq
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }

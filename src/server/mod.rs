@@ -131,7 +131,9 @@ const RETURN_TO_OS: usize = 1 << 20;
 /// Gives the kernel back the free pages of the heap, as HAProxy does after releasing its pools:
 /// freed buffers sit in glibc's heap, where RSS counts them, until it is trimmed. It walks
 /// every arena, the other workers' too, so one trim a period serves the whole process: a
-/// worker whose turn another took this period skips it. Only after a burst freed 1 MiB.
+/// worker whose turn another took this period skips it. After a burst freed 1 MiB of buffers,
+/// and once when the traffic stops: what else a burst left in the heap (renders of `/metrics`,
+/// log lines, a reload's parse) goes back then.
 fn return_memory_to_os(now_ms: u64) {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static LAST: AtomicU64 = AtomicU64::new(0);
@@ -182,6 +184,10 @@ pub struct Server {
     /// A follower's counters changed since it last copied them for the leader, and when that was.
     unpublished: bool,
     published_at: u64,
+    /// Requests this worker had started at the last pool trim, and whether the heap was
+    /// trimmed since they last moved: a quiet period trims it once.
+    seen_requests: u64,
+    trimmed_quiet: bool,
 }
 
 /// Calls `Link::exited` when a follower's thread leaves its loop, by return or by unwinding.
@@ -301,6 +307,8 @@ impl Server {
             notes: Vec::new(),
             unpublished: false,
             published_at: 0,
+            seen_requests: 0,
+            trimmed_quiet: false,
         })
     }
 
@@ -592,9 +600,15 @@ impl Server {
                 }
                 // The count of log lines held back within the last seconds, so none goes unsaid.
                 oplog::report_suppressed();
+                let requests = self.proxy.requests();
+                let quiet = requests == self.seen_requests;
+                (self.seen_requests, self.trimmed_quiet) = (requests, quiet && self.trimmed_quiet);
                 if freed >= RETURN_TO_OS {
                     log::debug!("freed {} KiB of buffers the last {POOL_PERIOD} ms did not need", freed >> 10);
                     return_memory_to_os(self.env.now);
+                } else if quiet && !self.trimmed_quiet {
+                    return_memory_to_os(self.env.now);
+                    self.trimmed_quiet = true;
                 }
                 self.env.wheel.insert(self.env.now + POOL_PERIOD, Timer::PoolTrim);
             }
