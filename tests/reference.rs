@@ -2,6 +2,8 @@
 //! (`docs/configuration.md`) say the same: the same keys, nested ones included, and the same
 //! defaults. A key added to one and not the others fails here.
 
+mod common;
+
 use ringproxy::config::{keys, Config, SNI_KEYS, TARGET_KEYS, TLS_KEYS};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -92,4 +94,76 @@ fn the_reference_documents_every_key_the_parser_takes_and_no_other() {
     assert_eq!(nested("ports[]."), set(&TARGET_KEYS));
     assert_eq!(nested("tls."), set(&TLS_KEYS));
     assert_eq!(nested("tls.sni[]."), set(&SNI_KEYS));
+}
+
+#[test]
+fn the_schema_and_the_parser_agree_at_the_edges() {
+    // (the keys beside one target, whether both accept them)
+    let cases: &[(&str, bool)] = &[
+        (r#""listen": ":8000""#, true),
+        (r#""listen": "LocalHost:0""#, true),
+        (r#""listen": "[::1]:8000""#, true),
+        (r#""listen": "8000""#, false),
+        (r#""listen": """#, false),
+        (r#""admin": null"#, true),
+        (r#""admin": "nowhere""#, false),
+        (r#""workers": "auto""#, true),
+        (r#""workers": 2.0"#, true),
+        (r#""workers": 0"#, false),
+        (r#""workers": 65"#, false),
+        (r#""retries": 0"#, true),
+        (r#""retries": null"#, true),
+        (r#""retries": -1"#, false),
+        (r#""sleeping": 0.001"#, true),
+        (r#""upstream_timeout": 86400"#, true),
+        (r#""upstream_timeout": 86401"#, false),
+        (r#""upstream_timeout": 0"#, false),
+        (r#""slow_start": 0"#, true),
+        (r#""max_body_size": 0"#, true),
+        (r#""max_body_size": 1e3"#, true),
+        (r#""access_log_format": "clf""#, true),
+        (r#""access_log_format": "xml""#, false),
+        (r#""hash_key": "header:X-User""#, true),
+        (r#""hash_key": "header:""#, false),
+        (r#""upgrade_protocols": ["websocket", "h2c"]"#, false),
+        (r#""upgrade_protocols": ["web socket"]"#, false),
+        (r#""policy": "leastconn""#, false),
+        (r#""fall": 0"#, false),
+        (r#""all_down_status": 600"#, false),
+        (r#""max_request_head": 512"#, false),
+        (r#""max_chunk_line": 63"#, false),
+        (r#""sleping": 1"#, false),
+        (r#""tls": {"cert": "c", "key": "k", "lisen": ":1"}"#, false),
+        (r#""tls": {"key": "k"}"#, false),
+    ];
+    let target = r#""ports": ["http://127.0.0.1:1/"]"#;
+    let mut disagreements = Vec::new();
+    for (keys, accepted) in cases {
+        let json = format!("{{{target}, {keys}}}");
+        let parser = Config::parse(&json).is_ok();
+        let schema = common::schema_check(&json).is_ok();
+        if parser != *accepted || (schema != *accepted && common::needs_python("jsonschema")) {
+            disagreements.push(format!("{keys}: expected {accepted}, parser {parser}, schema {schema}"));
+        }
+    }
+    for ports in [r#"["http://[::1]:81/api"]"#, r#"[{"url": "http://a/", "weight": 3.0}]"#] {
+        let json = format!(r#"{{"ports": {ports}}}"#);
+        assert!(Config::parse(&json).is_ok() && common::schema_check(&json).is_ok(), "{json}");
+    }
+    for ports in [
+        r#"[]"#,
+        r#"["ftp://a/"]"#,
+        r#"["http://u:p@a/"]"#,
+        r#"["http://a:99999/"]"#,
+        r#"[{"url": "http://a/", "weight": 0}]"#,
+        r#"[{"url": "http://a/", "weight": 1001}]"#,
+        r#"[{"uri": "http://a/"}]"#,
+    ] {
+        let json = format!(r#"{{"ports": {ports}}}"#);
+        assert!(Config::parse(&json).is_err(), "the parser takes {json}");
+        if common::needs_python("jsonschema") && !ports.contains("99999") {
+            assert!(common::schema_check(&json).is_err(), "the schema takes {json}");
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
 }

@@ -299,7 +299,8 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         // Editors on Windows save JSON with a byte-order mark; it is no part of the document.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let value: Value = serde_json::from_str(text).map_err(|e| err("", e.to_string()))?;
+        let mut value: Value = serde_json::from_str(text).map_err(|e| err("", e.to_string()))?;
+        whole_numbers(&mut value);
         let Value::Object(keys) = value else {
             return Err(err("", "the config must be a JSON object, like {\"ports\": [...]}"));
         };
@@ -339,7 +340,11 @@ impl RawConfig {
         if self.ports.len() > MAX_TARGETS {
             return Err(err("ports", format!("at most {MAX_TARGETS} targets are supported")));
         }
-        let targets = self.ports.iter().map(parse_port).collect::<Result<Vec<_>, _>>()?;
+        let parsed =
+            self.ports.iter().enumerate().map(|(i, entry)| {
+                parse_port(entry).map_err(|e| err("ports", format!("entry {}: {}", i + 1, e.problem)))
+            });
+        let targets = parsed.collect::<Result<Vec<_>, _>>()?;
         let prefix = &targets[0].path_prefix;
         if let Some(t) = targets.iter().find(|t| &t.path_prefix != prefix) {
             return Err(err("ports", format!("{:?}: every target must have the same path as the first", t.url)));
@@ -394,13 +399,17 @@ impl RawConfig {
             "hash" => Policy::Hash,
             other => {
                 let known = "\"hashring\", \"round_robin\", \"least_conn\", \"p2c\" or \"hash\"";
-                return Err(err("policy", format!("must be {known}, got {other:?}")));
+                let hint = did_you_mean(other, &["hashring", "round_robin", "least_conn", "p2c", "hash"]);
+                return Err(err("policy", format!("must be {known}, got {other:?}{hint}")));
             }
         };
         let all_down = match self.all_down.as_str() {
             "error" => AllDown::Error,
             "try_all" => AllDown::TryAll,
-            other => return Err(err("all_down", format!("must be \"error\" or \"try_all\", got {other:?}"))),
+            other => {
+                let hint = did_you_mean(other, &["error", "try_all"]);
+                return Err(err("all_down", format!("must be \"error\" or \"try_all\", got {other:?}{hint}")));
+            }
         };
         if !(100..=599).contains(&self.all_down_status) {
             return Err(err("all_down_status", "must be an HTTP status from 100 to 599"));
@@ -444,7 +453,13 @@ impl RawConfig {
         let access_log_format = match self.access_log_format.as_str() {
             "common" | "clf" => LogFormat::Common,
             "json" => LogFormat::Json,
-            other => return Err(err("access_log_format", format!("must be \"common\" or \"json\", got {other:?}"))),
+            other => {
+                let hint = did_you_mean(other, &["common", "clf", "json"]);
+                return Err(err(
+                    "access_log_format",
+                    format!("must be \"common\", \"clf\" or \"json\", got {other:?}{hint}"),
+                ));
+            }
         };
         Ok(Logging { access_log, access_log_format })
     }
@@ -495,11 +510,29 @@ impl RawConfig {
     }
 }
 
+/// Numbers written with a point that are whole (`2.0`, `1e3`) become integers, as JSON and the
+/// schema take them: a count or a size written so is that count.
+fn whole_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) if !n.is_u64() && !n.is_i64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.0e15) {
+                *value = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
+}
+
 /// A duration in seconds: positive, at most a day, and raised to `floor` (with a warning) when
 /// below it.
 fn seconds(key: &str, value: f64, floor: f64, warnings: &mut Vec<String>) -> Result<Duration, ConfigError> {
-    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+    if !(value.is_finite() && value > 0.0) {
         return Err(err(key, format!("must be a positive number of seconds, got {value}")));
+    }
+    if value > 86_400.0 {
+        return Err(err(key, format!("must be at most 86400 seconds (a day), got {value}")));
     }
     if value < floor {
         warnings.push(format!("`{key}`: {value} s is below the floor of {floor} s; using {floor} s"));
@@ -529,7 +562,7 @@ fn parse_port(entry: &Value) -> Result<TargetSpec, ConfigError> {
         Value::Object(keys) => {
             if let Some(unknown) = keys.keys().find(|k| !TARGET_KEYS.contains(&k.as_str())) {
                 let hint = did_you_mean(unknown, &TARGET_KEYS);
-                return Err(bad(&format!("unknown target key `{unknown}`{hint} (url, weight, discover)")));
+                return Err(bad(&format!("unknown field `{unknown}`{hint} in a target (url, weight, discover)")));
             }
             let url = keys.get("url").and_then(Value::as_str).ok_or_else(|| bad("a target object needs \"url\""))?;
             let weight = match keys.get("weight") {
@@ -565,10 +598,14 @@ fn parse_tls(value: &Value) -> Result<TlsSpec, ConfigError> {
     };
     if let Some(unknown) = keys.keys().find(|k| !TLS_KEYS.contains(&k.as_str())) {
         let hint = did_you_mean(unknown, &TLS_KEYS);
-        return Err(err("tls", format!("unknown key `{unknown}`{hint} (listen, cert, key, sni)")));
+        return Err(err("tls", format!("unknown field `{unknown}`{hint} (listen, cert, key, sni)")));
     }
     let text = |key: &str, v: Option<&Value>| -> Result<String, ConfigError> {
-        v.and_then(Value::as_str).map(str::to_owned).ok_or_else(|| err(&format!("tls.{key}"), "must be a string"))
+        match v.and_then(Value::as_str) {
+            Some("") => Err(err(&format!("tls.{key}"), "is empty: it names a PEM file, or an address for listen")),
+            Some(s) => Ok(s.to_owned()),
+            None => Err(err(&format!("tls.{key}"), "must be a string")),
+        }
     };
     let listen = text("listen", keys.get("listen").or(Some(&Value::String(":8443".into()))))?;
     let listen = parse_listen(&listen)
@@ -579,7 +616,7 @@ fn parse_tls(value: &Value) -> Result<TlsSpec, ConfigError> {
         let unknown = entry.as_object().and_then(|e| e.keys().find(|k| !SNI_KEYS.contains(&k.as_str())));
         if let Some(unknown) = unknown {
             let hint = did_you_mean(unknown, &SNI_KEYS);
-            return Err(err(&key, format!("unknown key `{unknown}`{hint} (names, cert, key)")));
+            return Err(err(&key, format!("unknown field `{unknown}`{hint} (names, cert, key)")));
         }
         let names: Vec<String> = entry
             .get("names")
@@ -739,6 +776,32 @@ mod tests {
         assert!(tls.contains("(did you mean `listen`?)"), "{tls}");
         let sni = refused(r#"{"ports": ["http://a/"], "tls": {"cert": "c", "key": "k", "sni": [{"name": ["a"]}]}}"#);
         assert!(sni.contains("(did you mean `names`?)"), "{sni}");
+    }
+
+    #[test]
+    fn errors_speak_the_files_words() {
+        assert!(refused(r#"{"port": ["http://a/"]}"#).contains("is `port` meant to be `ports`?"));
+        assert!(refused(r#"{"ports": [{"uri": "http://a/"}]}"#)
+            .contains("entry 1: unknown field `uri` (did you mean `url`?)"));
+        assert!(refused(r#"{"ports": ["http://a/"], "policy": "leastconn"}"#).contains("(did you mean `least_conn`?)"));
+        assert!(refused(r#"{"ports": ["http://a/"], "access_log_format": "jsn"}"#).contains("\"clf\""));
+        assert!(refused(r#"{"ports": ["http://a/"], "sleeping": 86401}"#).contains("at most 86400"));
+        let negative = refused(r#"{"ports": ["http://a/"], "max_connections": -1}"#);
+        assert!(negative.contains("a whole number") && !negative.contains("usize"), "{negative}");
+        assert!(
+            refused(r#"{"ports": ["http://a/"], "tls": {"cert": "", "key": "k"}}"#).contains("`tls.cert`: is empty")
+        );
+    }
+
+    #[test]
+    fn whole_numbers_written_with_a_point_are_whole_numbers() {
+        let c =
+            Config::parse(r#"{"ports": [{"url": "http://a/", "weight": 3.0}], "workers": 2.0, "max_body_size": 1e3}"#)
+                .expect("valid, as the schema says");
+        assert_eq!((c.targets[0].weight, c.workers, c.limits.max_body_size), (3, 2, Some(1000)));
+        assert!(refused(r#"{"ports": ["http://a/"], "fall": 1.5}"#).contains("`fall`"));
+        let c = Config::parse(r#"{"ports": ["http://a/"], "sleeping": 2.0}"#).expect("seconds stay seconds");
+        assert_eq!(c.health.sleeping, Duration::from_secs(2));
     }
 
     #[test]

@@ -69,12 +69,21 @@ impl Keys {
         self.asked.push(key);
         match self.map.remove(key) {
             None => Ok(None),
-            Some(value) => serde_json::from_value(value).map(Some).map_err(|e| err(key, e.to_string())),
+            Some(value) => serde_json::from_value(value).map(Some).map_err(|e| err(key, plain(&e.to_string()))),
         }
     }
 
     fn or<T: DeserializeOwned>(&mut self, key: &'static str, default: T) -> Result<T, ConfigError> {
         Ok(self.take(key)?.unwrap_or(default))
+    }
+
+    /// The error for a missing `ports`, naming a key that looks like a slip for it (`port`).
+    fn missing_ports(&self) -> ConfigError {
+        let near = self.map.keys().find(|k| !did_you_mean(k, &["ports"]).is_empty());
+        match near {
+            Some(k) => err("", format!("missing field `ports` (is `{k}` meant to be `ports`?)")),
+            None => err("", "missing field `ports`"),
+        }
     }
 
     /// A key left over once every known one was taken: an error naming it, with the closest
@@ -96,14 +105,28 @@ pub(super) fn known() -> Vec<&'static str> {
 }
 
 /// `" (did you mean `KEY`?)"` for the known key nearest `unknown`, when one is near enough to be
-/// a slip of the keyboard: at most two edits, and fewer than a third of its letters.
+/// a slip of the keyboard: at most two edits, and no more than a third of its letters.
 pub(super) fn did_you_mean(unknown: &str, known: &[&str]) -> String {
     let near = known
         .iter()
         .map(|k| (edits(&unknown.to_ascii_lowercase(), k), *k))
-        .filter(|&(d, k)| d <= 2 && d * 3 < k.len().max(unknown.len()))
+        .filter(|&(d, k)| d <= 2 && d * 3 <= k.len().max(unknown.len()))
         .min();
     near.map(|(_, k)| format!(" (did you mean `{k}`?)")).unwrap_or_default()
+}
+
+/// serde's message without Rust's type names: `expected usize` is `expected a whole number`.
+fn plain(message: &str) -> String {
+    [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |m, (rust, words)| m.replace(rust, words))
 }
 
 /// Edits (insert, delete, replace, swap two neighbours) from `a` to `b`: the optimal string
@@ -140,7 +163,10 @@ impl RawConfig {
         // A JSON Schema's address, for editors: nothing for the proxy.
         let _: Option<String> = k.take("$schema")?;
         let raw = RawConfig {
-            ports: k.take("ports")?.ok_or_else(|| err("", "missing field `ports`"))?,
+            ports: match k.take("ports")? {
+                Some(ports) => ports,
+                None => return Err(k.missing_ports()),
+            },
             sleeping: k.or("sleeping", 1.0)?,
             listen: k.or("listen", "0.0.0.0:8000".to_owned())?,
             connect_timeout: k.or("connect_timeout", 2.0)?,
