@@ -406,16 +406,24 @@ impl std::fmt::Display for Suppressed {
     }
 }
 
-/// `warn!` for a line an outsider can cause once per request: at most one a second per kind.
+/// A line an outsider can cause once per request, at `level`: at most one a second per kind.
 /// Below the log level nothing is counted either, so no summary speaks of lines never shown.
+#[macro_export]
+macro_rules! log_noisy {
+    ($level:expr, $kind:expr, $($arg:tt)+) => {
+        if log::log_enabled!($level) {
+            if let Some(held) = $crate::observe::oplog::admit($kind) {
+                log::log!($level, "{}{}", format_args!($($arg)+), $crate::observe::oplog::Suppressed(held));
+            }
+        }
+    };
+}
+
+/// `warn!`, throttled as `log_noisy!` says.
 #[macro_export]
 macro_rules! warn_noisy {
     ($kind:expr, $($arg:tt)+) => {
-        if log::log_enabled!(log::Level::Warn) {
-            if let Some(held) = $crate::observe::oplog::admit($kind) {
-                log::warn!("{}{}", format_args!($($arg)+), $crate::observe::oplog::Suppressed(held));
-            }
-        }
+        $crate::log_noisy!(log::Level::Warn, $kind, $($arg)+)
     };
 }
 
@@ -423,11 +431,7 @@ macro_rules! warn_noisy {
 #[macro_export]
 macro_rules! info_noisy {
     ($kind:expr, $($arg:tt)+) => {
-        if log::log_enabled!(log::Level::Info) {
-            if let Some(held) = $crate::observe::oplog::admit($kind) {
-                log::info!("{}{}", format_args!($($arg)+), $crate::observe::oplog::Suppressed(held));
-            }
-        }
+        $crate::log_noisy!(log::Level::Info, $kind, $($arg)+)
     };
 }
 
