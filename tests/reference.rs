@@ -167,3 +167,12 @@ fn the_schema_and_the_parser_agree_at_the_edges() {
     }
     assert!(disagreements.is_empty(), "{disagreements:#?}");
 }
+
+#[test]
+fn the_references_a_to_z_line_names_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let text = std::fs::read_to_string(path).expect("docs/configuration.md");
+    let line = text.lines().find(|l| l.starts_with("**Every key, A–Z:**")).expect("the A–Z line");
+    let named: BTreeSet<String> = line.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+    assert_eq!(named, set(&keys()));
+}
