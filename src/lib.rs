@@ -4,13 +4,14 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
-pub mod discovery;
 pub mod health;
 pub mod http;
+pub mod ids;
 pub mod observe;
 pub mod proxy;
 pub mod random;
 pub mod runtime;
 pub mod server;
+pub mod targets;
 pub mod tls;
 pub mod workers;

@@ -21,9 +21,9 @@
 //! Followers copy their counters into a snapshot at most once a millisecond while they are
 //! busy; the admin endpoints add the snapshots to the leader's own counters.
 
-use crate::balance::TargetId;
 use crate::config::Config;
 use crate::health::Failure;
+use crate::ids::TargetId;
 use crate::observe::accesslog::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::tls::TlsConfig;

@@ -110,4 +110,10 @@ fn no_module_imports_one_that_imports_it_back() {
     }
     assert_eq!(cycle(&folders), None, "a folder-level import cycle: {folders:?}");
     assert!(folders["http"].is_empty(), "http/ stays pure: {:?}", folders["http"]);
+    for leaf in ["ids", "random"] {
+        assert!(folders[leaf].is_empty(), "{leaf} depends on nothing: {:?}", folders[leaf]);
+    }
+    for lower in ["balance", "targets"] {
+        assert!(!folders["runtime"].contains(lower), "runtime/ is below {lower}: {:?}", folders["runtime"]);
+    }
 }

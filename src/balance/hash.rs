@@ -33,18 +33,16 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// FNV-1a, for request keys and target URLs.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
+pub use crate::targets::fnv1a;
 
 #[cfg(test)]
 mod tests {
     use super::fnv1a;
     use crate::balance::tests::weighted;
-    use crate::balance::{Request, TargetId, TargetSet, Targets};
+    use crate::balance::tests::Pool;
+    use crate::balance::{Request, TargetId, TargetSet};
 
-    fn owners(t: &mut Targets, keys: u64) -> Vec<TargetId> {
+    fn owners(t: &mut Pool, keys: u64) -> Vec<TargetId> {
         let tried = TargetSet::default();
         (0..keys)
             .map(|k| {
@@ -57,7 +55,7 @@ mod tests {
     #[test]
     fn one_of_ten_leaving_moves_only_its_keys_and_they_come_back() {
         let mut t = weighted(&[1; 10], "hash");
-        let ids: Vec<_> = t.ids().collect();
+        let ids: Vec<_> = t.ids();
         let before = owners(&mut t, 100_000);
         let share = before.iter().filter(|&&o| o == ids[3]).count();
         assert!((9_000..11_000).contains(&share), "t4 holds {share} of 100 000 keys");

@@ -2,7 +2,8 @@
 //! `live[seq % live.len()]` where `seq` is the request's sequence number, so load spreads evenly
 //! over whatever is live and adapts as targets leave and come back.
 
-use super::{Rank, TargetId, TargetSet};
+use super::{TargetId, TargetSet};
+use crate::targets::Rank;
 
 pub struct HashRing {
     /// Live targets with their place in the config's `ports`, in that order.

@@ -33,16 +33,17 @@ pub(super) fn lighter(a: &Target, wa: u64, b: &Target, wb: u64) -> Ordering {
 #[cfg(test)]
 mod tests {
     use crate::balance::tests::weighted;
-    use crate::balance::{Request, TargetSet, Targets};
+    use crate::balance::tests::Pool;
+    use crate::balance::{Request, TargetSet};
 
-    fn pick(t: &mut Targets, seq: u64) -> crate::balance::TargetId {
+    fn pick(t: &mut Pool, seq: u64) -> crate::balance::TargetId {
         t.pick(&Request { seq, key: 0, tried: &TargetSet::default(), now: 0 }, false).expect("a target")
     }
 
     #[test]
     fn the_target_with_fewest_in_flight_wins() {
         let mut t = weighted(&[1, 1, 1], "least_conn");
-        let ids: Vec<_> = t.ids().collect();
+        let ids: Vec<_> = t.ids();
         t.attempt_started(ids[0]);
         t.attempt_started(ids[0]);
         t.attempt_started(ids[1]);

@@ -41,7 +41,7 @@ mod tests {
     #[test]
     fn a_loaded_target_gets_fewer_picks_and_every_target_is_drawn() {
         let mut t = weighted(&[1, 1, 1, 1], "p2c");
-        let ids: Vec<_> = t.ids().collect();
+        let ids: Vec<_> = t.ids();
         for _ in 0..10 {
             t.attempt_started(ids[0]);
         }

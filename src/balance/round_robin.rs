@@ -12,19 +12,21 @@ pub fn pick(mut candidates: Candidates<'_>) -> Option<TargetId> {
 /// break ties the way nginx does).
 pub(super) fn smooth(candidates: &mut Candidates<'_>, among: impl Fn(&Target) -> bool) -> Option<TargetId> {
     let (slow_start_ms, now) = (candidates.slow_start_ms, candidates.now);
+    let (targets, tried, current) = (candidates.targets, candidates.tried, &mut *candidates.current);
     let mut total = 0i64;
-    let mut best: Option<&mut Target> = None;
-    for t in candidates.iter_mut().filter(|t| among(t)) {
+    let mut best: Option<(i64, TargetId)> = None;
+    for t in targets.iter().filter(|t| t.live && !tried.contains(t.id) && among(t)) {
         let w = i64::try_from(super::weight(t, now, slow_start_ms)).unwrap_or(i64::MAX / 1024);
-        t.current = t.current.saturating_add(w);
+        let running = &mut current[t.id.slot()];
+        *running = running.saturating_add(w);
         total = total.saturating_add(w);
-        if best.as_ref().is_none_or(|b| t.current > b.current) {
-            best = Some(t);
+        if best.is_none_or(|(b, _)| *running > b) {
+            best = Some((*running, t.id));
         }
     }
-    let best = best?;
-    best.current = best.current.saturating_sub(total);
-    Some(best.id)
+    let (_, id) = best?;
+    current[id.slot()] = current[id.slot()].saturating_sub(total);
+    Some(id)
 }
 
 #[cfg(test)]

@@ -99,8 +99,7 @@ pub const SNI_KEYS: [&str; 3] = ["names", "cert", "key"];
 /// Where the admin endpoints listen when the config does not say.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9000";
 
-/// Most targets a proxy accepts; a request's tried-set is a fixed bitset of this many bits.
-pub const MAX_TARGETS: usize = 256;
+pub use crate::ids::MAX_TARGETS;
 
 /// One upstream as the config names it.
 #[derive(Clone, Debug, PartialEq)]

@@ -13,12 +13,13 @@
 
 pub mod probe;
 
-use crate::balance::{TargetId, Targets};
 use crate::config::Config;
+use crate::ids::TargetId;
 use crate::random::Rng;
 use crate::runtime::clock::millis;
 use crate::runtime::timer::Timer;
 use crate::runtime::wheel::{TimerId, Wheel};
+use crate::targets::Targets;
 use std::fmt;
 use std::io;
 

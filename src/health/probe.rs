@@ -3,8 +3,8 @@
 //! `HTTP/1.x 200` status line) or failed, with why; the caller counts the result (`Health`) and
 //! applies what it changed.
 
-use crate::balance::{TargetId, Targets};
 use crate::config::Config;
+use crate::ids::TargetId;
 use crate::runtime::clock::millis;
 use crate::runtime::limits::LocalError;
 use crate::runtime::ready::{Connect, Io, Ready};
@@ -12,6 +12,7 @@ use crate::runtime::resolve::{self, Resolver};
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{token, Kind};
 use crate::runtime::wheel::{TimerId, Wheel};
+use crate::targets::Targets;
 use log::debug;
 use mio::net::TcpStream;
 use mio::{Interest, Registry};

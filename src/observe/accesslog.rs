@@ -10,9 +10,9 @@
 
 use super::oplog::{self, LogCounters};
 use super::timefmt;
-use crate::balance::TargetId;
 use crate::config::{LogDestination as Destination, LogFormat};
 use crate::health::Failure;
+use crate::ids::TargetId;
 use log::{error, warn};
 use std::fs::OpenOptions;
 use std::io::{self, Write};

@@ -2,8 +2,8 @@
 //! back, and every attempt made. The boxes exchanges live in are pooled, so a request allocates
 //! nothing.
 
-use crate::balance::{TargetId, TargetSet};
 use crate::http::{BodyFramer, ChunkLimits, RequestHead};
+use crate::ids::{TargetId, TargetSet};
 use crate::observe::accesslog::Trace;
 use crate::runtime::buffer::Spares;
 

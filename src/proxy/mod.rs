@@ -14,10 +14,11 @@ pub mod retry;
 pub mod session;
 pub mod upstream;
 
-use crate::balance::{TargetId, Targets};
+use crate::balance::Balancer;
 use crate::config::Config;
 use crate::health::probe::{ProbeCtx, ProbeResult, Probed};
 use crate::health::{Change, Failure, Health};
+use crate::ids::TargetId;
 use crate::observe::accesslog::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::oplog::{count, Noisy};
@@ -26,6 +27,7 @@ use crate::runtime::limits::LocalError;
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
+use crate::targets::Targets;
 use crate::tls::TlsConfig;
 use crate::warn_noisy;
 use crate::workers::{Link, Note};
@@ -53,6 +55,8 @@ pub struct Env {
     pub registry: Registry,
     pub wheel: Wheel<Timer>,
     pub targets: Targets,
+    /// The policy's state over `targets`.
+    pub balancer: Balancer,
     pub health: Health,
     pub log: AccessLog,
     pub metrics: Metrics,
@@ -94,6 +98,7 @@ pub struct Ctx<'a> {
     pub registry: &'a Registry,
     pub wheel: &'a mut Wheel<Timer>,
     pub targets: &'a mut Targets,
+    pub balancer: &'a mut Balancer,
     pub health: &'a mut Health,
     pub log: &'a mut AccessLog,
     pub metrics: &'a mut Metrics,
@@ -115,6 +120,7 @@ impl<'a> Ctx<'a> {
             registry: &env.registry,
             wheel: &mut env.wheel,
             targets: &mut env.targets,
+            balancer: &mut env.balancer,
             health: &mut env.health,
             log: &mut env.log,
             metrics: &mut env.metrics,
@@ -178,6 +184,7 @@ impl<'a> Ctx<'a> {
     /// Takes `id` out of the rotation: its idle connections go, its probes start, one line.
     fn take_out(&mut self, id: TargetId, why: Failure) {
         self.targets.mark_down(id);
+        self.balancer.target_down(id);
         self.metrics.state_changed(id);
         let fails = self.health.fails(id);
         let (live, all) = (self.targets.live_count(), self.targets.len());
@@ -196,6 +203,7 @@ impl<'a> Ctx<'a> {
     /// Puts `id` back into the rotation, with one line.
     fn bring_back(&mut self, id: TargetId) {
         self.targets.mark_up(id, self.now);
+        self.balancer.target_up(id, self.targets);
         self.metrics.state_changed(id);
         self.link.tell_others(|| Note::Up(id));
         let (live, all) = (self.targets.live_count(), self.targets.len());

@@ -578,7 +578,8 @@ impl Session {
             let picked = match same_target {
                 true => Some(ex.target),
                 false => {
-                    cx.targets.pick(&Request { seq: ex.seq, key: ex.key, tried: &ex.tried, now: cx.now }, fail_open)
+                    let request = Request { seq: ex.seq, key: ex.key, tried: &ex.tried, now: cx.now };
+                    cx.balancer.pick(cx.targets, &request, fail_open)
                 }
             };
             let Some(target) = picked else {

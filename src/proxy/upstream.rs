@@ -26,7 +26,7 @@
 //! handshake). What idles is bounded by the most the target had in use at once this period or
 //! the last.
 
-use crate::balance::TargetId;
+use crate::ids::TargetId;
 use crate::runtime::ready::Ready;
 use crate::runtime::token::{token, Kind};
 use mio::net::TcpStream;

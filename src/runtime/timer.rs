@@ -1,7 +1,7 @@
 //! What a timer in the wheel is for. One wheel serves the whole loop, so that its next deadline
 //! is the poll timeout.
 
-use crate::balance::TargetId;
+use crate::ids::TargetId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timer {

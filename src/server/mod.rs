@@ -7,9 +7,8 @@
 //! costs at most one wasted syscall, never a wrong action.
 
 use crate::admin::{self, Admin, View};
-use crate::balance::Targets;
+use crate::balance::Balancer;
 use crate::config::{Config, MAX_TARGETS};
-use crate::discovery::Discovery;
 use crate::health::probe::{ProbeResult, Prober};
 use crate::health::Health;
 use crate::observe::accesslog::AccessLog;
@@ -24,6 +23,8 @@ use crate::runtime::signals::{self, Action};
 use crate::runtime::timer::Timer;
 use crate::runtime::token::{decode, token, Kind};
 use crate::runtime::wheel::Wheel;
+use crate::targets::discovery::Discovery;
+use crate::targets::Targets;
 use crate::tls::{self, TlsConfig};
 use crate::warn_noisy;
 use crate::workers::{Link, Note};
@@ -269,8 +270,9 @@ impl Server {
         if let Some(t) = tls.as_mut() {
             registry.register(&mut t.listener, token(Kind::Listener(TLS_LISTENER)), Interest::READABLE)?;
         }
-        let mut targets = Targets::new(config, addrs);
-        targets.reseed(link.index() as u64);
+        let targets = Targets::new(config, addrs);
+        let mut balancer = Balancer::new(config, &targets);
+        balancer.reseed(link.index() as u64);
         let mut env = Env {
             log: AccessLog::start(&config.logging.access_log, config.logging.access_log_format)?,
             now: clock.now(),
@@ -279,6 +281,7 @@ impl Server {
             wheel: Wheel::new(clock.now()),
             health: Health::new(&targets, crate::proxy::random_seed()),
             targets,
+            balancer,
             metrics: Metrics::default(),
             config: config.clone(),
             link,

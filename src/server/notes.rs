@@ -2,8 +2,8 @@
 //! follower's counters copied for the leader's admin endpoints.
 
 use super::{Flow, Server};
-use crate::balance::TargetId;
 use crate::health::Failure;
+use crate::ids::TargetId;
 use crate::workers::{Note, Reloaded};
 use std::sync::Arc;
 
@@ -52,6 +52,7 @@ impl Server {
         if !env.targets.mark_down(id) {
             return;
         }
+        env.balancer.target_down(id);
         env.metrics.state_changed(id);
         self.proxy.target_down(id);
         if env.link.is_leader() {
@@ -64,6 +65,7 @@ impl Server {
     fn leader_brought_back(&mut self, id: TargetId) {
         let env = &mut self.env;
         if env.targets.mark_up(id, env.now) {
+            env.balancer.target_up(id, &env.targets);
             env.metrics.state_changed(id);
             // Failures seen here before the revival no longer count toward `fall`.
             env.health.succeeded(id, true, &env.config);

@@ -5,10 +5,10 @@
 
 use super::Server;
 use crate::admin::Admin;
-use crate::balance::Reconciled;
 use crate::config::{Config, ConfigError, MAX_TARGETS};
 use crate::observe::accesslog::AccessLog;
 use crate::observe::oplog::count;
+use crate::targets::Reconciled;
 use crate::tls::{self, TlsConfig};
 use crate::workers::{Note, Reloaded};
 use log::{error, info, warn};
@@ -180,8 +180,9 @@ impl Server {
     /// Takes a reloaded config's table and settings, as every worker does the same way.
     pub(super) fn apply_table(&mut self, config: Config) -> Reconciled {
         self.env.log.set_format(config.logging.access_log_format);
-        self.env.targets.configure(&config);
+        self.env.balancer.configure(&config);
         let changes = self.env.targets.reconcile(&config.targets, self.env.now);
+        self.env.balancer.rebuild(&self.env.targets);
         self.env.config = config;
         self.targets_changed(&changes);
         changes
@@ -231,6 +232,7 @@ impl Server {
             return false;
         };
         let changes = self.env.targets.discovered(index, &entry, addrs);
+        self.env.balancer.rebuild(&self.env.targets);
         if changes.added.is_empty() && changes.removed.is_empty() {
             return false;
         }

@@ -2,7 +2,7 @@
 //! attempt, each a fixed-size copy, in a ring that allocates nothing once made.
 
 use super::{Ended, FEED};
-use crate::balance::TargetId;
+use crate::ids::TargetId;
 use crate::observe::accesslog::Trace;
 
 /// A request that needed more than one attempt, for the status page's feed.

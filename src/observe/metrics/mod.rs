@@ -15,7 +15,7 @@ pub use feed::{Failover, Feed};
 pub use render::{render, ProxyView, TargetView};
 
 use super::accesslog::{Trace, REASONS};
-use crate::balance::TargetId;
+use crate::ids::TargetId;
 use crate::runtime::limits::LocalError;
 use rate::Rate;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,7 +1,7 @@
 //! The Prometheus text exposition (format 0.0.4) of the counters, made only when scraped.
 
 use super::{Metrics, TargetMetrics, BUCKETS_MS};
-use crate::balance::TargetId;
+use crate::ids::TargetId;
 use crate::observe::accesslog::{self, REASONS};
 use crate::observe::oplog;
 use crate::runtime::limits::LocalError;
