@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod exchange;
+pub mod lifecycle;
 pub mod local;
 pub mod retry;
 pub mod session;
@@ -30,10 +31,11 @@ use crate::runtime::wheel::Wheel;
 use crate::targets::Targets;
 use crate::tls::TlsConfig;
 use crate::warn_noisy;
-use crate::workers::{Link, Note};
+use crate::workers::Link;
 use client::{Client, RecordScratch};
 use exchange::ExchangePool;
-use log::{info, warn};
+use lifecycle::{Lifecycle, Origin};
+use log::warn;
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 use rustls::ServerConnection;
@@ -134,10 +136,25 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Every store of per-target state, for one change of a target's state.
+    pub fn lifecycle(&mut self) -> Lifecycle<'_> {
+        Lifecycle {
+            config: self.config,
+            now: self.now,
+            targets: self.targets,
+            balancer: self.balancer,
+            health: self.health,
+            metrics: self.metrics,
+            upstreams: self.upstreams,
+            wheel: self.wheel,
+            link: self.link,
+        }
+    }
+
     /// A failure that counts against `id`.
     pub fn target_failed(&mut self, id: TargetId, why: Failure) {
         if self.health.failed(id, self.targets.is_live(id), self.config) == Change::Down {
-            self.take_out(id, why);
+            self.lifecycle().take_out(id, why, Origin::Here);
         }
     }
 
@@ -145,17 +162,13 @@ impl<'a> Ctx<'a> {
     pub fn target_answered(&mut self, id: TargetId) {
         // Only the leader's probes bring a target back, for every worker at once.
         if self.health.succeeded(id, self.targets.is_live(id), self.config) == Change::Up && self.link.is_leader() {
-            self.bring_back(id);
+            self.lifecycle().bring_back(id, Origin::Here);
         }
     }
 
     /// A request to `id` timed out: probe it now rather than count it.
     pub fn target_suspect(&mut self, id: TargetId) {
-        if !self.link.is_leader() {
-            self.link.send(0, Note::Suspect(id));
-        } else if self.targets.is_live(id) {
-            self.health.suspect(id, self.wheel, self.now);
-        }
+        self.lifecycle().suspect(id);
     }
 
     /// A probe of `id` ended: count it, and arm the next one if `id` still needs one.
@@ -179,35 +192,6 @@ impl<'a> Ctx<'a> {
             self.health.clear_suspect(id);
         }
         self.health.schedule_probe(id, live, self.config, self.wheel, self.now);
-    }
-
-    /// Takes `id` out of the rotation: its idle connections go, its probes start, one line.
-    fn take_out(&mut self, id: TargetId, why: Failure) {
-        self.targets.mark_down(id);
-        self.balancer.target_down(id);
-        self.metrics.state_changed(id);
-        let fails = self.health.fails(id);
-        let (live, all) = (self.targets.live_count(), self.targets.len());
-        warn!("target {} down: {why} ({fails} in a row; {live} of {all} live)", self.targets.url(id));
-        self.upstreams.drop_idle(id);
-        // The leader tells the followers, so every change of a target's state reaches each
-        // follower in the order the leader made it.
-        if self.link.is_leader() {
-            self.link.tell_others(|| Note::Down(id, why));
-            self.health.schedule_probe(id, false, self.config, self.wheel, self.now);
-        } else {
-            self.link.send(0, Note::Down(id, why));
-        }
-    }
-
-    /// Puts `id` back into the rotation, with one line.
-    fn bring_back(&mut self, id: TargetId) {
-        self.targets.mark_up(id, self.now);
-        self.balancer.target_up(id, self.targets);
-        self.metrics.state_changed(id);
-        self.link.tell_others(|| Note::Up(id));
-        let (live, all) = (self.targets.live_count(), self.targets.len());
-        info!("target {} up ({live} of {all} live)", self.targets.url(id));
     }
 }
 
@@ -289,13 +273,19 @@ impl Proxy {
         self.sessions.is_empty()
     }
 
-    /// A reload changed the target table: pools follow it.
-    pub fn targets_changed(&mut self, added: &[TargetId], removed: &[TargetId]) {
-        for &id in removed {
-            self.res.upstreams.target_removed(id);
-        }
-        for &id in added {
-            self.res.upstreams.target_added(id);
+    /// Every store of per-target state, the pools among them, for one change of a target's
+    /// state that came from outside a session (a note, a reload, a lookup).
+    pub fn lifecycle<'a>(&'a mut self, env: &'a mut Env) -> Lifecycle<'a> {
+        Lifecycle {
+            config: &env.config,
+            now: env.now,
+            targets: &mut env.targets,
+            balancer: &mut env.balancer,
+            health: &mut env.health,
+            metrics: &mut env.metrics,
+            upstreams: &mut self.res.upstreams,
+            wheel: &mut env.wheel,
+            link: &env.link,
         }
     }
 
@@ -311,11 +301,6 @@ impl Proxy {
         }
         let freed = (before - self.sessions.capacity()) * std::mem::size_of::<Session>();
         (self.res.upstreams.trim(max_idle), self.res.buffers.trim() + self.res.exchanges.trim() + freed)
-    }
-
-    /// Another worker took `id` out of the rotation: its idle connections here go too.
-    pub fn target_down(&mut self, id: TargetId) {
-        self.res.upstreams.drop_idle(id);
     }
 
     /// Upstream connections to `id`: (serving a request, idle in the pool).

@@ -340,11 +340,8 @@ impl Server {
             },
             None => None,
         };
-        let ids: Vec<_> = env.targets.ids().collect();
-        for id in ids {
-            let live = env.targets.is_live(id);
-            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, env.now);
-        }
+        self.proxy.lifecycle(&mut self.env).schedule_probes();
+        let env = &mut self.env;
         let mut discovery = Discovery::start(Arc::clone(&waker))?;
         discovery.round(&env.config, &mut env.wheel, env.now);
         self.discovery = Some(discovery);

@@ -2,8 +2,7 @@
 //! follower's counters copied for the leader's admin endpoints.
 
 use super::{Flow, Server};
-use crate::health::Failure;
-use crate::ids::TargetId;
+use crate::proxy::lifecycle::Origin;
 use crate::workers::{Note, Reloaded};
 use std::sync::Arc;
 
@@ -15,17 +14,12 @@ impl Server {
         let mut flow = Flow::Go;
         for note in notes.drain(..) {
             match note {
-                Note::Down(id, why) => self.peer_took_out(id, why),
-                Note::Up(id) => self.leader_brought_back(id),
+                Note::Down(id, why) => self.proxy.lifecycle(&mut self.env).take_out(id, why, Origin::Peer),
+                Note::Up(id) => self.proxy.lifecycle(&mut self.env).bring_back(id, Origin::Peer),
                 Note::Addr(id, addr) => {
                     self.env.targets.set_addr(id, addr);
                 }
-                Note::Suspect(id) => {
-                    let env = &mut self.env;
-                    if env.targets.is_live(id) {
-                        env.health.suspect(id, &mut env.wheel, env.now);
-                    }
-                }
+                Note::Suspect(id) => self.proxy.lifecycle(&mut self.env).suspect(id),
                 Note::Reload(reloaded) => self.follow_reload(*reloaded),
                 Note::Discovered(index, addrs) => {
                     self.apply_discovered(index, &addrs);
@@ -41,35 +35,6 @@ impl Server {
         }
         self.notes = notes;
         flow
-    }
-
-    /// Another worker took `id` out (it logged why): to the leader a follower's word, which it
-    /// passes on to every follower and follows with probes; to a follower the leader's.
-    fn peer_took_out(&mut self, id: TargetId, why: Failure) {
-        let env = &mut self.env;
-        // Answers seen here before no longer count toward `rise`.
-        env.health.failed(id, false, &env.config);
-        if !env.targets.mark_down(id) {
-            return;
-        }
-        env.balancer.target_down(id);
-        env.metrics.state_changed(id);
-        self.proxy.target_down(id);
-        if env.link.is_leader() {
-            env.health.schedule_probe(id, false, &env.config, &mut env.wheel, env.now);
-            env.link.tell_others(|| Note::Down(id, why));
-        }
-    }
-
-    /// The leader's probes brought `id` back.
-    fn leader_brought_back(&mut self, id: TargetId) {
-        let env = &mut self.env;
-        if env.targets.mark_up(id, env.now) {
-            env.balancer.target_up(id, &env.targets);
-            env.metrics.state_changed(id);
-            // Failures seen here before the revival no longer count toward `fall`.
-            env.health.succeeded(id, true, &env.config);
-        }
     }
 
     /// A reload the leader applied: the same settings and the same table change.

@@ -161,12 +161,8 @@ impl Server {
             self.env.link.send(to, Note::Reload(Box::new(Reloaded { config, log, tls })));
         }
         let changes = self.apply_table(config);
+        self.proxy.lifecycle(&mut self.env).schedule_probes();
         let env = &mut self.env;
-        let ids: Vec<_> = env.targets.ids().collect();
-        for id in ids {
-            let live = env.targets.is_live(id);
-            env.health.schedule_probe(id, live, &env.config, &mut env.wheel, env.now);
-        }
         if let Some(discovery) = self.discovery.as_mut() {
             discovery.round(&env.config, &mut env.wheel, env.now);
         }
@@ -182,32 +178,20 @@ impl Server {
         self.env.log.set_format(config.logging.access_log_format);
         self.env.balancer.configure(&config);
         let changes = self.env.targets.reconcile(&config.targets, self.env.now);
-        self.env.balancer.rebuild(&self.env.targets);
         self.env.config = config;
         self.targets_changed(&changes);
         changes
     }
 
     /// The target table changed (a reload, a lookup of a discovered name): every per-target
-    /// store follows it, and a new target out of the rotation is probed at once.
+    /// store follows it (`Lifecycle::table_changed`), and the prober makes its requests again.
     fn targets_changed(&mut self, changes: &Reconciled) {
+        self.proxy.lifecycle(&mut self.env).table_changed(changes);
         let env = &mut self.env;
-        for &id in &changes.removed {
-            env.health.target_removed(id, &mut env.wheel);
-            env.metrics.target_removed(id);
-        }
-        for &id in &changes.added {
-            env.health.target_added(id);
-            env.metrics.target_added(id);
-            if !env.targets.is_live(id) {
-                env.health.probe_now(id, &mut env.wheel, env.now);
-            }
-        }
         if changes.refused > 0 && env.link.is_leader() {
             let refused = count(changes.refused, "address", "addresses");
             warn!("{refused} left out: the table holds {MAX_TARGETS} targets at most");
         }
-        self.proxy.targets_changed(&changes.added, &changes.removed);
         if let Some(prober) = self.prober.as_mut() {
             prober.reconfigure(&env.config, &env.targets);
         }
@@ -232,7 +216,6 @@ impl Server {
             return false;
         };
         let changes = self.env.targets.discovered(index, &entry, addrs);
-        self.env.balancer.rebuild(&self.env.targets);
         if changes.added.is_empty() && changes.removed.is_empty() {
             return false;
         }
