@@ -10,6 +10,7 @@ pub mod ids;
 pub mod observe;
 pub mod proxy;
 pub mod random;
+pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod targets;
