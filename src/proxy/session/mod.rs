@@ -18,18 +18,20 @@
 //! (to the pool or closed), settles the request body bytes the client still owes, and records
 //! the outcome. `docs/ARCHITECTURE.md` walks a request through these steps.
 
+mod answer;
+mod tunnel;
+
 use super::client::Client;
-use super::exchange::{self, Exchange, Resp};
+use super::exchange::{Exchange, Resp};
 use super::local;
 use super::retry::{self, Attempt, Budget, Decision};
 use super::upstream::{Peek, UpstreamConn};
 use super::{Ctx, Verdict};
-use crate::balance::{Request, TargetId};
+use crate::balance::Request;
 use crate::config::{AllDown, HashKey, Policy};
 use crate::health::Failure;
 use crate::http::{self, BodyFramer, BodyKind, Forwarding, HttpError, ResponseContext};
-use crate::observe::accesslog::{Entry, Outcome, Trace};
-use crate::observe::metrics::Ended;
+use crate::observe::accesslog::Outcome;
 use crate::observe::oplog::Noisy;
 use crate::runtime::buffer::{self, Buffer};
 use crate::runtime::clock::millis;
@@ -648,23 +650,6 @@ impl Session {
         }
     }
 
-    /// The proxy could not open a connection to `target` for want of its own descriptors or
-    /// memory: nothing to hold against the target, and nothing another target would cure. The
-    /// request gets 503, and the client may try again.
-    fn out_of_resources(&mut self, cx: &mut Ctx<'_>, target: TargetId, e: &io::Error) {
-        let Mode::Exchange(ex) = &mut self.mode else {
-            return;
-        };
-        ex.trace.push(target, Outcome::Local);
-        let keep = ex.client_keep_alive;
-        let (peer, url) = (self.client.peer(), cx.targets.url(target));
-        warn_noisy!(
-            Noisy::LocalError,
-            "{peer}: cannot open a connection to target {url}: {e} (the proxy's own limit) -> 503"
-        );
-        self.respond_local(cx, 503, http::reason(503), keep);
-    }
-
     /// The upstream connection now serves this session's request: it counts as in flight on
     /// its target (for `least_conn` and `p2c`) until `detach`.
     fn attach(&mut self, cx: &mut Ctx<'_>, conn: UpstreamConn) {
@@ -897,116 +882,6 @@ impl Session {
         ex.trace.push(ex.target, Outcome::Ok);
         cx.target_answered(ex.target);
         Ok(true)
-    }
-
-    /// The target agreed to switch protocols: from here on the session relays bytes both ways.
-    /// Whatever the client sent after its request head, and the target after its `101`, is
-    /// the new protocol's already.
-    fn start_tunnel(&mut self, cx: &mut Ctx<'_>) -> Step {
-        let Mode::Exchange(mut ex) = std::mem::replace(&mut self.mode, Mode::Waiting) else {
-            return Err(Closed);
-        };
-        debug!("{}: request #{} switched protocols: a tunnel to {}", self.peer(), ex.seq, cx.targets.url(ex.target));
-        // A tunnel may idle for an hour: of its request head it keeps what its log line says,
-        // and the head's buffer goes back to the pool.
-        ex.log_head = exchange::log_head(self.uout.as_ref().map_or(&[][..], Buffer::data));
-        buffer::release(&mut self.uout, cx.buffers);
-        cx.metrics.tunnel_opened();
-        self.mode = Mode::Tunnel(ex);
-        Ok(true)
-    }
-
-    /// One pass of a tunnel: each direction moves what it can, and a side's close is passed on
-    /// once everything it sent before has been delivered (half-close). The session ends when
-    /// both directions are closed, or either side fails.
-    fn tunnel(&mut self, cx: &mut Ctx<'_>) -> Step {
-        let (Mode::Tunnel(ex), Some(up)) = (&mut self.mode, self.up.as_mut()) else {
-            return Err(Closed);
-        };
-        let mut moved = false;
-        // Client to target.
-        let cin = buffer::ensure(&mut self.cin, cx.buffers);
-        if !cin.is_empty() {
-            match up.ready.write(&mut up.stream, cin.data(), &[]) {
-                Io::Bytes(n) => {
-                    cin.consume(n);
-                    ex.body_total += n as u64;
-                    moved = true;
-                }
-                Io::Failed(_) => return Err(Closed),
-                Io::Retry => moved = true,
-                Io::Blocked | Io::Eof => {}
-            }
-        }
-        if cin.is_empty() && !self.client.eof {
-            match self.client.read(cin.space()) {
-                Io::Bytes(n) => {
-                    cin.fill(n);
-                    moved = true;
-                }
-                Io::Eof => {
-                    self.client.eof = true;
-                    moved = true;
-                }
-                Io::Failed(_) => return Err(Closed),
-                Io::Retry => moved = true,
-                Io::Blocked => {}
-            }
-        }
-        if self.client.eof && cin.is_empty() && !ex.upload_cut {
-            // The client is done sending: the target hears it, and may still answer.
-            let _ = up.stream.shutdown(std::net::Shutdown::Write);
-            ex.upload_cut = true;
-            moved = true;
-        }
-        // Target to client, after the `101` head in `cout`.
-        let cout = self.cout.as_ref().map_or(&[][..], Buffer::data);
-        let uin = buffer::ensure(&mut self.uin, cx.buffers);
-        if !cout.is_empty() || !uin.is_empty() {
-            match self.client.write(cout, uin.data(), cx.record) {
-                Io::Bytes(n) => {
-                    let from_head = n.min(cout.len());
-                    if let Some(cout) = self.cout.as_mut() {
-                        cout.consume(from_head);
-                    }
-                    uin.consume(n - from_head);
-                    ex.sent_bytes += (n - from_head) as u64;
-                    moved = true;
-                }
-                Io::Failed(_) => return Err(Closed),
-                Io::Retry => moved = true,
-                Io::Blocked | Io::Eof => {}
-            }
-        }
-        if uin.is_empty() && !ex.upstream_eof {
-            match up.ready.read(&mut up.stream, uin.space()) {
-                Io::Bytes(n) => {
-                    uin.fill(n);
-                    moved = true;
-                }
-                Io::Eof => {
-                    ex.upstream_eof = true;
-                    moved = true;
-                }
-                Io::Failed(_) => return Err(Closed),
-                Io::Retry => moved = true,
-                Io::Blocked => {}
-            }
-        }
-        let delivered =
-            uin.is_empty() && self.cout.as_ref().is_none_or(Buffer::is_empty) && !self.client.pending_output();
-        if ex.upstream_eof && delivered {
-            if ex.upload_cut && !self.client.has_pending_output() {
-                return Err(Closed);
-            }
-            if !ex.client_shut {
-                // The target is done: the client hears it, and may still send.
-                let _ = self.client.shutdown_write();
-                ex.client_shut = true;
-                moved = true;
-            }
-        }
-        Ok(moved)
     }
 
     /// The target's response cannot be forwarded: 502 if the client has seen nothing yet.
@@ -1257,114 +1132,6 @@ impl Session {
             Decision::Close => return Err(Closed),
         }
         Ok(true)
-    }
-
-    /// Replaces whatever the exchange was doing with a response made by the proxy. Interim
-    /// (1xx) heads already queued for the client stay in front of it: each is whole.
-    fn respond_local(&mut self, cx: &mut Ctx<'_>, status: u16, body: &str, keep_alive: bool) {
-        // A refused request is still in the input: its method is what the client sent.
-        let head_request = match &self.mode {
-            Mode::Exchange(ex) => ex.head.is_head,
-            _ => self.cin.as_ref().is_some_and(|b| b.data().starts_with(b"HEAD ")),
-        };
-        self.answer(cx, status, body, keep_alive, head_request);
-    }
-
-    /// Queues the proxy's own answer for the client, and ends the exchange (or logs the refused
-    /// request) with the body bytes it carries: none to a HEAD request (RFC 9110 §9.3.2).
-    fn answer(&mut self, cx: &mut Ctx<'_>, status: u16, body: &str, keep_alive: bool, head_request: bool) {
-        let interim_queued = matches!(&self.mode, Mode::Exchange(ex) if matches!(ex.resp, Resp::Head));
-        let open = keep_alive
-            && !cx.draining
-            && !self.close_after
-            && match &self.mode {
-                Mode::Exchange(ex) => leaves_client_open(ex, keep_alive),
-                _ => true,
-            };
-        // Written before the exchange ends, so that its log line says what the client gets.
-        let cout = buffer::ensure(&mut self.cout, cx.buffers);
-        if !interim_queued {
-            cout.clear();
-        }
-        let written = http::write_local_response(cout.space(), status, body, open, head_request);
-        if let Some(n) = written {
-            cout.fill(n);
-        }
-        let open = open && written.is_some();
-        let body_bytes = match written {
-            Some(_) if !head_request => body.len() as u64,
-            _ => 0,
-        };
-        match &mut self.mode {
-            Mode::Exchange(ex) => {
-                // No byte of a response reached the client before (else there is no answer).
-                ex.sent_bytes = body_bytes;
-                self.end_exchange(cx, Some(status), open);
-            }
-            _ => {
-                self.served += 1;
-                self.log_refused(cx, status, body_bytes);
-                self.close_after |= !open;
-            }
-        }
-    }
-
-    /// Counts an ended exchange and writes its access-log line. `local` is the status of an
-    /// answer the proxy made itself.
-    fn record(&self, cx: &mut Ctx<'_>, ex: &Exchange, local: Option<u16>) {
-        let head = match ex.log_head.is_empty() {
-            true => self.uout.as_ref().map_or(&[][..], Buffer::data),
-            false => &ex.log_head[..],
-        };
-        let request_line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
-        let answered = ex.answered.is_some();
-        let status = local.unwrap_or(ex.status);
-        cx.metrics.exchange_ended(&Ended {
-            seq: ex.seq,
-            trace: &ex.trace,
-            answered_by: (answered && local.is_none()).then_some(ex.target),
-            status,
-            request_line,
-            duration_ms: cx.now.saturating_sub(ex.started),
-            now_ms: cx.now,
-        });
-        if !cx.log.enabled() {
-            return;
-        }
-        cx.log.write(&Entry {
-            client: self.peer().ip(),
-            time: std::time::SystemTime::now(),
-            request_line,
-            status,
-            body_bytes: ex.sent_bytes,
-            target: answered.then(|| cx.targets.url(ex.target)),
-            upstream_ms: ex.answered.map(|t| t - ex.started),
-            total_ms: cx.now.saturating_sub(ex.started),
-            user_agent: http::field_value(head, b"user-agent").unwrap_or(b""),
-            request_id: http::field_value(head, b"x-request-id").unwrap_or(b""),
-            trace: &ex.trace,
-        });
-    }
-
-    /// A request refused before it became an exchange (malformed, too large, too slow).
-    fn log_refused(&self, cx: &mut Ctx<'_>, status: u16, body_bytes: u64) {
-        cx.metrics.answered_locally(status);
-        if !cx.log.enabled() {
-            return;
-        }
-        cx.log.write(&Entry {
-            client: self.peer().ip(),
-            time: std::time::SystemTime::now(),
-            request_line: b"-",
-            status,
-            body_bytes,
-            target: None,
-            upstream_ms: None,
-            total_ms: 0,
-            user_agent: b"",
-            request_id: b"",
-            trace: &Trace::default(),
-        });
     }
 }
 
