@@ -90,14 +90,6 @@ fn intervals_and_timeouts_below_their_floor_are_raised_with_a_warning() {
     assert!(text.contains("`connect_timeout`"), "{text}");
 }
 
-/// CPU seconds the process has used, user and system.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-    ticks as f64 / 100.0
-}
-
 #[test]
 fn a_tiny_sleeping_does_not_make_the_probes_spin() {
     let port = common::closed_port();
@@ -106,10 +98,10 @@ fn a_tiny_sleeping_does_not_make_the_probes_spin() {
     ));
     // The first request finds the target dead; from then on it is probed every `sleeping`.
     assert_eq!(proxy.get("/").status, 500);
-    let before = cpu_seconds(proxy.proc.pid());
+    let before = common::cpu_seconds(proxy.proc.pid());
     // A measurement window, not a wait for readiness.
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let used = cpu_seconds(proxy.proc.pid()) - before;
+    let used = common::cpu_seconds(proxy.proc.pid()) - before;
     assert!(used < 0.3, "{used} s of CPU in a second of probing a dead target");
 }
 

@@ -60,9 +60,7 @@ impl Bare {
 
     /// One value of `/metrics`, by its whole series as rendered.
     fn metric(&self, series: &str) -> f64 {
-        let text = Client::connect(self.admin).request("GET", "/metrics", &[], b"").text();
-        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
-        line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        common::metric_at(self.admin, series)
     }
 }
 
@@ -313,28 +311,18 @@ fn running_out_of_descriptors_is_the_proxys_own_failure_not_the_targets() {
         c.send(b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\n");
         c
     });
-    let cpu = || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-        let fields: Vec<u64> =
-            stat.rsplit(") ").next().unwrap_or("").split(' ').filter_map(|f| f.parse().ok()).collect();
-        // utime and stime, in clock ticks (fields 14 and 15 of the line; 12 and 13 after the name).
-        fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
-    };
-    let (ticks, started) = (cpu(), Instant::now());
+    let (cpu, started) = (common::cpu_seconds(pid as u32), Instant::now());
     eventually(Duration::from_secs(5), "two seconds of failing accepts", || {
         (started.elapsed() >= Duration::from_secs(2)).then_some(())
     });
-    let busy = cpu() - ticks;
-    assert!(busy < 100, "{busy} ticks of CPU in 2 s of failing accepts: the retries spin");
+    let busy = common::cpu_seconds(pid as u32) - cpu;
+    assert!(busy < 1.0, "{busy} s of CPU in 2 s of failing accepts: the retries spin");
     // SAFETY: as above, with `old` read.
     assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) }, 0);
     // The retries take them in: the proxy answers 404 (target-svc has no /livez), the admin 200.
     let statuses = late.each_mut().map(|c| c.try_read_response(false).map(|r| r.status));
     assert_eq!(statuses, [Ok(404), Ok(200)], "the clients queued while descriptors ran out");
-    let value = |series: &str| {
-        let line = metrics.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
-        line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or_else(|| panic!("no {series}"))
-    };
+    let value = |series: &str| common::sample(&metrics, series).unwrap_or_else(|| panic!("no {series}"));
     assert!(value("ringproxy_local_errors_total{error=\"EMFILE\"}") >= 20.0, "{metrics}");
     let url = t[0].url();
     assert_eq!(value(&format!("ringproxy_target_up{{target=\"{url}\"}}")), 1.0, "{metrics}");

@@ -197,6 +197,9 @@ pub struct Admin {
     /// Connections owed a turn without an event: new ones, and those that used up their turn
     /// with work left.
     requeued: Vec<usize>,
+    /// Spare lists for `pump`, reused between passes.
+    spare_keys: Vec<usize>,
+    touched: Vec<Touched>,
     /// Connections may be waiting in the listener's queue: the edge-triggered listener will
     /// not say so again.
     backlog: bool,
@@ -257,6 +260,8 @@ impl Admin {
             addr,
             conns: Slab::new(),
             requeued: Vec::new(),
+            spare_keys: Vec::new(),
+            touched: Vec::new(),
             backlog: false,
             accepts_left: accepts_per_pass(env.config.admin.max_connections),
             accepted: 0,
@@ -372,12 +377,16 @@ impl Admin {
         if self.backlog {
             self.accept(env);
         }
-        let keys = std::mem::take(&mut self.requeued);
+        // Turns first (they read the loop's state), timers after (they change it); the two
+        // lists are kept between passes, so a busy admin port allocates nothing per pass.
+        let mut keys = std::mem::replace(&mut self.requeued, std::mem::take(&mut self.spare_keys));
+        let mut touched = std::mem::take(&mut self.touched);
         let view = View { env, proxy };
-        let touched: Vec<Touched> = keys.into_iter().map(|key| self.turn(key, &view)).collect();
-        for touched in touched {
-            self.rearm(touched, env);
+        touched.extend(keys.drain(..).map(|key| self.turn(key, &view)));
+        for t in touched.drain(..) {
+            self.rearm(t, env);
         }
+        (self.spare_keys, self.touched) = (keys, touched);
         self.accepts_left = accepts_per_pass(env.config.admin.max_connections);
     }
 

@@ -70,8 +70,10 @@ impl Balancer {
     /// and a slot given to another target starts with no running weight.
     pub fn rebuild(&mut self, targets: &Targets) {
         self.ring = HashRing::new(targets.iter().filter(|t| t.live).map(|t| (t.rank, t.id)));
+        let mut held = TargetSet::default();
+        targets.ids().for_each(|id| held.insert(id));
         for (slot, current) in self.current.iter_mut().enumerate() {
-            if targets.iter().all(|t| t.id.slot() != slot) {
+            if !held.contains(TargetId::first(slot)) {
                 *current = 0;
             }
         }

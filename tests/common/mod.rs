@@ -180,6 +180,27 @@ impl Drop for Proc {
     }
 }
 
+/// The value of `series` (a name and its labels as rendered) in exposition text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// The value of `series` in the `/metrics` of the admin listener at `admin`; panics if none.
+pub fn metric_at(admin: SocketAddr, series: &str) -> f64 {
+    let text = Client::connect(admin).request("GET", "/metrics", &[], b"").text();
+    sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// CPU seconds process `pid` has used, user and system (`/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // utime and stime, in clock ticks: fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// The address in a "listening on ADDR" line.
 pub fn listening_addr(line: &str) -> SocketAddr {
     let addr = line.split("listening on ").nth(1).expect("address").split([';', ' ']).next().expect("address");
@@ -338,11 +359,7 @@ impl Proxy {
     /// The value of the `/metrics` line for `series` (a name and its labels as rendered, e.g.
     /// `ringproxy_target_up{target="http://127.0.0.1:9001/"}`); panics if there is none.
     pub fn metric(&self, series: &str) -> f64 {
-        let text = self.admin_get("/metrics").text();
-        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
-        line.and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        metric_at(self.admin.expect("the admin listener is on"), series)
     }
 
     pub fn get(&self, path: &str) -> Response {
